@@ -1,0 +1,219 @@
+"""TOML configuration to frozen settings; every error names the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/responder/responder.toml")
+ENV_VAR = "RESPONDER_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class ConfigError(Exception):
+    """The configuration is missing, unreadable or invalid."""
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or a bare number of seconds."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError(f"negative duration: {text!r}")
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration (use e.g. 30s, 12h, 7d): {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact ``7d`` / ``12h`` / ``30s`` spelling of a number of seconds."""
+    whole = int(seconds)
+    if whole != seconds:
+        return f"{seconds}s"
+    for unit in ("w", "d", "h", "m"):
+        if whole and whole % _UNITS[unit] == 0:
+            return f"{whole // _UNITS[unit]}{unit}"
+    return f"{whole}s"
+
+
+def _duration(value: object) -> float:
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"not a duration: {value!r}")
+    return parse_duration(value)
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _port(value: object) -> int:
+    port = _int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"not a TCP port: {port}")
+    return port
+
+
+def _str_tuple(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        text = _str(value)
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return convert
+
+
+def _opt(convert: Callable[[object], Any], default: Any) -> Any:
+    """A dataclass field with a TOML converter attached."""
+    return field(default=default, metadata={"convert": convert})
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _opt(_str, "sqlite:////var/lib/responder/responder.sqlite3")
+    # How long a writer waits for a locked SQLite file before the hook defers with 75.
+    busy_timeout: float = _opt(_duration, 10.0)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = _opt(_str, "127.0.0.1")
+    port: int = _opt(_port, 25)
+    timeout: float = _opt(_duration, 30.0)
+    starttls: bool = _opt(_bool, False)
+    username: str = _opt(_str, "")
+    password: str = _opt(_str, "")
+    # Name used in EHLO and in generated Message-IDs; empty means this host's FQDN.
+    hostname: str = _opt(_str, "")
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    envelope_sender: str = _opt(_choice("null", "recipient"), "null")
+    default_interval: float = _opt(_duration, 7 * 86400.0)
+    min_interval: float = _opt(_duration, 86400.0)
+    max_interval: float = _opt(_duration, 60 * 86400.0)
+    templates_dir: str = _opt(_str, "")
+    default_template: str = _opt(_str, "vacation.txt.j2")
+
+
+@dataclass(frozen=True)
+class DeliverSettings:
+    # Whole-run deadline of the hook, far below Postfix's command_time_limit (1000 s).
+    deadline: float = _opt(_duration, 60.0)
+    # More Received fields than this means a mail loop (RFC 5321 section 6.3).
+    max_received: int = _opt(_int, 50)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    syslog: bool = _opt(_bool, False)
+    syslog_socket: str = _opt(_str, "/dev/log")
+    level: str = _opt(_choice("debug", "info", "warning", "error"), "info")
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    require: str = _opt(_choice("aligned", "spf", "dkim", "off"), "aligned")
+    trusted_authserv_ids: tuple[str, ...] = _opt(_str_tuple, ())
+    dns_servers: tuple[str, ...] = _opt(_str_tuple, ())
+    dns_timeout: float = _opt(_duration, 3.0)
+    budget: float = _opt(_duration, 8.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    reply: ReplySettings = field(default_factory=ReplySettings)
+    deliver: DeliverSettings = field(default_factory=DeliverSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
+    source: str = ""
+
+
+def _section(cls: type[Any], name: str, data: object) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}")
+        try:
+            values[key] = known[key].metadata["convert"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"bad value for {name}.{key}: {exc}") from None
+    return cls(**values)
+
+
+def settings_from_mapping(data: Mapping[str, object], source: str = "") -> Settings:
+    """Build and validate settings from an already parsed TOML document."""
+    sections = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "source"}
+    built: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]")
+        cls = next(f.default_factory for f in dataclasses.fields(Settings) if f.name == name)
+        built[name] = _section(cls, name, value)  # type: ignore[arg-type]
+    settings = Settings(**built, source=source)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    reply = settings.reply
+    if reply.min_interval > reply.max_interval:
+        raise ConfigError("bad value for reply.min_interval: greater than reply.max_interval")
+    if settings.smtp.username and not settings.smtp.password:
+        raise ConfigError("bad value for smtp.password: smtp.username is set without a password")
+
+
+def config_path(explicit: str | None) -> Path:
+    """The file named by ``--config``, else ``$RESPONDER_CONFIG``, else the system default."""
+    return Path(explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load(path: Path) -> Settings:
+    """Read and validate one configuration file; ``ConfigError`` says what is wrong."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    return settings_from_mapping(data, source=str(path))

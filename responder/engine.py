@@ -1,0 +1,173 @@
+"""decide() runs the rule table; respond() decides, composes, sends, and records the outcome."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from responder.compose import Outgoing, compose_reply
+from responder.config import format_duration
+from responder.context import Context, Services
+from responder.errors import RelayRefused, RelayUnavailable, TransientError
+from responder.message import Inbound
+from responder.rules import DROP, RULES
+
+log = logging.getLogger("responder")
+
+REPLY = "reply"
+# Not a decision: the MTA keeps the message and retries (exit 75).
+DEFER = "defer"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str | None
+    detail: str = ""
+    outgoing: Outgoing | None = None
+
+
+def decide(ctx: Context) -> Decision:
+    """The first rule that fires decides; when none does, compose the reply."""
+    for rule in RULES:
+        detail = rule.check(ctx)
+        if detail is not None:
+            return Decision(rule.action, rule.reason, _join(detail, *ctx.notes))
+    from responder.render import RenderError
+
+    try:
+        outgoing = build_reply(ctx)
+    except RenderError as exc:
+        return Decision(DROP, "template-error", _join(str(exc), *ctx.notes))
+    return Decision(REPLY, None, _join(*ctx.notes), outgoing)
+
+
+def build_reply(ctx: Context) -> Outgoing:
+    vacation = ctx.vacation
+    assert vacation is not None
+    settings = ctx.settings.reply
+    zone = ZoneInfo(vacation.timezone)
+    body = ctx.services.renderer.render(
+        vacation.template or settings.default_template,
+        {
+            "message": vacation.message,
+            "recipient": vacation.address,
+            "sender": ctx.inbound.envelope.sender,
+            "subject": ctx.inbound.subject,
+            "start": vacation.starts_at.astimezone(zone) if vacation.starts_at else None,
+            "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else None,
+            "timezone": vacation.timezone,
+            "interval": format_duration(ctx.interval.total_seconds()),
+        },
+    )
+    return compose_reply(
+        ctx.inbound,
+        from_header=vacation.from_header or vacation.address,
+        responder_address=vacation.address,
+        subject=vacation.subject,
+        body=body,
+        envelope_sender="" if settings.envelope_sender == "null" else vacation.address,
+        now=ctx.now,
+        hostname=ctx.settings.smtp.hostname or vacation.address.rpartition("@")[2],
+    )
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _release(ctx: Context) -> None:
+    for claim in reversed(ctx.claims):
+        try:
+            claim.release()
+        except TransientError as exc:
+            log.warning("could not release a claim: %s", exc)
+    ctx.claims.clear()
+
+
+def _confirm(ctx: Context) -> None:
+    for claim in ctx.claims:
+        try:
+            claim.confirm()
+        except TransientError as exc:
+            # The response is out; the claim already blocks further replies within the interval.
+            log.warning("could not confirm a claim: %s", exc)
+    ctx.claims.clear()
+
+
+def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Decision:
+    """Decide and act on one delivery; raises TransientError when the MTA should retry.
+
+    Claims taken while deciding are kept only when the response went out (or was refused for
+    good); on every other path they are given back so that the retry can still answer.
+    """
+    ctx = Context(inbound, services, dry_run=dry_run)
+    try:
+        decision = decide(ctx)
+        if decision.outgoing is not None and not dry_run:
+            decision = _send(ctx, decision)
+    except TransientError as exc:
+        _release(ctx)
+        deferred = Decision(DEFER, "tempfail", str(exc))
+        log_decision(inbound, deferred)
+        if isinstance(exc, RelayUnavailable) and not dry_run:
+            record(ctx, deferred)
+        raise
+    except BaseException:
+        _release(ctx)
+        raise
+    if decision.outgoing is None or dry_run:
+        _release(ctx)
+    log_decision(inbound, decision)
+    if not dry_run:
+        record(ctx, decision)
+    return decision
+
+
+def _send(ctx: Context, decision: Decision) -> Decision:
+    assert decision.outgoing is not None
+    try:
+        ctx.services.transport.send(decision.outgoing)
+    except RelayRefused as exc:
+        # Retrying would be refused again; keep the claim so the interval still applies.
+        _confirm(ctx)
+        return Decision(DROP, "relay-refused", _join(str(exc), decision.detail))
+    _confirm(ctx)
+    return decision
+
+
+def log_decision(inbound: Inbound, decision: Decision) -> None:
+    env = inbound.envelope
+    log.info(
+        "queue_id=%s message_id=%s sender=<%s> recipient=<%s> action=%s reason=%s%s",
+        env.queue_id or "-",
+        inbound.message_id or "-",
+        env.sender,
+        env.recipient,
+        decision.action,
+        decision.reason or "-",
+        f' detail="{decision.detail}"' if decision.detail else "",
+    )
+
+
+def record(ctx: Context, decision: Decision) -> None:
+    """Write the audit row; a database fault here is logged, never turned into a retry."""
+    from responder.store import DecisionRecord
+
+    env = ctx.inbound.envelope
+    try:
+        ctx.services.store.record(
+            DecisionRecord(
+                at=ctx.now,
+                queue_id=env.queue_id[:64],
+                message_id=ctx.inbound.message_id,
+                sender=(ctx.inbound.sender_address or env.sender)[:320],
+                recipient=(ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
+                action=decision.action,
+                reason=decision.reason,
+                detail=decision.detail,
+            )
+        )
+    except TransientError as exc:
+        log.warning("audit not written: %s", exc)

@@ -1,0 +1,26 @@
+"""Faults that map to the MTA's "try again later" (exit 75), kept apart from ordinary decisions."""
+
+
+class TransientError(Exception):
+    """A local fault that a later retry can get past: the hook exits 75 and the MTA defers."""
+
+
+class StoreUnavailable(TransientError):
+    """The database cannot be reached, is locked past its timeout, or has an outdated schema."""
+
+
+class RelayUnavailable(TransientError, ConnectionError):
+    """The SMTP relay is unreachable, timed out or answered with a 4xx status."""
+
+
+class DeadlineExceeded(TransientError, TimeoutError):
+    """The hook's whole-run deadline passed."""
+
+
+class RelayRefused(Exception):
+    """The SMTP relay refused the response permanently (5xx); retrying would not help."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text

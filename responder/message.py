@@ -1,0 +1,179 @@
+"""The inbound message: envelope, headers parsed defensively, and address helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from functools import cached_property
+
+# Postfix pipe(8) expands a null sender to MAILER-DAEMON unless null_sender= is set.
+NULL_SENDERS = frozenset({"", "<>", "mailer-daemon"})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_FOLD = re.compile(r"\r?\n[ \t]*")
+_LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
+_QUOTED_LOCAL = re.compile(r'^"(?:[^"\\\r\n]|\\.)+"$')
+_DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def clean_text(value: str) -> str:
+    """Unfold a header value and replace control characters (CR and LF included) by one space."""
+    return _CONTROL.sub(" ", _FOLD.sub(" ", value)).strip()
+
+
+def _undo_surrogates(value: str) -> str:
+    # 8-bit header bytes arrive as surrogate escapes; most are raw UTF-8 in practice.
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def decode_text(value: str) -> str:
+    """Decode RFC 2047 encoded words and raw 8-bit text; never raises, never keeps control characters."""
+    value = _undo_surrogates(_FOLD.sub(" ", value))
+    try:
+        decoded = str(make_header(decode_header(value)))
+    except (LookupError, ValueError, UnicodeError, AssertionError):
+        decoded = value
+    return clean_text(decoded)
+
+
+def _ascii_domain(domain: str) -> str | None:
+    domain = domain.rstrip(".").lower()
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain  # address literal
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+    except UnicodeError:
+        return None
+    labels = ascii_domain.split(".")
+    if not all(_DOMAIN_LABEL.match(label) for label in labels):
+        return None
+    return ascii_domain
+
+
+def normalize_address(address: str) -> str | None:
+    """A comparable form of an addr-spec (domain in lower-case ASCII, local part lower-cased), or None."""
+    address = address.strip().strip("<>").strip()
+    if len(address) > 320 or "@" not in address:
+        return None
+    local, _, domain = address.rpartition("@")
+    if not local or not (_LOCAL_ATOM.match(local) or _QUOTED_LOCAL.match(local)):
+        return None
+    if local.startswith(".") or local.endswith(".") or (".." in local and not local.startswith('"')):
+        return None
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None:
+        return None
+    return f"{local.lower()}@{ascii_domain}"
+
+
+def is_null_sender(sender: str) -> bool:
+    return sender.strip().lower() in NULL_SENDERS
+
+
+def addresses_in(values: list[str]) -> set[str]:
+    """Every normalized address named in the given address-list header values.
+
+    Both the raw and the RFC 2047-decoded forms are parsed, so that encoded display names and
+    (non-conforming) encoded addresses are tolerated alike.
+    """
+    found: set[str] = set()
+    for value in values:
+        raw = _undo_surrogates(_FOLD.sub(" ", value))
+        for candidate in {raw, decode_text(raw)}:
+            for _name, addr in getaddresses([candidate]):
+                normalized = normalize_address(addr)
+                if normalized:
+                    found.add(normalized)
+    return found
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the MTA says about one delivery: one sender, one recipient."""
+
+    sender: str
+    recipient: str
+    original_recipient: str = ""
+    client_address: str = ""
+    helo: str = ""
+    queue_id: str = ""
+
+
+def _split_header_block(raw: bytes) -> bytes:
+    # Parse only the header block: a 30 MB body must not cost a full MIME parse.
+    match = _HEADER_END.search(raw)
+    return raw[: match.end()] if match else raw
+
+
+class Inbound:
+    """One message as received, with lazily parsed headers that never raise on access."""
+
+    def __init__(self, envelope: Envelope, raw: bytes) -> None:
+        self.envelope = envelope
+        self.raw = raw
+
+    @cached_property
+    def headers(self) -> Message:
+        return BytesHeaderParser(policy=compat32).parsebytes(_split_header_block(self.raw))
+
+    def values(self, name: str) -> list[str]:
+        """All raw values of a header field, as text (8-bit bytes as surrogate escapes)."""
+        found = self.headers.get_all(name) or []
+        return [value if isinstance(value, str) else str(value) for value in found]
+
+    def first(self, name: str) -> str | None:
+        values = self.values(name)
+        return values[0] if values else None
+
+    def has(self, name: str) -> bool:
+        return name in self.headers
+
+    @cached_property
+    def parseable(self) -> bool:
+        """False for empty input and for bytes with no header field at all."""
+        return len(self.headers) > 0
+
+    @cached_property
+    def subject(self) -> str:
+        value = self.first("Subject")
+        return decode_text(value) if value is not None else ""
+
+    @cached_property
+    def message_id(self) -> str:
+        """The Message-ID as one clean token, or "" when there is none."""
+        value = self.first("Message-ID")
+        if value is None:
+            return ""
+        match = re.search(r"<[^<>\s]+>", clean_text(_undo_surrogates(value)))
+        return match.group(0) if match else ""
+
+    @cached_property
+    def message_key(self) -> str:
+        """Identifies this message across MTA retries: its Message-ID, else a digest of its header block."""
+        if self.message_id:
+            return self.message_id
+        return "sha256:" + hashlib.sha256(_split_header_block(self.raw)).hexdigest()
+
+    @cached_property
+    def sender_address(self) -> str | None:
+        return normalize_address(self.envelope.sender)
+
+    @cached_property
+    def content_type(self) -> str:
+        value = self.first("Content-Type") or ""
+        return clean_text(value).split(";", 1)[0].strip().lower()
+
+    def address_header(self, *names: str) -> set[str]:
+        found: set[str] = set()
+        for name in names:
+            found |= addresses_in(self.values(name))
+        return found

@@ -1,0 +1,187 @@
+"""The decision rules as one ordered table: cheap header rules first, then database, then DNS.
+
+Each rule has a stable reason code (used in logs, the audit table and ``explain``) and returns a
+detail string when it fires, or None to let the message go on to the next rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from responder.addresses import strip_batv
+from responder.compose import LOOP_HEADER
+from responder.context import Context
+from responder.message import clean_text, is_null_sender
+
+SUPPRESS = "suppress"
+DROP = "drop"
+
+LIST_HEADERS = (
+    "List-Id",
+    "List-Help",
+    "List-Subscribe",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Mailing-List",
+    "X-Mailing-List",
+)
+ADDRESSED_HEADERS = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+BULK_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+
+# Local parts of list managers and robots (RFC 3834 section 2, RFC 5230 section 4.6, common practice).
+SYSTEM_LOCAL = re.compile(
+    r"""^(?:
+        mailer-daemon | listserv | majordomo | mailman | postmaster-bounces
+      | owner-.* | .*-owner | .*-request | .*-bounces? (?:\+.*)?
+      | bounces? (?:[+=\-].*)?
+      | no[-_.]?reply (?:[+\-].*)? | do[-_.]?not[-_.]?reply (?:[+\-].*)?
+      | .*[-_.]no[-_.]?reply
+    )$""",
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    reason: str
+    action: str
+    summary: str
+    check: Callable[[Context], str | None]
+
+
+def _header_token(value: str) -> str:
+    """A structured header value without comments and parameters, lower-cased."""
+    value = re.sub(r"\([^()]*\)", " ", clean_text(value))
+    return value.split(";", 1)[0].strip().lower()
+
+
+def null_sender(ctx: Context) -> str | None:
+    sender = ctx.inbound.envelope.sender
+    return f"envelope sender {sender or '<>'!s}" if is_null_sender(sender) else None
+
+
+def malformed(ctx: Context) -> str | None:
+    if ctx.inbound.sender_address is None:
+        return "envelope sender is not a valid address"
+    if not ctx.recipients:
+        return "envelope recipient is not a valid address"
+    if not ctx.inbound.parseable:
+        return "no header fields"
+    return None
+
+
+def system_sender(ctx: Context) -> str | None:
+    local = strip_batv((ctx.inbound.sender_address or "").rpartition("@")[0])
+    return f"local part {local}" if SYSTEM_LOCAL.match(local) else None
+
+
+def auto_submitted(ctx: Context) -> str | None:
+    for value in ctx.inbound.values("Auto-Submitted"):
+        keyword = _header_token(value)
+        if keyword != "no":
+            return f"Auto-Submitted: {keyword or '(empty)'}"
+    return None
+
+
+def precedence(ctx: Context) -> str | None:
+    for value in ctx.inbound.values("Precedence"):
+        keyword = _header_token(value)
+        if keyword in BULK_PRECEDENCE:
+            return f"Precedence: {keyword}"
+    return None
+
+
+def list_header(ctx: Context) -> str | None:
+    for name in LIST_HEADERS:
+        if ctx.inbound.has(name):
+            return name
+    return None
+
+
+def auto_response_suppress(ctx: Context) -> str | None:
+    for value in ctx.inbound.values("X-Auto-Response-Suppress"):
+        tokens = {token.strip(" \t").lower() for token in clean_text(value).split(",")}
+        hit = tokens & {"all", "oof"}
+        if hit:
+            return f"X-Auto-Response-Suppress: {sorted(hit)[0]}"
+    return None
+
+
+def report(ctx: Context) -> str | None:
+    content_type = ctx.inbound.content_type
+    return content_type if content_type == "multipart/report" else None
+
+
+def loop(ctx: Context) -> str | None:
+    if ctx.inbound.has(LOOP_HEADER):
+        return f"{LOOP_HEADER} present"
+    received = len(ctx.inbound.values("Received"))
+    if received > ctx.settings.deliver.max_received:
+        return f"{received} Received fields"
+    return None
+
+
+def no_vacation(ctx: Context) -> str | None:
+    vacation = ctx.vacation
+    if vacation is None:
+        return "no vacation for " + ", ".join(ctx.recipients)
+    if not vacation.enabled:
+        return "vacation is off"
+    if vacation.starts_at is not None and ctx.now < vacation.starts_at:
+        return f"vacation starts {vacation.starts_at.isoformat(timespec='seconds')}"
+    if vacation.ends_at is not None and ctx.now >= vacation.ends_at:
+        return f"vacation ended {vacation.ends_at.isoformat(timespec='seconds')}"
+    return None
+
+
+def own_address(ctx: Context) -> str | None:
+    return "sender is the recipient" if ctx.inbound.sender_address in ctx.own_addresses else None
+
+
+def not_addressed(ctx: Context) -> str | None:
+    named = ctx.inbound.address_header(*ADDRESSED_HEADERS)
+    return None if named & ctx.own_addresses else "recipient not in To, Cc, Bcc or Resent-*"
+
+
+def interval(ctx: Context) -> str | None:
+    return ctx.claim_interval()
+
+
+RULES: tuple[Rule, ...] = (
+    # Envelope and header rules: no database, no DNS, no heavy imports.
+    Rule("null-sender", SUPPRESS, "the envelope sender is null (<>, empty or MAILER-DAEMON)", null_sender),
+    Rule("malformed", SUPPRESS, "invalid envelope sender or recipient, or no header at all", malformed),
+    Rule("system-sender", SUPPRESS, "the sender is a list manager, daemon or no-reply robot", system_sender),
+    Rule("auto-submitted", SUPPRESS, "Auto-Submitted is present with a value other than no", auto_submitted),
+    Rule("precedence", SUPPRESS, "Precedence is bulk, junk or list", precedence),
+    Rule("list-header", SUPPRESS, "a List-* or Mailing-List header field is present", list_header),
+    Rule(
+        "auto-response-suppress", SUPPRESS, "X-Auto-Response-Suppress asks for no OOF", auto_response_suppress
+    ),
+    Rule("report", SUPPRESS, "the message is a multipart/report (DSN, MDN)", report),
+    Rule("loop", SUPPRESS, "too many Received fields, or our own reply coming back", loop),
+    # Database rules.
+    Rule("no-vacation", SUPPRESS, "the recipient has no vacation active right now", no_vacation),
+    Rule("own-address", SUPPRESS, "the sender is the recipient or one of its aliases", own_address),
+    Rule(
+        "not-addressed",
+        SUPPRESS,
+        "neither the recipient nor an alias is in To/Cc/Bcc/Resent-*",
+        not_addressed,
+    ),
+    Rule("interval", SUPPRESS, "this sender already got this reply within the interval", interval),
+    # The sender verification gate (reason "unverified", action drop) and rate limits ("rate-limit")
+    # follow here, so that they cost DNS and counters only for messages that would be answered.
+)
+
+# Outcomes decided outside the table, also part of the interface.
+EXTRA_REASONS = {
+    "template-error": "the reply template failed to render; nothing was sent",
+    "relay-refused": "the relay refused the response permanently (5xx)",
+    "internal-error": "an unexpected error; logged with a traceback, the message is not deferred",
+}

@@ -1,0 +1,83 @@
+"""Send a composed response through the SMTP relay; 4xx and network faults are transient, 5xx final."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import aiosmtplib
+
+from responder.compose import Outgoing
+from responder.config import SmtpSettings
+from responder.errors import RelayRefused, RelayUnavailable
+
+
+class Transport(Protocol):
+    def send(self, outgoing: Outgoing) -> None: ...
+
+
+class SmtpTransport:
+    """One connection per response, as a pipe hook only ever sends one."""
+
+    def __init__(self, settings: SmtpSettings, local_hostname: str | None = None) -> None:
+        self.settings = settings
+        self.local_hostname = settings.hostname or local_hostname
+
+    def send(self, outgoing: Outgoing) -> None:
+        """Deliver ``outgoing`` to the relay; RelayUnavailable or RelayRefused when it does not take it."""
+        asyncio.run(self.send_async(outgoing))
+
+    async def send_async(self, outgoing: Outgoing) -> None:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            start_tls=s.starttls,
+            username=s.username or None,
+            password=s.password or None,
+            local_hostname=self.local_hostname,
+        )
+        try:
+            await client.connect()
+            try:
+                await self._transaction(client, outgoing)
+            finally:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+        except aiosmtplib.SMTPResponseException as exc:
+            _raise_for(exc.code, exc.message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            _raise_for(refusal.code, refusal.message)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RelayUnavailable(f"relay {s.host}:{s.port}: {exc}") from None
+
+    @staticmethod
+    async def _transaction(client: aiosmtplib.SMTP, outgoing: Outgoing) -> None:
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        mail_options: list[str] = []
+        rcpt_options: list[str] = []
+        if client.supports_extension("dsn"):
+            # A response to a response is never wanted.
+            rcpt_options.append("NOTIFY=NEVER")
+        if not (outgoing.mail_from + outgoing.rcpt_to).isascii():
+            if not client.supports_extension("smtputf8"):
+                raise RelayRefused(553, "internationalized address but the relay lacks SMTPUTF8")
+            mail_options.append("SMTPUTF8")
+        await client.sendmail(
+            outgoing.mail_from,
+            [outgoing.rcpt_to],
+            outgoing.as_bytes(),
+            mail_options=mail_options,
+            rcpt_options=rcpt_options,
+        )
+
+
+def _raise_for(code: int, message: str) -> None:
+    if 500 <= code < 600:
+        raise RelayRefused(code, message)
+    raise RelayUnavailable(f"relay answered {code} {message}")
