@@ -23,7 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 # The alembic revision this code expects; tests check it is the head of migrations/.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 ADDRESS_LENGTH = 320
 MYSQL_TABLE_ARGS: dict[str, Any] = {
@@ -117,5 +117,21 @@ decisions = Table(
     Index("ix_decisions_at", "at"),
     Index("ix_decisions_sender", "sender"),
     Index("ix_decisions_recipient", "recipient"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Rate-limit counters (issue 5): fixed windows aligned to the epoch, one row per (scope, key, window).
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(16), nullable=False),
+    Column("counter_key", String(ADDRESS_LENGTH), nullable=False),
+    Column("window_start", UtcDateTime, nullable=False),
+    Column("window_end", UtcDateTime, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("tripped", Boolean, nullable=False),
+    UniqueConstraint("scope", "counter_key", "window_start", name="uq_rate_counters_scope_key_window"),
+    Index("ix_rate_counters_window_end", "window_end"),
     **MYSQL_TABLE_ARGS,
 )
