@@ -41,7 +41,7 @@ def format_duration(seconds: float) -> str:
     whole = int(seconds)
     if whole != seconds:
         return f"{seconds}s"
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if whole and whole % _UNITS[unit] == 0:
             return f"{whole // _UNITS[unit]}{unit}"
     return f"{whole}s"
@@ -94,9 +94,39 @@ def _choice(*allowed: str) -> Callable[[object], str]:
     return convert
 
 
-def _opt(convert: Callable[[object], Any], default: Any) -> Any:
-    """A dataclass field with a TOML converter attached."""
-    return field(default=default, metadata={"convert": convert})
+def _opt(convert: Callable[[object], Any], default: Any, key: str = "") -> Any:
+    """A dataclass field with a TOML converter attached; ``key`` when the TOML name is not an identifier."""
+    return field(default=default, metadata={"convert": convert, "key": key})
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``count`` responses per fixed ``window`` of seconds."""
+
+    count: int
+    window: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.window)}"
+
+
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+
+
+def parse_limit(value: object) -> Limit | None:
+    """``"COUNT/WINDOW"`` (e.g. ``"10/1d"``) as a Limit, ``"off"`` as None."""
+    text = _str(value)
+    if text.strip().lower() == "off":
+        return None
+    match = _LIMIT.match(text)
+    if not match:
+        raise ValueError(f'expected COUNT/WINDOW such as "10/1d", or "off", got {text!r}')
+    count, window = int(match.group(1)), parse_duration(match.group(2))
+    if count < 1:
+        raise ValueError(f'the count must be at least 1 (use "off" for no limit), got {text!r}')
+    if window < 1 or window != int(window):
+        raise ValueError(f"the window must be a whole number of seconds, at least 1s, got {text!r}")
+    return Limit(count, int(window))
 
 
 @dataclass(frozen=True)
@@ -104,6 +134,24 @@ class DatabaseSettings:
     url: str = _opt(_str, "sqlite:////var/lib/responder/responder.sqlite3")
     # How long a writer waits for a locked SQLite file before the hook defers with 75.
     busy_timeout: float = _opt(_duration, 10.0)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    # `responder purge` deletes audit rows older than this.
+    audit_retention: float = _opt(_duration, 90 * 86400.0)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Caps on responses sent, counted in fixed windows shared by every process using the database."""
+
+    # RUF009: _opt builds a dataclass field, and a Limit is frozen.
+    per_sender: Limit | None = _opt(parse_limit, parse_limit("10/1d"))  # noqa: RUF009
+    per_sender_domain: Limit | None = _opt(parse_limit, parse_limit("50/1h"))  # noqa: RUF009
+    per_recipient: Limit | None = _opt(parse_limit, parse_limit("200/1h"))  # noqa: RUF009
+    # `global` is a Python keyword: the TOML key is mapped onto this field.
+    global_: Limit | None = _opt(parse_limit, parse_limit("1000/1h"), key="global")  # noqa: RUF009
 
 
 @dataclass(frozen=True)
@@ -160,19 +208,21 @@ class Settings:
     deliver: DeliverSettings = field(default_factory=DeliverSettings)
     log: LogSettings = field(default_factory=LogSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     source: str = ""
 
 
 def _section(cls: type[Any], name: str, data: object) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.metadata.get("key") or f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, raw in data.items():
         if key not in known:
             raise ConfigError(f"unknown key {name}.{key}")
         try:
-            values[key] = known[key].metadata["convert"](raw)
+            values[known[key].name] = known[key].metadata["convert"](raw)
         except ValueError as exc:
             raise ConfigError(f"bad value for {name}.{key}: {exc}") from None
     return cls(**values)

@@ -15,7 +15,8 @@ from functools import cached_property
 # Postfix pipe(8) expands a null sender to MAILER-DAEMON unless null_sender= is set.
 NULL_SENDERS = frozenset({"", "<>", "mailer-daemon"})
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# A run of control characters (CR, LF and TAB included) with the blanks around it becomes one space.
+_CONTROL = re.compile(r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029]+[ ]*")
 _FOLD = re.compile(r"\r?\n[ \t]*")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[^"\\\r\n]|\\.)+"$')
@@ -25,7 +26,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 def clean_text(value: str) -> str:
     """Unfold a header value and replace control characters (CR and LF included) by one space."""
-    return _CONTROL.sub(" ", _FOLD.sub(" ", value)).strip()
+    return _CONTROL.sub(" ", value).strip()
 
 
 def _undo_surrogates(value: str) -> str:
@@ -125,17 +126,24 @@ class Inbound:
     def headers(self) -> Message:
         return BytesHeaderParser(policy=compat32).parsebytes(_split_header_block(self.raw))
 
+    @cached_property
+    def _fields(self) -> dict[str, list[str]]:
+        # raw_items(): compat32's fetch would turn 8-bit values into lossy Header objects.
+        fields: dict[str, list[str]] = {}
+        for name, value in self.headers.raw_items():
+            fields.setdefault(name.lower(), []).append(str(value))
+        return fields
+
     def values(self, name: str) -> list[str]:
         """All raw values of a header field, as text (8-bit bytes as surrogate escapes)."""
-        found = self.headers.get_all(name) or []
-        return [value if isinstance(value, str) else str(value) for value in found]
+        return self._fields.get(name.lower(), [])
 
     def first(self, name: str) -> str | None:
         values = self.values(name)
         return values[0] if values else None
 
     def has(self, name: str) -> bool:
-        return name in self.headers
+        return name.lower() in self._fields
 
     @cached_property
     def parseable(self) -> bool:

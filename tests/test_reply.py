@@ -1,0 +1,198 @@
+"""The reply as a real SMTP server receives it: envelope, every header, body, encodings, no injection."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+
+from responder.config import settings_from_mapping
+from responder.context import Services
+from responder.engine import respond
+from responder.message import Envelope, Inbound
+from responder.store import Store
+from responder.transport import SmtpTransport
+from tests.helpers import FakeClock, sample
+from tests.sink import Received, SmtpSink
+
+ALICE = "alice@example.com"
+BOB = "bob@example.org"
+
+
+@pytest.fixture
+def services(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock, tmp_path: Path
+) -> Iterator[Services]:
+    (tmp_path / "templates").mkdir()
+    settings = settings_from_mapping(
+        {
+            "database": {"url": db_url},
+            "smtp": {"port": sink.port, "hostname": "mx.example.net"},
+            "reply": {"templates_dir": str(tmp_path / "templates")},
+        }
+    )
+    yield Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
+
+
+def _vacation(store: Store, now: dt.datetime, **fields: object) -> None:
+    values: dict[str, object] = {"enabled": True, "message": "I am away until Monday.", "timezone": "UTC"}
+    values.update(fields)
+    store.put_vacation(ALICE, now, None, **values)
+
+
+def _reply(services: Services, sink: SmtpSink, name: str, sender: str = BOB) -> Received:
+    decision = respond(Inbound(Envelope(sender, ALICE), sample(name)), services)
+    assert decision.action == "reply", (decision.reason, decision.detail)
+    [received] = sink.wait_for(1)
+    return received
+
+
+def test_envelope_and_headers(services: Services, store: Store, sink: SmtpSink, clock: FakeClock) -> None:
+    _vacation(store, clock())
+    received = _reply(services, sink, "personal.eml")
+    assert received.mail_from == "<>"
+    assert received.rcpt_tos == [BOB]
+    assert "NOTIFY=NEVER" not in received.rcpt_options  # the sink offers no DSN extension
+    msg = received.message
+    assert msg["From"] == ALICE
+    assert str(msg["To"]) == "Bob Sender <bob@example.org>"
+    assert msg["Subject"] == "Auto: Café meeting"
+    assert msg["In-Reply-To"] == "<abc123@example.org>"
+    assert msg["References"] == "<abc123@example.org>"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["Precedence"] == "bulk"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert parsedate_to_datetime(msg["Date"]) == clock()
+    assert msg["Message-ID"].endswith("@mx.example.net>")
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content_charset() == "utf-8"
+    assert msg.get_content().startswith("I am away until Monday.")
+    assert b"Subject: Auto: =?utf-8?" in received.data  # RFC 2047 on the wire
+
+
+def test_configured_subject_from_and_non_ascii_body(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock
+) -> None:
+    _vacation(
+        store,
+        clock(),
+        subject="Abwesenheitsnotiz: zurück am Montag",
+        from_header="Alice Müller <alice@example.com>",
+        message="Ich bin bis Montag nicht da. 🌴",
+    )
+    msg = _reply(services, sink, "personal.eml").message
+    assert msg["Subject"] == "Abwesenheitsnotiz: zurück am Montag"
+    assert str(msg["From"]) == "Alice Müller <alice@example.com>"
+    assert "Ich bin bis Montag nicht da. 🌴" in msg.get_content()
+
+
+def test_references_chain_and_missing_subject(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock
+) -> None:
+    _vacation(store, clock())
+    msg = _reply(services, sink, "no-subject-no-message-id.eml").message
+    assert msg["Subject"] == "Automated reply"
+    assert msg["In-Reply-To"] is None
+    assert msg["References"] is None
+
+
+def test_encoded_crlf_in_subject_adds_no_header(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock
+) -> None:
+    _vacation(store, clock())
+    received = _reply(services, sink, "subject-injection.eml")
+    msg = received.message
+    assert msg["Bcc"] is None
+    assert received.rcpt_tos == [BOB]
+    assert msg["Subject"] == "Auto: Hello Bcc: victim@example.net body"
+    assert b"\nBcc:" not in received.data
+
+
+def test_8bit_subject_is_decoded_and_reencoded(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock
+) -> None:
+    _vacation(store, clock())
+    received = _reply(services, sink, "subject-non-ascii-8bit.eml")
+    assert received.message["Subject"] == "Auto: Grüße aus Köln 🌧"
+    assert received.data.isascii()
+
+
+def test_long_subject_is_cut(services: Services, store: Store, sink: SmtpSink, clock: FakeClock) -> None:
+    _vacation(store, clock())
+    raw = b"From: bob@example.org\nTo: alice@example.com\nSubject: " + b"x" * 1000 + b"\n\nhi\n"
+    respond(Inbound(Envelope(BOB, ALICE), raw), services)
+    [received] = sink.wait_for(1)
+    subject = received.message["Subject"]
+    assert len(subject) == 256
+    assert subject.startswith("Auto: xxx") and subject.endswith("…")
+
+
+def test_reply_from_recipient_envelope_option(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    settings = settings_from_mapping(
+        {"database": {"url": db_url}, "smtp": {"port": sink.port}, "reply": {"envelope_sender": "recipient"}}
+    )
+    services = Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
+    _vacation(store, clock())
+    assert _reply(services, sink, "personal.eml").mail_from == ALICE
+
+
+def test_admin_template_gets_its_variables(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock, tmp_path: Path
+) -> None:
+    (tmp_path / "templates" / "custom.txt.j2").write_text(
+        "{{ message }}|{{ recipient }}|{{ sender }}|{{ subject }}|{{ start.isoformat() }}|"
+        "{{ end.isoformat() }}|{{ timezone }}|{{ interval }}\n",
+        encoding="utf-8",
+    )
+    start = clock() - dt.timedelta(days=1)
+    end = clock() + dt.timedelta(days=2)
+    _vacation(
+        store, clock(), template="custom.txt.j2", starts_at=start, ends_at=end, timezone="Europe/Berlin"
+    )
+    body = _reply(services, sink, "personal.eml").message.get_content().replace("\r\n", "\n")
+    assert body == (
+        "I am away until Monday.|alice@example.com|bob@example.org|Café meeting|"
+        "2026-11-26T13:00:00+01:00|2026-11-29T13:00:00+01:00|Europe/Berlin|7d\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ undefined_variable }}",
+        "{% if %}",
+        "{{ message.__class__.__mro__ }}",
+        "{{ ''.__class__.__subclasses__() }}",
+    ],
+)
+def test_template_error_drops_and_sends_nothing(
+    template: str, services: Services, store: Store, sink: SmtpSink, clock: FakeClock, tmp_path: Path
+) -> None:
+    (tmp_path / "templates" / "bad.txt.j2").write_text(template, encoding="utf-8")
+    _vacation(store, clock(), template="bad.txt.j2")
+    decision = respond(Inbound(Envelope(BOB, ALICE), sample("personal.eml")), services)
+    assert (decision.action, decision.reason) == ("drop", "template-error")
+    assert sink.wait_for(1, timeout=0.3) == []
+    # The interval was not used up by a reply that never went out.
+    assert store.last_reply(store.list_vacations()[0].id, BOB) is None
+
+
+def test_reply_fed_back_to_another_vacation_is_not_answered(
+    services: Services, store: Store, sink: SmtpSink, clock: FakeClock
+) -> None:
+    now = clock()
+    _vacation(store, now)
+    store.put_vacation(BOB, now, None, enabled=True, message="Bob is away too.", timezone="UTC")
+    first = _reply(services, sink, "personal.eml")
+    # Bob's own hook receives Alice's reply: null envelope sender and Auto-Submitted.
+    decision = respond(Inbound(Envelope("", BOB), first.data), services)
+    assert (decision.action, decision.reason) == ("suppress", "null-sender")
+    # Even with the recipient envelope option the reply stays unanswered.
+    decision = respond(Inbound(Envelope(ALICE, BOB), first.data), services)
+    assert (decision.action, decision.reason) == ("suppress", "auto-submitted")
+    assert len(sink.wait_for(2, timeout=0.3)) == 1
