@@ -23,7 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 # The alembic revision this code expects; tests check it is the head of migrations/.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 ADDRESS_LENGTH = 320
 MYSQL_TABLE_ARGS: dict[str, Any] = {
@@ -133,5 +133,37 @@ rate_counters = Table(
     Column("tripped", Boolean, nullable=False),
     UniqueConstraint("scope", "counter_key", "window_start", name="uq_rate_counters_scope_key_window"),
     Index("ix_rate_counters_window_end", "window_end"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Retired addresses (issue 6): mail to them is refused at RCPT by the policy server, or bounced by a DSN.
+retired_addresses = Table(
+    "retired_addresses",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("starts_at", UtcDateTime, nullable=True),
+    Column("ends_at", UtcDateTime, nullable=True),
+    Column("timezone", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("address", name="uq_retired_addresses_address"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# One row per (retired address, sender): the last DSN, claimed like reply_claims.
+bounce_claims = Table(
+    "bounce_claims",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("retired_id", Integer, ForeignKey("retired_addresses.id", ondelete="CASCADE"), nullable=False),
+    Column("sender_key", String(ADDRESS_LENGTH), nullable=False),
+    Column("replied_at", UtcDateTime, nullable=False),
+    Column("message_key", Text, nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("token", String(32), nullable=False),
+    UniqueConstraint("retired_id", "sender_key", name="uq_bounce_claims_retired_sender"),
     **MYSQL_TABLE_ARGS,
 )
