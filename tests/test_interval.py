@@ -1,0 +1,158 @@
+"""One reply per sender per interval, claimed atomically and given back when sending fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from responder.config import settings_from_mapping
+from responder.context import Services
+from responder.engine import respond
+from responder.errors import RelayUnavailable
+from responder.message import Envelope, Inbound
+from responder.store import Store
+from responder.transport import SmtpTransport
+from tests.helpers import FakeClock
+from tests.sink import SmtpSink
+
+ALICE = "alice@example.com"
+
+
+def _message(number: int, sender: str = "bob@example.org") -> bytes:
+    return (
+        f"From: {sender}\nTo: {ALICE}\nSubject: note {number}\nMessage-ID: <m{number}@example.org>\n\nhello\n"
+    ).encode()
+
+
+def _services(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock, **reply: object) -> Services:
+    settings = settings_from_mapping(
+        {"database": {"url": db_url}, "smtp": {"port": sink.port}, "reply": reply}
+    )
+    return Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
+
+
+def _decide(services: Services, number: int, sender: str = "bob@example.org") -> tuple[str, str | None]:
+    decision = respond(Inbound(Envelope(sender, ALICE), _message(number, sender)), services)
+    return decision.action, decision.reason
+
+
+def _vacation(store: Store, clock: FakeClock, interval: int | None = None) -> None:
+    store.put_vacation(
+        ALICE, clock(), None, enabled=True, message="away", timezone="UTC", interval_seconds=interval
+    )
+
+
+def test_default_interval_is_seven_days(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    assert _decide(services, 1) == ("reply", None)
+    clock.advance(days=6, hours=23, minutes=59)
+    assert _decide(services, 2) == ("suppress", "interval")
+    clock.advance(minutes=1)
+    assert _decide(services, 3) == ("reply", None)
+    assert len(sink.wait_for(2)) == 2
+
+
+def test_interval_is_per_sender_and_ignores_case(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    assert _decide(services, 1, "bob@example.org") == ("reply", None)
+    assert _decide(services, 2, "Bob@EXAMPLE.org") == ("suppress", "interval")
+    assert _decide(services, 3, "carol@example.org") == ("reply", None)
+
+
+@pytest.mark.parametrize(
+    ("configured", "minimum", "maximum", "effective"),
+    [
+        (3600, "1d", "60d", dt.timedelta(days=1)),  # below the minimum: clamped up
+        (90 * 86400, "1d", "60d", dt.timedelta(days=60)),  # above the maximum: clamped down
+        (2 * 86400, "1d", "60d", dt.timedelta(days=2)),
+        (None, "1d", "60d", dt.timedelta(days=7)),
+    ],
+)
+def test_interval_is_clamped(
+    configured: int | None,
+    minimum: str,
+    maximum: str,
+    effective: dt.timedelta,
+    store: Store,
+    db_url: str,
+    sink: SmtpSink,
+    clock: FakeClock,
+) -> None:
+    services = _services(store, db_url, sink, clock, min_interval=minimum, max_interval=maximum)
+    _vacation(store, clock, configured)
+    assert _decide(services, 1) == ("reply", None)
+    clock.advance(seconds=effective.total_seconds() - 1)
+    assert _decide(services, 2) == ("suppress", "interval")
+    clock.advance(seconds=1)
+    assert _decide(services, 3) == ("reply", None)
+
+
+def test_zero_interval_answers_every_message_but_never_a_retry(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock, min_interval="0s")
+    _vacation(store, clock, 0)
+    assert _decide(services, 1) == ("reply", None)
+    assert _decide(services, 1) == ("suppress", "interval")  # the MTA retried the same message
+    assert _decide(services, 2) == ("reply", None)
+    assert len(sink.wait_for(2)) == 2
+
+
+def test_transient_failure_gives_the_claim_back(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    sink.rcpt_reply = "451 4.3.0 try again later"
+    with pytest.raises(RelayUnavailable):
+        _decide(services, 1)
+    assert store.last_reply(store.list_vacations()[0].id, "bob@example.org") is None
+    sink.rcpt_reply = ""
+    clock.advance(minutes=5)
+    assert _decide(services, 1) == ("reply", None)  # the MTA's retry still answers
+    assert _decide(services, 1) == ("suppress", "interval")
+
+
+def test_permanent_refusal_keeps_the_claim(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    sink.rcpt_reply = "550 5.1.1 no such user"
+    assert _decide(services, 1) == ("drop", "relay-refused")
+    sink.rcpt_reply = ""
+    assert _decide(services, 2) == ("suppress", "interval")
+    assert sink.wait_for(1, timeout=0.3) == []
+
+
+def test_dead_attempt_of_the_same_message_can_be_taken_over(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    """A hook killed between claim and send leaves a pending claim; the MTA's retry may answer."""
+    _vacation(store, clock)
+    vacation_id = store.list_vacations()[0].id
+    interval, stale = dt.timedelta(days=7), dt.timedelta(seconds=60)
+    key = "bob@example.org"
+    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale)
+    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale) is None
+    clock.advance(seconds=61)
+    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale)
+    assert store.claim_reply(vacation_id, key, "<m2@example.org>", clock(), interval, stale) is None
+
+
+def test_explain_reads_but_never_claims(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    inbound = Inbound(Envelope("bob@example.org", ALICE), _message(1))
+    assert respond(inbound, services, dry_run=True).action == "reply"
+    assert respond(inbound, services, dry_run=True).action == "reply"
+    assert store.decisions() == []
+    assert sink.wait_for(1, timeout=0.3) == []
+    assert _decide(services, 1) == ("reply", None)
+    decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
+    assert (decision.action, decision.reason) == ("suppress", "interval")
