@@ -2,17 +2,22 @@
 
 Each rule has a stable reason code (used in logs, the audit table and ``explain``) and returns a
 detail string when it fires, or None to let the message go on to the next rule.
+
+One table serves both responses: a vacation reply and the DSN for a retired address (``ctx.kind``).
+A rule runs for the kinds in its ``applies_to``; most apply to both, and the few that differ say why.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from responder.addresses import strip_batv
 from responder.compose import LOOP_HEADER
-from responder.context import Context
+from responder.context import BOUNCE, REPLY, RESPONSES, Context
+from responder.limits import check_limits
 from responder.message import clean_text, is_null_sender
 
 SUPPRESS = "suppress"
@@ -52,6 +57,11 @@ class Rule:
     action: str
     summary: str
     check: Callable[[Context], str | None]
+    applies_to: frozenset[str] = RESPONSES
+
+    def applies(self, ctx: Context) -> bool:
+        # Rules for both kinds must not ask for ctx.kind: that is a database lookup.
+        return self.applies_to >= RESPONSES or ctx.kind in self.applies_to
 
 
 def _header_token(value: str) -> str:
@@ -104,11 +114,17 @@ def list_header(ctx: Context) -> str | None:
 
 
 def auto_response_suppress(ctx: Context) -> str | None:
+    """All stops both responses; OOF stops only vacation replies and NDR only bounces (MS-OXCMAIL)."""
+    tokens: set[str] = set()
     for value in ctx.inbound.values("X-Auto-Response-Suppress"):
-        tokens = {token.strip(" \t").lower() for token in clean_text(value).split(",")}
-        hit = tokens & {"all", "oof"}
-        if hit:
-            return f"X-Auto-Response-Suppress: {sorted(hit)[0]}"
+        tokens |= {token.strip(" \t").lower() for token in clean_text(value).split(",")}
+    if "all" in tokens:
+        return "X-Auto-Response-Suppress: all"
+    # Only now the kind of response matters, and only now it is looked up.
+    if tokens & {"oof", "ndr"}:
+        token = "ndr" if ctx.kind == BOUNCE else "oof"
+        if token in tokens:
+            return f"X-Auto-Response-Suppress: {token}"
     return None
 
 
@@ -127,7 +143,16 @@ def loop(ctx: Context) -> str | None:
 
 
 def no_vacation(ctx: Context) -> str | None:
+    """Neither an active vacation nor an active retirement: nothing to respond with."""
+    if ctx.kind == BOUNCE:
+        return None
     vacation = ctx.vacation
+    retirement = ctx.retirement
+    if vacation is None and retirement is not None:
+        # Not active, so scheduled (a start is set) or ended (an end is set).
+        if retirement.state(ctx.now) == "scheduled":
+            return f"{retirement.address} retires {_iso(retirement.starts_at)}"
+        return f"retirement of {retirement.address} ended {_iso(retirement.ends_at)}"
     if vacation is None:
         return "no vacation for " + ", ".join(ctx.recipients)
     if not vacation.enabled:
@@ -137,6 +162,10 @@ def no_vacation(ctx: Context) -> str | None:
     if vacation.ends_at is not None and ctx.now >= vacation.ends_at:
         return f"vacation ended {vacation.ends_at.isoformat(timespec='seconds')}"
     return None
+
+
+def _iso(when: dt.datetime | None) -> str:
+    return when.isoformat(timespec="seconds") if when else "-"
 
 
 def own_address(ctx: Context) -> str | None:
@@ -149,7 +178,7 @@ def not_addressed(ctx: Context) -> str | None:
 
 
 def interval(ctx: Context) -> str | None:
-    return ctx.claim_interval()
+    return ctx.claim_bounce_interval() if ctx.kind == BOUNCE else ctx.claim_interval()
 
 
 RULES: tuple[Rule, ...] = (
@@ -161,22 +190,38 @@ RULES: tuple[Rule, ...] = (
     Rule("precedence", SUPPRESS, "Precedence is bulk, junk or list", precedence),
     Rule("list-header", SUPPRESS, "a List-* or Mailing-List header field is present", list_header),
     Rule(
-        "auto-response-suppress", SUPPRESS, "X-Auto-Response-Suppress asks for no OOF", auto_response_suppress
+        "auto-response-suppress",
+        SUPPRESS,
+        "X-Auto-Response-Suppress says All, OOF (for a reply) or NDR (for a bounce)",
+        auto_response_suppress,
     ),
     Rule("report", SUPPRESS, "the message is a multipart/report (DSN, MDN)", report),
     Rule("loop", SUPPRESS, "too many Received fields, or our own reply coming back", loop),
     # Database rules.
-    Rule("no-vacation", SUPPRESS, "the recipient has no vacation active right now", no_vacation),
+    Rule("no-vacation", SUPPRESS, "the recipient has no active vacation and is not retired", no_vacation),
     Rule("own-address", SUPPRESS, "the sender is the recipient or one of its aliases", own_address),
+    # Replies only: RFC 3834 section 2 keeps personal responses to mail addressed to the person; a DSN
+    # reports on the envelope recipient, which a sender reaching a retired address through Bcc or an
+    # alias needs to learn about just the same (lists are already out, by list-header).
     Rule(
         "not-addressed",
         SUPPRESS,
         "neither the recipient nor an alias is in To/Cc/Bcc/Resent-*",
         not_addressed,
+        applies_to=frozenset({REPLY}),
     ),
-    Rule("interval", SUPPRESS, "this sender already got this reply within the interval", interval),
-    # The sender verification gate (reason "unverified", action drop) and rate limits ("rate-limit")
-    # follow here, so that they cost DNS and counters only for messages that would be answered.
+    Rule("interval", SUPPRESS, "this sender already got this response within the interval", interval),
+    # The sender verification gate (reason "unverified", action drop) follows here, so that it costs
+    # DNS only for messages that would be answered.
+    # Last, so that only responses about to go out are counted. "drop", not "suppress": nothing about
+    # the message forbids an answer (that is what suppress means, as for the RFC 3834 rules above);
+    # a response that was due is withheld to protect the system, like "unverified" and "relay-refused".
+    Rule(
+        "rate-limit",
+        DROP,
+        "a per-sender, sender-domain, recipient or global rate limit is reached",
+        check_limits,
+    ),
 )
 
 # Outcomes decided outside the table, also part of the interface.

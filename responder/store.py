@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
+    Table,
     and_,
     create_engine,
     delete,
@@ -19,18 +20,47 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.pool import NullPool
 
 from responder.errors import StoreUnavailable
 from responder.paths import resource_dir
-from responder.schema import SCHEMA_REVISION, decisions, reply_claims, vacation_aliases, vacations
+from responder.retired import Retirement
+from responder.schema import (
+    SCHEMA_REVISION,
+    bounce_claims,
+    decisions,
+    rate_counters,
+    reply_claims,
+    retired_addresses,
+    vacation_aliases,
+    vacations,
+)
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
 _TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.InternalError)
+# A transaction the server chose to abort so that another could go on: deadlock or serialization
+# failure (PostgreSQL SQLSTATE 40P01 / 40001, MySQL/MariaDB 1213 / 1020). Trying again is correct.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+_CONFLICT_MYSQL_CODES = frozenset({1213, 1020})
+_ATTEMPTS = 5
+_T = TypeVar("_T")
+
+
+class _Conflict(StoreUnavailable):
+    """The server aborted our transaction in favour of another; the statement may be run again."""
+
+
+def _is_conflict(exc: sa_exc.DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _CONFLICT_MYSQL_CODES
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,23 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class RateCounter:
+    scope: str
+    counter_key: str
+    window_start: dt.datetime
+    window_end: dt.datetime
+    count: int
+    tripped: bool
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    claims: int
+    counters: int
+    audit: int
+
+
+@dataclass(frozen=True)
 class LastReply:
     replied_at: dt.datetime
     message_key: str
@@ -93,13 +140,30 @@ def _sqlite_pragmas(busy_timeout: float) -> Any:
 
 
 def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Engine:
-    """An engine for ``url``; SQLite gets a busy timeout and foreign keys, others a short connect timeout."""
-    kwargs: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+    """An engine for ``url``: SQLite (busy timeout, foreign keys), PostgreSQL or MySQL/MariaDB.
+
+    The hook opens one connection per process, so it uses no pool (and needs no pre-ping); long-running
+    callers ask for ``pooled`` and get connections checked before use. MySQL connections speak utf8mb4
+    (4-byte UTF-8 survives) and run READ COMMITTED like PostgreSQL, so that a purge's range DELETE takes
+    no gap locks that would hold up the hook's INSERTs.
+    """
+    kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"poolclass": NullPool}
     connect_args: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    try:
+        backend = make_url(url).get_backend_name()
+        query = make_url(url).query
+    except sa_exc.ArgumentError as exc:
+        raise StoreUnavailable(f"database.url cannot be used: {exc}") from None
+    if backend == "sqlite":
         connect_args["timeout"] = busy_timeout
-    elif url.startswith("postgresql") or url.startswith(("mysql", "mariadb")):
+    elif backend == "postgresql":
         connect_args["connect_timeout"] = max(1, int(busy_timeout))
+        connect_args["application_name"] = "responder"
+    elif backend in ("mysql", "mariadb"):
+        connect_args["connect_timeout"] = max(1, int(busy_timeout))
+        if "charset" not in query:
+            connect_args["charset"] = "utf8mb4"
+        kwargs["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
@@ -136,9 +200,9 @@ class Store:
         try:
             yield
         except _TRANSIENT as exc:
-            raise StoreUnavailable(
-                f"database unavailable while {what}: {getattr(exc, 'orig', None) or exc}"
-            ) from None
+            conflict = isinstance(exc, sa_exc.DBAPIError) and _is_conflict(exc)
+            fault = _Conflict if conflict else StoreUnavailable
+            raise fault(f"database unavailable while {what}: {getattr(exc, 'orig', None) or exc}") from None
 
     @contextmanager
     def _begin(self, what: str) -> Iterator[Connection]:
@@ -285,6 +349,24 @@ class Store:
         or when an attempt for this very message died (pending for longer than ``stale_after``, which is
         the hook's deadline). A retry of a message that was answered never wins.
         """
+        return self._retrying(
+            lambda: self._claim_reply_once(vacation_id, sender_key, message_key, now, interval, stale_after)
+        )
+
+    def _claim_reply_once(
+        self,
+        vacation_id: int,
+        sender_key: str,
+        message_key: str,
+        now: dt.datetime,
+        interval: dt.timedelta,
+        stale_after: dt.timedelta,
+    ) -> str | None:
+        # Correct on every backend: the INSERT lets exactly one of several racers create the row (unique
+        # constraint); the conditional UPDATE re-tests its WHERE on the row it has locked (InnoDB locking
+        # read, PostgreSQL's re-check after waiting for a concurrent writer, SQLite's single writer), and
+        # every matched row is changed (a new token), so rowcount is 1 exactly for the winner, also under
+        # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows.
         token = secrets.token_hex(16)
         values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
         c = reply_claims.c
@@ -351,6 +433,157 @@ class Store:
             ).first()
         return None if row is None else LastReply(row.replied_at, row.message_key, row.state)
 
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt`` again when the server aborted it to resolve a deadlock."""
+        for remaining in range(_ATTEMPTS - 1, -1, -1):
+            try:
+                return attempt()
+            except _Conflict:
+                if not remaining:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- retired addresses (issue 6) ------------------------------------------------------------------
+
+    def retirement_for(self, addresses: Sequence[str]) -> Retirement | None:
+        """The retirement of the first of ``addresses`` that has one, active or not."""
+        wanted = [a for a in addresses if a]
+        if not wanted:
+            return None
+        with self._guard("looking up the retired address"), self.engine.connect() as conn:
+            rows = {
+                row["address"]: row
+                for row in conn.execute(
+                    select(retired_addresses).where(retired_addresses.c.address.in_(wanted))
+                ).mappings()
+            }
+        for address in wanted:
+            if address in rows:
+                return _retirement(rows[address])
+        return None
+
+    def list_retirements(self) -> list[Retirement]:
+        with self._guard("listing retired addresses"), self.engine.connect() as conn:
+            query = select(retired_addresses).order_by(retired_addresses.c.address)
+            return [_retirement(row) for row in conn.execute(query).mappings()]
+
+    def put_retirement(self, address: str, now: dt.datetime, **fields: Any) -> bool:
+        """Create or update the retirement of ``address``; False, and nothing saved, when it has a vacation."""
+        r = retired_addresses.c
+        with self._begin("saving the retired address") as conn:
+            vacation = conn.execute(select(vacations.c.id).where(vacations.c.address == address)).first()
+            if vacation is not None:
+                return False
+            existing = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
+            if existing is None:
+                conn.execute(
+                    insert(retired_addresses).values(address=address, created_at=now, updated_at=now, **fields)
+                )
+            else:
+                conn.execute(update(retired_addresses).where(r.id == existing).values(updated_at=now, **fields))
+            return True
+
+    def delete_retirement(self, address: str) -> bool:
+        r = retired_addresses.c
+        with self._begin("deleting the retired address") as conn:
+            retired_id = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
+            if retired_id is None:
+                return False
+            # Explicit delete: foreign keys may be off on an old SQLite file opened elsewhere.
+            conn.execute(delete(bounce_claims).where(bounce_claims.c.retired_id == retired_id))
+            conn.execute(delete(retired_addresses).where(r.id == retired_id))
+            return True
+
+    def claim_bounce(
+        self,
+        retired_id: int,
+        sender_key: str,
+        message_key: str,
+        now: dt.datetime,
+        interval: dt.timedelta,
+        stale_after: dt.timedelta,
+    ) -> str | None:
+        """Atomically take the right to send this sender a DSN now; the rules of ``claim_reply``."""
+        return self._retrying(
+            lambda: self._claim_row(
+                bounce_claims, "retired_id", retired_id, sender_key, message_key, now, interval, stale_after
+            )
+        )
+
+    def confirm_bounce(self, retired_id: int, sender_key: str, token: str) -> None:
+        c = bounce_claims.c
+        with self._begin("confirming the bounce") as conn:
+            conn.execute(
+                update(bounce_claims)
+                .where(c.retired_id == retired_id, c.sender_key == sender_key, c.token == token)
+                .values(state="sent")
+            )
+
+    def release_bounce(self, retired_id: int, sender_key: str, token: str) -> None:
+        c = bounce_claims.c
+        with self._begin("releasing the bounce claim") as conn:
+            conn.execute(
+                delete(bounce_claims).where(
+                    c.retired_id == retired_id, c.sender_key == sender_key, c.token == token
+                )
+            )
+
+    def last_bounce(self, retired_id: int, sender_key: str) -> LastReply | None:
+        c = bounce_claims.c
+        with self._guard("reading the bounce interval"), self.engine.connect() as conn:
+            row = conn.execute(
+                select(c.replied_at, c.message_key, c.state).where(
+                    c.retired_id == retired_id, c.sender_key == sender_key
+                )
+            ).first()
+        return None if row is None else LastReply(row.replied_at, row.message_key, row.state)
+
+    def _claim_row(
+        self,
+        table: Table,
+        owner: str,
+        owner_id: int,
+        sender_key: str,
+        message_key: str,
+        now: dt.datetime,
+        interval: dt.timedelta,
+        stale_after: dt.timedelta,
+    ) -> str | None:
+        """``_claim_reply_once`` for any claims table keyed by (``owner``, sender_key)."""
+        token = secrets.token_hex(16)
+        values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
+        c = table.c
+        mine = (c[owner] == owner_id, c.sender_key == sender_key)
+        for _attempt in range(2):
+            try:
+                with self._begin("claiming the interval") as conn:
+                    conn.execute(insert(table).values({owner: owner_id, "sender_key": sender_key, **values}))
+                return token
+            except sa_exc.IntegrityError:
+                pass
+            with self._begin("claiming the interval") as conn:
+                result = conn.execute(
+                    update(table)
+                    .where(*mine)
+                    .where(
+                        or_(
+                            and_(c.replied_at <= now - interval, c.message_key != message_key),
+                            and_(
+                                c.state == "pending",
+                                c.replied_at <= now - stale_after,
+                                c.message_key == message_key,
+                            ),
+                        )
+                    )
+                    .values(**values)
+                )
+                if result.rowcount == 1:
+                    return token
+                still_there = conn.execute(select(c.id).where(*mine)).first()
+            if still_there is not None:
+                return None
+        return None
+
     # -- audit --------------------------------------------------------------------------------------
 
     def record(self, record: DecisionRecord) -> None:
@@ -370,6 +603,140 @@ class Store:
                 DecisionRecord(**{k: row[k] for k in DecisionRecord.__dataclass_fields__})
                 for row in conn.execute(query).mappings()
             ]
+
+    # -- rate counters (issue 5) ----------------------------------------------------------------------
+
+    def take_count(
+        self, scope: str, key: str, window_start: dt.datetime, window_end: dt.datetime, limit: int
+    ) -> bool:
+        """Count one response against (scope, key, window) unless ``limit`` are counted; True when counted.
+
+        No upsert rowcounts are trusted. The conditional UPDATE tests ``count < limit`` on the row it
+        holds locked (see ``_claim_reply_once``) and always changes the row it matches, so rowcount is 1
+        exactly when this call counted, on every backend. When nothing matched, the row is read in the
+        same transaction: missing, it is created by a plain INSERT whose unique constraint lets one of
+        several racers win (the losers go round again); full, the answer is no; otherwise another
+        process changed it in between and the UPDATE is tried again.
+        """
+        c = rate_counters.c
+        where = (c.scope == scope, c.counter_key == key, c.window_start == window_start)
+
+        def attempt() -> bool | None:
+            with self._begin("counting against the rate limits") as conn:
+                counted = conn.execute(
+                    update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1)
+                )
+                if counted.rowcount == 1:
+                    return True
+                current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
+            if current is not None:
+                return False if current >= limit else None
+            try:
+                with self._begin("counting against the rate limits") as conn:
+                    conn.execute(
+                        insert(rate_counters).values(
+                            scope=scope,
+                            counter_key=key,
+                            window_start=window_start,
+                            window_end=window_end,
+                            count=1,
+                            tripped=False,
+                        )
+                    )
+            except sa_exc.IntegrityError:
+                return None
+            return True
+
+        for _round in range(_ATTEMPTS):
+            outcome = self._retrying(attempt)
+            if outcome is not None:
+                return outcome
+        raise StoreUnavailable(f"the {scope} rate counter of {key} kept changing; try again later")
+
+    def give_back_count(self, scope: str, key: str, window_start: dt.datetime) -> None:
+        """Undo one ``take_count``: the response it was taken for did not go out."""
+        c = rate_counters.c
+
+        def attempt() -> None:
+            with self._begin("giving back a rate count") as conn:
+                conn.execute(
+                    update(rate_counters)
+                    .where(c.scope == scope, c.counter_key == key, c.window_start == window_start)
+                    .where(c.count > 0)
+                    .values(count=c.count - 1)
+                )
+
+        self._retrying(attempt)
+
+    def counts(self, wanted: Sequence[tuple[str, str, dt.datetime]]) -> dict[tuple[str, str], int]:
+        """The current counts of (scope, key, window start) triples, by (scope, key); absent ones are 0."""
+        if not wanted:
+            return {}
+        c = rate_counters.c
+        query = select(c.scope, c.counter_key, c.count).where(
+            or_(*(and_(c.scope == s, c.counter_key == k, c.window_start == w) for s, k, w in wanted))
+        )
+        with self._guard("reading the rate counters"), self.engine.connect() as conn:
+            found = {(scope, key): count for scope, key, count in conn.execute(query)}
+        return {(s, k): found.get((s, k), 0) for s, k, _w in wanted}
+
+    def mark_tripped(self, scope: str, key: str, window_start: dt.datetime) -> bool:
+        """Flag a full counter as tripped; True only for the one caller that set the flag."""
+        c = rate_counters.c
+
+        def attempt() -> bool:
+            with self._begin("marking a rate limit as reached") as conn:
+                result = conn.execute(
+                    update(rate_counters)
+                    .where(c.scope == scope, c.counter_key == key, c.window_start == window_start)
+                    .where(c.tripped == False)  # noqa: E712 (SQL, not Python)
+                    .values(tripped=True)
+                )
+                return result.rowcount == 1
+
+        return self._retrying(attempt)
+
+    def counters(
+        self, now: dt.datetime, selectors: Sequence[tuple[str, str | None]] = ()
+    ) -> list[RateCounter]:
+        """Counters whose window is still open, optionally only those matching (scope, key-or-None)."""
+        c = rate_counters.c
+        query = (
+            select(rate_counters)
+            .where(c.window_end > now, _selected(selectors))
+            .order_by(c.scope, c.counter_key, c.window_start)
+        )
+        with self._guard("reading the rate counters"), self.engine.connect() as conn:
+            return [
+                RateCounter(**{k: row[k] for k in RateCounter.__dataclass_fields__})
+                for row in conn.execute(query).mappings()
+            ]
+
+    def reset_counters(self, selectors: Sequence[tuple[str, str | None]]) -> int:
+        """Delete the counters matching (scope, key-or-None) selectors; their limits start again at 0."""
+        with self._begin("resetting rate counters") as conn:
+            return int(conn.execute(delete(rate_counters).where(_selected(selectors))).rowcount)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+
+    def purge(self, now: dt.datetime, claims_before: dt.datetime, audit_before: dt.datetime) -> PurgeResult:
+        """Delete reply claims older than any interval, closed rate windows and old audit rows."""
+        with self._begin("purging") as conn:
+            claims = conn.execute(delete(reply_claims).where(reply_claims.c.replied_at < claims_before))
+            counters = conn.execute(delete(rate_counters).where(rate_counters.c.window_end <= now))
+            audit = conn.execute(delete(decisions).where(decisions.c.at < audit_before))
+            return PurgeResult(int(claims.rowcount), int(counters.rowcount), int(audit.rowcount))
+
+
+def _selected(selectors: Sequence[tuple[str, str | None]]) -> Any:
+    c = rate_counters.c
+    if not selectors:
+        return true()
+    return or_(*(c.scope == s if k is None else and_(c.scope == s, c.counter_key == k) for s, k in selectors))
+
+
+def _retirement(row: RowMapping) -> Retirement:
+    return Retirement(**{column.name: row[column.name] for column in retired_addresses.c})
 
 
 def _is_missing_table(exc: sa_exc.DBAPIError) -> bool:

@@ -1,0 +1,135 @@
+"""Rate limits over the store: fixed windows, counted atomically, given back when no response goes out.
+
+Windows are fixed and aligned to the Unix epoch in UTC: a ``10/1d`` limit allows 10 responses from
+00:00 to 24:00 UTC, a ``50/1h`` limit 50 per clock hour. Fixed windows need one row per key and window
+and one conditional UPDATE per check, which every backend makes atomic; the price is that up to twice
+the count can go out around a window boundary (the end of one window and the start of the next).
+
+Each count taken is a Claim in ``ctx.claims``: the engine keeps it when the response went out and
+gives it back on every other path, so only responses actually sent are counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from responder.addresses import sender_domain
+from responder.config import Limit, LimitSettings
+
+if TYPE_CHECKING:
+    from responder.context import Context
+    from responder.store import Store
+
+log = logging.getLogger("responder")
+
+GLOBAL_KEY = "*"
+
+
+@dataclass(frozen=True)
+class Scope:
+    setting: str  # the key in [limits]
+    name: str  # the scope stored with the counter
+    key: Callable[[Context], str]
+    limit: Callable[[LimitSettings], Limit | None]
+
+
+def _recipient(ctx: Context) -> str:
+    assert ctx.vacation is not None
+    return ctx.vacation.address
+
+
+# Most specific first: a flood from one sender stops at its own counter, never touching the shared
+# global row that every process updates.
+SCOPES: tuple[Scope, ...] = (
+    Scope("per_sender", "sender", lambda ctx: ctx.sender_key, lambda s: s.per_sender),
+    Scope(
+        "per_sender_domain",
+        "sender-domain",
+        lambda ctx: sender_domain(ctx.sender_key),
+        lambda s: s.per_sender_domain,
+    ),
+    Scope("per_recipient", "recipient", _recipient, lambda s: s.per_recipient),
+    Scope("global", "global", lambda _ctx: GLOBAL_KEY, lambda s: s.global_),
+)
+SCOPE_NAMES = tuple(scope.name for scope in SCOPES)
+
+
+def configured(settings: LimitSettings) -> list[tuple[Scope, Limit]]:
+    """The limits that are not ``off``, in checking order."""
+    return [(scope, limit) for scope in SCOPES if (limit := scope.limit(settings)) is not None]
+
+
+def window(limit: Limit, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The fixed window of ``limit`` that holds ``now``: [start, end)."""
+    epoch = int(now.timestamp())
+    start = epoch - epoch % limit.window
+    begin = dt.datetime.fromtimestamp(start, dt.UTC)
+    return begin, begin + dt.timedelta(seconds=limit.window)
+
+
+@dataclass(frozen=True)
+class CounterClaim:
+    """One response counted against one limit; released when the response did not go out."""
+
+    store: Store
+    scope: str
+    key: str
+    window_start: dt.datetime
+
+    def confirm(self) -> None:
+        """The count was taken when claiming; a response that went out keeps it."""
+
+    def release(self) -> None:
+        self.store.give_back_count(self.scope, self.key, self.window_start)
+
+
+@dataclass(frozen=True)
+class _Check:
+    scope: Scope
+    limit: Limit
+    key: str
+    start: dt.datetime
+    end: dt.datetime
+
+    def reached(self) -> str:
+        whom = "" if self.scope.name == "global" else f" for {self.key}"
+        until = self.end.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.scope.setting} {self.limit} reached{whom} until {until}"
+
+
+def check_limits(ctx: Context) -> str | None:
+    """Count this response against every limit; the detail of the first limit reached, else None.
+
+    First one read of all counters: a message over any limit (the usual case during a flood) is
+    refused without a write. Then each count is taken atomically, so concurrent processes never send
+    more than a limit even when all of them passed the read. A dry run stops after the read.
+    """
+    limits = configured(ctx.settings.limits)
+    if not limits:
+        return None
+    store = ctx.services.store
+    checks = [_Check(scope, limit, scope.key(ctx), *window(limit, ctx.now)) for scope, limit in limits]
+    counts = store.counts([(c.scope.name, c.key, c.start) for c in checks])
+    for check in checks:
+        if counts[(check.scope.name, check.key)] >= check.limit.count:
+            return _reached(ctx, store, check)
+    if ctx.dry_run:
+        return None
+    for check in checks:
+        if not store.take_count(check.scope.name, check.key, check.start, check.end, check.limit.count):
+            return _reached(ctx, store, check)
+        ctx.claims.append(CounterClaim(store, check.scope.name, check.key, check.start))
+    return None
+
+
+def _reached(ctx: Context, store: Store, check: _Check) -> str:
+    detail = check.reached()
+    # The circuit breaker says so once per window, whichever process first finds it open.
+    breaker = check.scope.name == "global" and not ctx.dry_run
+    if breaker and store.mark_tripped(check.scope.name, check.key, check.start):
+        log.warning("circuit breaker: %s; no automatic responses are sent until then", detail)
+    return detail
