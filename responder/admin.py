@@ -62,6 +62,11 @@ def add_admin_commands(commands: Any) -> None:
     audit.add_argument("--recipient")
     audit.add_argument("--limit", type=int, default=50)
 
+    # Commands kept in their own modules set `admin_handler(args, store, settings)` on their parsers.
+    from responder.admin_limits import add_limit_commands
+
+    add_limit_commands(commands)
+
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from responder.store import Store
@@ -73,6 +78,9 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "log":
             store.check_schema()
             return _log(args, store)
+        if hasattr(args, "admin_handler"):
+            store.check_schema()
+            return int(args.admin_handler(args, store, settings))
         store.check_schema()
         return _vacation(args, store, settings)
     except AdminError as exc:
