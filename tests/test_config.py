@@ -1,0 +1,106 @@
+"""Configuration: defaults, durations, and errors that name the offending key."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from responder.config import ConfigError, load, parse_duration, settings_from_mapping
+from tests.conftest import ConfigFactory
+from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("0s", 0), (90, 90)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7 days", "-1s", "1y", "d7"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_defaults() -> None:
+    settings = settings_from_mapping({})
+    assert settings.database.url == "sqlite:////var/lib/responder/responder.sqlite3"
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.starttls) == ("127.0.0.1", 25, False)
+    assert settings.reply.envelope_sender == "null"
+    assert (settings.reply.default_interval, settings.reply.min_interval, settings.reply.max_interval) == (
+        7 * 86400,
+        86400,
+        60 * 86400,
+    )
+    assert settings.deliver.deadline == 60
+    assert settings.verify.require == "aligned"
+    assert settings.log.syslog is False
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"smtp": {"prot": 25}}, "unknown key smtp.prot"),
+        ({"smpt": {}}, "unknown section [smpt]"),
+        ({"smtp": {"port": "25"}}, "bad value for smtp.port"),
+        ({"smtp": {"port": 70000}}, "bad value for smtp.port"),
+        ({"reply": {"envelope_sender": "sender"}}, "bad value for reply.envelope_sender"),
+        ({"reply": {"default_interval": "a week"}}, "bad value for reply.default_interval"),
+        ({"reply": {"min_interval": "2d", "max_interval": "1d"}}, "reply.min_interval"),
+        ({"log": {"syslog": "yes"}}, "bad value for log.syslog"),
+        ({"verify": {"require": "maybe"}}, "bad value for verify.require"),
+        ({"smtp": {"username": "u"}}, "smtp.password"),
+        ({"smtp": 5}, "[smtp] must be a table"),
+    ],
+)
+def test_errors_name_the_key(document: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(document)
+    assert message in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[smtp\nport = 25\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(broken)
+
+
+def test_environment_variable_names_the_config(make_config: ConfigFactory) -> None:
+    config = make_config()
+    result = run_hook(config, "db", "current")
+    assert result.returncode == 0
+    via_env = subprocess.run(
+        [sys.executable, "-m", "responder", "db", "current"],
+        capture_output=True,
+        env=hook_env({"RESPONDER_CONFIG": str(config)}),
+        check=False,
+    )
+    assert via_env.returncode == 0, via_env.stderr.decode()
+    assert via_env.stdout == result.stdout
+
+
+def test_syslog_mail_facility(make_config: ConfigFactory, tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(path)
+        syslog.settimeout(10)
+        config = make_config(log={"syslog": True, "syslog_socket": path})
+        vacation_set(config, "alice@example.com", "--message", "away")
+        result = run_hook(
+            config, *deliver_args("bob@example.org", "alice@example.com"), stdin=sample("list-id.eml")
+        )
+        assert result.returncode == 0
+        datagram = syslog.recv(65536).decode()
+    # <22> = facility mail (2) * 8 + severity info (6)
+    assert datagram.startswith("<22>responder[")
+    assert "action=suppress reason=list-header" in datagram
+    assert b"reason=list-header" not in result.stderr  # stderr only carries warnings when syslog is on
