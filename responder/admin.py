@@ -56,6 +56,10 @@ def add_admin_commands(commands: Any) -> None:
     vacation.add_parser("off", help="switch a vacation off (kept for later)").add_argument("address")
     vacation.add_parser("delete", help="delete a vacation and its reply history").add_argument("address")
 
+    from responder.admin_bounce import add_bounce_commands
+
+    add_bounce_commands(commands)
+
     audit = commands.add_parser("log", help="the decision audit trail, newest first")
     audit.add_argument("--json", action="store_true")
     audit.add_argument("--sender")
@@ -82,6 +86,10 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
             store.check_schema()
             return int(args.admin_handler(args, store, settings))
         store.check_schema()
+        if args.command == "bounce":
+            from responder.admin_bounce import run_bounce
+
+            return run_bounce(args, store, settings)
         return _vacation(args, store, settings)
     except AdminError as exc:
         print(f"responder: {exc}", file=sys.stderr)
@@ -285,6 +293,11 @@ def _vacation(args: argparse.Namespace, store: Store, settings: Settings) -> int
         return EX_OK
     address = _address(args.address)
     if command == "set":
+        if store.retirement_for([address]) is not None:
+            raise AdminError(
+                f"{address} is retired; an address is either on vacation or retired: "
+                f"run `responder bounce delete {address}` first"
+            )
         existing = store.vacation_for([address])
         existing = existing if existing and existing.address == address else None
         fields = _vacation_fields(args, existing, settings)

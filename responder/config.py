@@ -201,6 +201,86 @@ class VerifySettings:
 
 
 @dataclass(frozen=True)
+class Listen:
+    """A policy server socket: ``unix:/path``, or ``HOST:PORT`` / ``[v6]:PORT`` (``inet:`` optional)."""
+
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError(f"a UNIX socket needs an absolute path, got {text!r}")
+        return Listen(path=path)
+    spec = text.removeprefix("inet:")
+    host, colon, port = spec.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected unix:/path or HOST:PORT, got {text!r}")
+    # Port 0 lets the system choose; the server logs the port it got.
+    return Listen(host=host, port=int(port))
+
+
+def _listen(value: object) -> Listen:
+    return parse_listen(_str(value))
+
+
+def _positive(convert: Callable[[object], Any]) -> Callable[[object], Any]:
+    def check(value: object) -> Any:
+        converted = convert(value)
+        if converted <= 0:
+            raise ValueError(f"must be greater than 0, got {value!r}")
+        return converted
+
+    return check
+
+
+def _mode(value: object) -> int:
+    text = _str(value)
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f'expected an octal file mode such as "0660", got {text!r}')
+    return int(text, 8)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    # RUF009: _opt builds a dataclass field, and a Listen is frozen.
+    listen: Listen = _opt(_listen, Listen(host="127.0.0.1", port=10037))  # noqa: RUF009
+    # Mode of a UNIX socket: smtpd(8) runs as the postfix user and must be able to connect.
+    socket_mode: int = _opt(_mode, 0o660)
+    # The answer when the database cannot be asked: DUNNO lets the mail in (it may be bounced after
+    # the queue), DEFER_IF_PERMIT makes the client retry later.
+    on_error: str = _opt(_choice("dunno", "defer_if_permit"), "dunno")
+    # Longer than Postfix's smtpd_policy_service_max_idle (300 s): Postfix closes idle connections first.
+    idle_timeout: float = _opt(_positive(_duration), 330.0)
+    # A request must arrive whole within this time once its first byte came.
+    request_timeout: float = _opt(_positive(_duration), 10.0)
+    lookup_timeout: float = _opt(_positive(_duration), 3.0)
+    max_connections: int = _opt(_positive(_int), 500)
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    # At most one DSN per sender and retired address within this time; 0 sends one for every message.
+    interval: float = _opt(_duration, 86400.0)
+    # The human-readable part, looked up like the reply templates (reply.templates_dir first).
+    template: str = _opt(_str, "bounce.txt.j2")
+    # Reporting-MTA of the DSN; empty means smtp.hostname, else this host's FQDN.
+    reporting_mta: str = _opt(_str, "")
+    # From of the DSN; empty means "Mail Delivery System <MAILER-DAEMON@domain of the retired address>".
+    from_header: str = _opt(_str, "")
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -210,6 +290,8 @@ class Settings:
     verify: VerifySettings = field(default_factory=VerifySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    bounce: BounceSettings = field(default_factory=BounceSettings)
     source: str = ""
 
 

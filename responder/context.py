@@ -9,13 +9,21 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from responder.addresses import sender_key
-from responder.config import Settings
 from responder.message import Inbound, normalize_address
 
 if TYPE_CHECKING:
+    # Not at run time: the pipe hook runs the header rules before it loads the configuration.
+    from responder.config import Settings
     from responder.render import Renderer
+    from responder.retired import Retirement
     from responder.store import Store, Vacation
     from responder.transport import Transport
+
+
+# The two kinds of response; also the action recorded when one goes out.
+REPLY = "reply"
+BOUNCE = "bounce"
+RESPONSES = frozenset({REPLY, BOUNCE})
 
 
 def utcnow() -> dt.datetime:
@@ -119,6 +127,36 @@ class Context:
         return self.services.store.vacation_for(self.recipients)
 
     @cached_property
+    def retirement(self) -> Retirement | None:
+        return self.services.store.retirement_for(self.recipients)
+
+    @cached_property
+    def kind(self) -> str:
+        """BOUNCE when the recipient is retired right now, else REPLY (a vacation, or nothing at all).
+
+        An address has a vacation or a retirement, never both; when the envelope and the original
+        recipient have one each, the envelope recipient's wins, as for vacations.
+        """
+        retirement = self.retirement
+        if retirement is None or not retirement.active(self.now):
+            return REPLY
+        vacation = self.vacation
+        if vacation is not None and self.recipients.index(vacation.address) < self.recipients.index(
+            retirement.address
+        ):
+            return REPLY
+        return BOUNCE
+
+    @cached_property
+    def responder_address(self) -> str:
+        """The address the response speaks for: the retired address, the vacation's, or the recipient."""
+        if self.kind == BOUNCE and self.retirement is not None:
+            return self.retirement.address
+        if self.vacation is not None:
+            return self.vacation.address
+        return self.recipients[0] if self.recipients else ""
+
+    @cached_property
     def own_addresses(self) -> frozenset[str]:
         mine = set(self.recipients)
         if self.vacation is not None:
@@ -135,6 +173,34 @@ class Context:
         configured = self.vacation.interval_seconds if self.vacation else None
         seconds = reply.default_interval if configured is None else configured
         return dt.timedelta(seconds=min(max(seconds, reply.min_interval), reply.max_interval))
+
+    def claim_bounce_interval(self) -> str | None:
+        """``claim_interval`` for a DSN: at most one per sender and retired address per bounce.interval."""
+        from responder.retired import BounceClaim
+
+        retirement = self.retirement
+        assert retirement is not None
+        store = self.services.store
+        interval = dt.timedelta(seconds=self.settings.bounce.interval)
+        stale = dt.timedelta(seconds=self.settings.deliver.deadline)
+        key, message = self.sender_key, self.inbound.message_key
+        if self.dry_run:
+            last = store.last_bounce(retirement.id, key)
+            if last is None:
+                return None
+            free = (last.replied_at <= self.now - interval and last.message_key != message) or (
+                last.state == "pending"
+                and last.replied_at <= self.now - stale
+                and last.message_key == message
+            )
+            return None if free else f"last bounce {last.replied_at.isoformat(timespec='seconds')}"
+        token = store.claim_bounce(retirement.id, key, message, self.now, interval, stale)
+        if token is None:
+            from responder.config import format_duration
+
+            return f"already bounced within {format_duration(interval.total_seconds())}"
+        self.claims.append(BounceClaim(store, retirement.id, key, token))
+        return None
 
     def claim_interval(self) -> str | None:
         """Take (or, in a dry run, look at) the right to reply; the detail when it is not free."""

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from responder.compose import Outgoing, compose_reply
 from responder.config import format_duration
-from responder.context import Context, Services
+from responder.context import BOUNCE, Context, Services
 from responder.errors import RelayRefused, RelayUnavailable, TransientError
 from responder.message import Inbound
 from responder.rules import DROP, RULES
@@ -29,18 +29,25 @@ class Decision:
 
 
 def decide(ctx: Context) -> Decision:
-    """The first rule that fires decides; when none does, compose the reply."""
+    """The first rule that fires decides; when none does, compose the reply or the bounce."""
     for rule in RULES:
+        if not rule.applies(ctx):
+            continue
         detail = rule.check(ctx)
         if detail is not None:
             return Decision(rule.action, rule.reason, _join(detail, *ctx.notes))
     from responder.render import RenderError
 
     try:
-        outgoing = build_reply(ctx)
+        if ctx.kind == BOUNCE:
+            from responder.dsn import build_bounce
+
+            outgoing = build_bounce(ctx)
+        else:
+            outgoing = build_reply(ctx)
     except RenderError as exc:
         return Decision(DROP, "template-error", _join(str(exc), *ctx.notes))
-    return Decision(REPLY, None, _join(*ctx.notes), outgoing)
+    return Decision(ctx.kind, None, _join(*ctx.notes), outgoing)
 
 
 def build_reply(ctx: Context) -> Outgoing:

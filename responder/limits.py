@@ -38,8 +38,8 @@ class Scope:
 
 
 def _recipient(ctx: Context) -> str:
-    assert ctx.vacation is not None
-    return ctx.vacation.address
+    # The vacation's address for a reply, the retired address for a bounce.
+    return ctx.responder_address
 
 
 # Most specific first: a flood from one sender stops at its own counter, never touching the shared

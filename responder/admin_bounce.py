@@ -1,0 +1,181 @@
+"""Administrator commands for retired addresses: ``responder bounce set/show/list/delete``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from responder.admin import EX_OK, AdminError, _address, _zone, parse_when
+from responder.config import Settings
+from responder.retired import DEFAULT_STATUS, Retirement, valid_status
+
+if TYPE_CHECKING:
+    from responder.store import Store
+
+
+def add_bounce_commands(commands: Any) -> None:
+    bounce = commands.add_parser(
+        "bounce", help="manage retired addresses (mail to them is bounced)"
+    ).add_subparsers(dest="bounce_command", required=True)
+    put = bounce.add_parser("set", help="retire an address, or change its retirement")
+    put.add_argument("address")
+    text = put.add_mutually_exclusive_group()
+    text.add_argument("--message", help="why, and where to write instead (SMTP reply text and DSN text)")
+    text.add_argument("--message-file", help="file holding the message (UTF-8)")
+    put.add_argument("--status", help=f"RFC 3463 status 5.x.y (default {DEFAULT_STATUS}: mailbox has moved)")
+    put.add_argument("--start", help="ISO 8601 start; without offset read in --timezone; '' clears")
+    put.add_argument("--end", help="ISO 8601 end (exclusive); without offset read in --timezone; '' clears")
+    put.add_argument("--timezone", help="IANA time zone of --start/--end (default UTC)")
+    for name, summary in (("show", "show one retired address"), ("list", "list all retired addresses")):
+        sub = bounce.add_parser(name, help=summary)
+        if name == "show":
+            sub.add_argument("address")
+        sub.add_argument("--json", action="store_true")
+    bounce.add_parser("delete", help="un-retire an address and forget its bounce history").add_argument(
+        "address"
+    )
+
+
+def _message(args: argparse.Namespace, existing: Retirement | None) -> str | None:
+    if args.message is not None:
+        message: str = args.message
+    elif args.message_file is not None:
+        try:
+            message = Path(args.message_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AdminError(f"cannot read {args.message_file}: {exc}") from None
+    elif existing is None:
+        raise AdminError("a new retired address needs --message or --message-file")
+    else:
+        return None
+    if not message.strip():
+        raise AdminError("the message is empty: say where to write instead")
+    return message
+
+
+def _fields(args: argparse.Namespace, existing: Retirement | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    message = _message(args, existing)
+    if message is not None:
+        fields["message"] = message
+    if args.status is not None:
+        if not valid_status(args.status):
+            raise AdminError(
+                f"not a permanent RFC 3463 status: {args.status!r} (use 5.X.Y with X 0-7, e.g. 5.1.6 mailbox "
+                "has moved, 5.1.1 unknown user, 5.2.1 mailbox disabled)"
+            )
+        fields["status"] = args.status
+    elif existing is None:
+        fields["status"] = DEFAULT_STATUS
+    zone_name = args.timezone or (existing.timezone if existing else "UTC")
+    zone = _zone(zone_name)
+    fields["timezone"] = zone_name
+    if args.start is not None:
+        fields["starts_at"] = parse_when(args.start, zone)
+    if args.end is not None:
+        fields["ends_at"] = parse_when(args.end, zone)
+    start = fields.get("starts_at", existing.starts_at if existing else None)
+    end = fields.get("ends_at", existing.ends_at if existing else None)
+    if start is not None and end is not None and end <= start:
+        raise AdminError("--end must be after --start")
+    return fields
+
+
+def _check_template(settings: Settings, address: str, message: str, status: str, zone: str) -> None:
+    """Render the bounce template once now, so that a broken one is refused here, not at delivery."""
+    from responder.render import Renderer, RenderError
+
+    try:
+        Renderer(settings.reply.templates_dir).render(
+            settings.bounce.template,
+            {
+                "message": message,
+                "recipient": address,
+                "sender": "sender@example.org",
+                "subject": "Sample subject",
+                "status": status,
+                "date": dt.datetime.now(ZoneInfo(zone)),
+                "reporting_mta": settings.bounce.reporting_mta or settings.smtp.hostname or "localhost",
+            },
+        )
+    except RenderError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _when(value: dt.datetime | None, zone: str) -> str | None:
+    return None if value is None else value.astimezone(ZoneInfo(zone)).isoformat(timespec="minutes")
+
+
+def _as_json(retirement: Retirement, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "address": retirement.address,
+        "state": retirement.state(now),
+        "status": retirement.status,
+        "start": _when(retirement.starts_at, retirement.timezone),
+        "end": _when(retirement.ends_at, retirement.timezone),
+        "timezone": retirement.timezone,
+        "smtp_text": retirement.smtp_text(),
+        "message": retirement.message,
+        "updated": retirement.updated_at.isoformat(timespec="seconds"),
+    }
+
+
+def _find(store: Store, address: str) -> Retirement:
+    retirement = store.retirement_for([address])
+    if retirement is None:
+        raise AdminError(f"{address} is not retired")
+    return retirement
+
+
+def run_bounce(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    now = dt.datetime.now(dt.UTC)
+    command = args.bounce_command
+    if command == "list":
+        items = store.list_retirements()
+        if args.json:
+            print(json.dumps([_as_json(r, now) for r in items], indent=2, ensure_ascii=False))
+            return EX_OK
+        for r in items:
+            start = _when(r.starts_at, r.timezone) or "-"
+            end = _when(r.ends_at, r.timezone) or "-"
+            print(f"{r.address:40} {r.state(now):9} {r.status:7} {start:22} {end:22} {r.timezone}")
+        return EX_OK
+    address = _address(args.address)
+    if command == "set":
+        existing = store.retirement_for([address])
+        fields = _fields(args, existing)
+        _check_template(
+            settings,
+            address,
+            fields.get("message", existing.message if existing else ""),
+            fields.get("status", existing.status if existing else DEFAULT_STATUS),
+            fields["timezone"],
+        )
+        if not store.put_retirement(address, now, **fields):
+            raise AdminError(
+                f"{address} has a vacation; an address is either on vacation or retired: "
+                f"run `responder vacation delete {address}` first"
+            )
+        retirement = _find(store, address)
+        print(f"{address}: retired, {retirement.state(now)} ({retirement.status})")
+        return EX_OK
+    if command == "show":
+        shown = _as_json(_find(store, address), now)
+        if args.json:
+            print(json.dumps(shown, indent=2, ensure_ascii=False))
+            return EX_OK
+        for key, value in shown.items():
+            if key != "message":
+                print(f"{key + ':':10} {'-' if value in (None, '') else value}")
+        print("message:")
+        for line in str(shown["message"]).splitlines():
+            print(f"  {line}")
+        return EX_OK
+    if not store.delete_retirement(address):
+        raise AdminError(f"{address} is not retired")
+    print(f"{address}: deleted")
+    return EX_OK
