@@ -103,6 +103,9 @@ def envelope_from(args: argparse.Namespace) -> Envelope:
     """Flags first, then the variables Dovecot's vnd.dovecot.pipe sets; a missing one is a usage error."""
     sender = args.sender if args.sender is not None else os.environ.get("SENDER")
     recipient = args.recipient if args.recipient is not None else os.environ.get("RECIPIENT")
+    if sender is None and args.recipient is None and recipient:
+        # Dovecot's vnd.dovecot.pipe leaves SENDER out altogether for a null envelope sender.
+        sender = ""
     if sender is None:
         raise UsageError("no envelope sender: pass --sender (Postfix: ${sender} with null_sender=)")
     if not recipient:

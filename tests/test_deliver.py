@@ -51,6 +51,15 @@ def test_dovecot_environment_supplies_the_envelope(make_config: ConfigFactory, s
     assert len(sink.wait_for(1)) == 1
 
 
+def test_dovecot_null_sender_has_no_sender_variable(make_config: ConfigFactory, sink: SmtpSink) -> None:
+    config = make_config()
+    vacation_set(config, RCPT, "--message", "I am away.")
+    result = run_hook(config, "deliver", stdin=sample("personal.eml"), env={"RECIPIENT": RCPT})
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"reason=null-sender" in result.stderr
+    assert sink.wait_for(1, timeout=0.3) == []
+
+
 @pytest.mark.parametrize(
     "stdin",
     [b"", bytes(range(256)) * 64, b"\xff\xfe\x00garbage\r\n\r\n\x00", b"Subject: \x80\x81\n\n\x00"],
