@@ -25,7 +25,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, RowMapping, make_url
-from sqlalchemy.pool import NullPool
 
 from responder.errors import StoreUnavailable
 from responder.paths import resource_dir
@@ -142,27 +141,38 @@ def _sqlite_pragmas(busy_timeout: float) -> Any:
 def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Engine:
     """An engine for ``url``: SQLite (busy timeout, foreign keys), PostgreSQL or MySQL/MariaDB.
 
-    The hook opens one connection per process, so it uses no pool (and needs no pre-ping); long-running
-    callers ask for ``pooled`` and get connections checked before use. MySQL connections speak utf8mb4
-    (4-byte UTF-8 survives) and run READ COMMITTED like PostgreSQL, so that a purge's range DELETE takes
-    no gap locks that would hold up the hook's INSERTs.
+    A hook process lives for one delivery: it keeps one connection for all its statements (a TCP
+    connect and login to PostgreSQL or MariaDB costs more than the statements) and needs no pre-ping;
+    long-running callers ask for ``pooled`` and get connections checked before use. ``busy_timeout``
+    bounds every wait for a lock: the SQLite file, PostgreSQL's lock_timeout, InnoDB's lock wait.
+    MySQL connections speak utf8mb4 (4-byte UTF-8 survives) and run READ COMMITTED like PostgreSQL,
+    so that a purge's range DELETE takes no gap locks that would hold up the hook's INSERTs.
     """
-    kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"poolclass": NullPool}
     connect_args: dict[str, Any] = {}
     try:
-        backend = make_url(url).get_backend_name()
-        query = make_url(url).query
+        parsed = make_url(url)
     except sa_exc.ArgumentError as exc:
         raise StoreUnavailable(f"database.url cannot be used: {exc}") from None
+    backend, query = parsed.get_backend_name(), parsed.query
+    kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"pool_size": 1, "max_overflow": 2}
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        kwargs = {}  # one in-memory database per connection: SQLAlchemy's own pool keeps it
     if backend == "sqlite":
         connect_args["timeout"] = busy_timeout
     elif backend == "postgresql":
         connect_args["connect_timeout"] = max(1, int(busy_timeout))
         connect_args["application_name"] = "responder"
+        # A row or table lock held past busy_timeout is a fault (exit 75), as a locked SQLite file is.
+        if "options" not in query:
+            connect_args["options"] = f"-c lock_timeout={max(1, int(busy_timeout * 1000))}"
     elif backend in ("mysql", "mariadb"):
         connect_args["connect_timeout"] = max(1, int(busy_timeout))
         if "charset" not in query:
             connect_args["charset"] = "utf8mb4"
+        wait = max(1, round(busy_timeout))
+        connect_args["init_command"] = (
+            f"SET SESSION innodb_lock_wait_timeout = {wait}, SESSION lock_wait_timeout = {wait}"
+        )
         kwargs["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
@@ -468,7 +478,7 @@ class Store:
             return [_retirement(row) for row in conn.execute(query).mappings()]
 
     def put_retirement(self, address: str, now: dt.datetime, **fields: Any) -> bool:
-        """Create or update the retirement of ``address``; False, and nothing saved, when it has a vacation."""
+        """Create or update the retirement of ``address``; False (nothing saved) when it has a vacation."""
         r = retired_addresses.c
         with self._begin("saving the retired address") as conn:
             vacation = conn.execute(select(vacations.c.id).where(vacations.c.address == address)).first()
@@ -477,10 +487,14 @@ class Store:
             existing = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
             if existing is None:
                 conn.execute(
-                    insert(retired_addresses).values(address=address, created_at=now, updated_at=now, **fields)
+                    insert(retired_addresses).values(
+                        address=address, created_at=now, updated_at=now, **fields
+                    )
                 )
             else:
-                conn.execute(update(retired_addresses).where(r.id == existing).values(updated_at=now, **fields))
+                conn.execute(
+                    update(retired_addresses).where(r.id == existing).values(updated_at=now, **fields)
+                )
             return True
 
     def delete_retirement(self, address: str) -> bool:

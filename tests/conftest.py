@@ -11,6 +11,9 @@ from responder.store import Store
 from tests.helpers import FakeClock, write_config
 from tests.sink import SmtpSink
 
+# backend_url / databases: the same test on SQLite, PostgreSQL and MariaDB.
+pytest_plugins = ("tests.backends",)
+
 
 @pytest.fixture
 def clock() -> FakeClock:
