@@ -1,0 +1,1 @@
+"""End-to-end tests of `responder deliver` under a private Postfix and Dovecot's Sieve tools."""
