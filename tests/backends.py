@@ -107,3 +107,12 @@ def backend_url(request: pytest.FixtureRequest, databases: Databases, tmp_path: 
     if kind == "sqlite":
         return sqlite_url(tmp_path / "responder.sqlite3")
     return databases.migrated(kind)
+
+
+@pytest.fixture(params=backend_params())
+def empty_backend_url(request: pytest.FixtureRequest, databases: Databases, tmp_path: Path) -> str:
+    """A database without any table: SQLite file, PostgreSQL or MariaDB."""
+    kind: str = request.param
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    return databases.create(kind)
