@@ -132,7 +132,8 @@ def parse_limit(value: object) -> Limit | None:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _opt(_str, "sqlite:////var/lib/responder/responder.sqlite3")
-    # How long a writer waits for a locked SQLite file before the hook defers with 75.
+    # How long a writer waits for a lock (the SQLite file, a PostgreSQL or InnoDB row) before the hook
+    # defers with 75.
     busy_timeout: float = _opt(_duration, 10.0)
 
 
