@@ -142,7 +142,7 @@ def build_bounce(ctx: Context) -> Outgoing:
             "recipient": retirement.address,
             "sender": ctx.inbound.envelope.sender,
             "subject": ctx.inbound.subject,
-            "status": retirement.status,
+            "status": retirement.safe_status,
             "date": ctx.now.astimezone(ZoneInfo(retirement.timezone)),
             "reporting_mta": mta,
         },
@@ -153,7 +153,7 @@ def build_bounce(ctx: Context) -> Outgoing:
         failure=Failure(
             final_recipient=retirement.address,
             original_recipient=original,
-            status=retirement.status,
+            status=retirement.safe_status,
             diagnostic=retirement.smtp_text(),
         ),
         text=text,

@@ -19,6 +19,7 @@ _STATUS = re.compile(r"^5\.([0-7])\.(0|[1-9][0-9]{0,2})$")
 # Postfix answers "554 5.1.6 <address>: Recipient address rejected: TEXT"; with a 256-octet
 # address and the 512-octet reply line limit of RFC 5321 section 4.5.3.1.5 that leaves about 210.
 MAX_SMTP_TEXT = 200
+DEFAULT_TEXT = "This address no longer receives mail"
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,17 @@ class Retirement:
     def active(self, now: dt.datetime) -> bool:
         return self.state(now) == "active"
 
+    @property
+    def safe_status(self) -> str:
+        """The status, or the default when the row holds something else (an edit by hand)."""
+        return self.status if valid_status(self.status) else DEFAULT_STATUS
+
     def smtp_text(self) -> str:
-        return smtp_text(self.message)
+        return smtp_text(self.message) or DEFAULT_TEXT
+
+    def reject_text(self) -> str:
+        """``5.x.y text``: what follows REJECT in a policy answer, and 550 in a Diagnostic-Code."""
+        return f"{self.safe_status} {self.smtp_text()}"
 
 
 def valid_status(text: str) -> bool:
