@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.helpers import hook_env
@@ -93,13 +93,25 @@ def action_of(answer: bytes) -> str:
 class PolicyProcess:
     """``responder policy`` run as its own process, as systemd would run it."""
 
-    def __init__(self, config: Path, listen: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        listen: str,
+        *,
+        program: Sequence[str] = (sys.executable, "-m", "responder"),
+        user: tuple[int, int] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``program`` is how to run responder; ``user`` a (uid, gid) to run as, with no other groups."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "responder", "--config", str(config), "policy", "--listen", listen],
+            [*program, "--config", str(config), "policy", "--listen", listen],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=hook_env(),
+            env=dict(env) if env is not None else hook_env(),
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+            extra_groups=[] if user else None,
         )
         self.lines: list[str] = []
         self._lock = threading.Lock()

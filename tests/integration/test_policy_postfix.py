@@ -1,0 +1,140 @@
+"""A private Postfix asks `responder policy` at RCPT: retired recipients are refused, nothing is queued."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.policytools import PolicyProcess
+from tests.sink import SmtpSink
+
+from .common import account, hook_env
+from .hook import ResponderInstance
+from .mail import bounces, message, new_sender
+from .postfix import POSTFIX, PrivatePostfix
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not POSTFIX.exists(), reason=f"{POSTFIX} is absent (run .ci/install-mail-servers)"),
+]
+
+RETIRED = "carol@example.test"
+BOB = "bob@example.test"
+TEXT = "Carol has left Example. Please write to bob@example.test instead."
+
+# The README's setup: a directory inside the queue directory (reachable from a chrooted smtpd), owned
+# by the responder user and group postfix, set-group-ID so that the socket gets group postfix too.
+SOCKET_DIR = "responder"
+SOCKET = f"{SOCKET_DIR}/policy"
+MAIN_CF = """
+smtpd_recipient_restrictions =
+    reject_unauth_destination,
+    check_policy_service { unix:responder/policy, default_action=DUNNO }
+"""
+
+
+class PolicyPostfix(PrivatePostfix):
+    """The private instance with the policy restriction added to main.cf and the socket directory made."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        with (self.etc / "main.cf").open("a", encoding="utf-8") as main_cf:
+            main_cf.write(MAIN_CF)
+        directory = self.socket_path.parent
+        directory.mkdir()
+        os.chown(directory, account("responder").uid, account("postfix").gid)
+        directory.chmod(0o2750)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.base / "queue" / SOCKET
+
+
+@pytest.fixture(scope="module")
+def postfix(responder: ResponderInstance, sink: SmtpSink) -> Iterator[PolicyPostfix]:
+    instance = PolicyPostfix(
+        relay_port=sink.port, executable=responder.executable, config=responder.config, vacation_users=()
+    )
+    try:
+        responder.configure(smtp_port=instance.port)
+        responder.cli("db", "upgrade")
+        responder.cli("bounce", "set", RETIRED, "--message", TEXT)
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture
+def policy(postfix: PolicyPostfix, responder: ResponderInstance) -> Iterator[PolicyProcess]:
+    """The policy server as its own long-running process, as the responder user (as systemd runs it)."""
+    user = account("responder")
+    server = PolicyProcess(
+        responder.config,
+        f"unix:{postfix.socket_path}",
+        program=[str(responder.executable)],
+        user=(user.uid, user.gid),
+        env=hook_env(responder.state),
+    ).started()
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(autouse=True)
+def clean_slate(postfix: PolicyPostfix, sink: SmtpSink) -> None:
+    postfix.wait_for_empty_queue()
+    sink.clear()
+
+
+def _rcpt(postfix: PrivatePostfix, sender: str, recipients: list[str]) -> list[tuple[int, str]]:
+    """MAIL FROM and RCPT TO for each recipient; DATA when one was taken. The RCPT replies."""
+    with smtplib.SMTP("127.0.0.1", postfix.port, local_hostname="client.remote.test", timeout=60) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(sender)[0] == 250
+        replies = [(code, text.decode()) for code, text in (smtp.rcpt(r) for r in recipients)]
+        if any(code == 250 for code, _ in replies):
+            assert smtp.data(message(sender))[0] == 250
+    return replies
+
+
+def test_retired_recipient_is_refused_at_rcpt_and_nothing_is_queued(
+    postfix: PolicyPostfix, policy: PolicyProcess, sink: SmtpSink
+) -> None:
+    sender = new_sender()
+    [(code, text)] = _rcpt(postfix, sender, [RETIRED])
+    # REJECT takes access_map_reject_code (554); the enhanced status code and text are ours.
+    assert code == 554
+    assert text == f"5.1.6 <{RETIRED}>: Recipient address rejected: {TEXT}"
+    assert postfix.queue() == []
+    assert "reject: RCPT from" in postfix.maillog() and TEXT in postfix.maillog()
+    assert f"recipient=<{RETIRED}>" in policy.wait_for_log("action=reject")
+    time.sleep(1)
+    assert sink.messages == [] and postfix.mailbox("carol") == []
+
+
+def test_other_recipients_of_the_same_message_are_delivered(
+    postfix: PolicyPostfix, policy: PolicyProcess, sink: SmtpSink
+) -> None:
+    sender = new_sender()
+    replies = _rcpt(postfix, sender, [RETIRED, BOB])
+    assert [code for code, _ in replies] == [554, 250]
+    postfix.wait_for_empty_queue()
+    assert any(sender.encode() in m for m in postfix.mailbox("bob"))
+    assert not any(sender.encode() in m for m in postfix.mailbox("carol"))
+    # The client's own server tells the sender; this one sends no bounce.
+    assert bounces(sink) == []
+
+
+def test_without_the_policy_server_postfix_goes_on(postfix: PolicyPostfix, sink: SmtpSink) -> None:
+    """default_action=DUNNO: a stopped policy server costs the first stage, never the mail."""
+    sender = new_sender()
+    assert [code for code, _ in _rcpt(postfix, sender, [RETIRED])] == [250]
+    postfix.wait_for_empty_queue()
+    assert any(sender.encode() in m for m in postfix.mailbox("carol"))
