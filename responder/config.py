@@ -84,6 +84,38 @@ def _str_tuple(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address to (address, port).
+
+    Raises ``ValueError``; the configuration loader validates ``verify.dns_servers`` with it.
+    """
+    import ipaddress  # only configurations that name DNS servers pay for it
+
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not a DNS server address: {text!r}")
+        port = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"DNS server must be an IP address, optionally with :port: {text!r}") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a port number in {text!r}")
+    return str(address), int(port)
+
+
+def _dns_servers(value: object) -> tuple[str, ...]:
+    servers = _str_tuple(value)
+    for server in servers:
+        parse_dns_server(server)
+    return servers
+
+
 def _choice(*allowed: str) -> Callable[[object], str]:
     def convert(value: object) -> str:
         text = _str(value)
@@ -196,7 +228,7 @@ class LogSettings:
 class VerifySettings:
     require: str = _opt(_choice("aligned", "spf", "dkim", "off"), "aligned")
     trusted_authserv_ids: tuple[str, ...] = _opt(_str_tuple, ())
-    dns_servers: tuple[str, ...] = _opt(_str_tuple, ())
+    dns_servers: tuple[str, ...] = _opt(_dns_servers, ())
     dns_timeout: float = _opt(_duration, 3.0)
     budget: float = _opt(_duration, 8.0)
 

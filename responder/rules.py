@@ -181,6 +181,24 @@ def interval(ctx: Context) -> str | None:
     return ctx.claim_bounce_interval() if ctx.kind == BOUNCE else ctx.claim_interval()
 
 
+def unverified(ctx: Context) -> str | None:
+    # Imported here: DNS, SPF and DKIM libraries are loaded only for a response about to go out.
+    from responder.verify import verify_sender
+
+    env = ctx.inbound.envelope
+    result = verify_sender(
+        ctx.inbound.raw,
+        env.sender.strip().strip("<>"),
+        env.client_address or None,
+        env.helo or None,
+        ctx.settings.verify,
+    )
+    if not result.verified:
+        return result.summary
+    ctx.notes.append(result.summary)
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     # Envelope and header rules: no database, no DNS, no heavy imports.
     Rule("null-sender", SUPPRESS, "the envelope sender is null (<>, empty or MAILER-DAEMON)", null_sender),
@@ -211,8 +229,14 @@ RULES: tuple[Rule, ...] = (
         applies_to=frozenset({REPLY}),
     ),
     Rule("interval", SUPPRESS, "this sender already got this response within the interval", interval),
-    # The sender verification gate (reason "unverified", action drop) follows here, so that it costs
-    # DNS only for messages that would be answered.
+    # After every cheap rule, so that list mail, robots and recipients without a vacation never cost
+    # a DNS query. "drop": the response would be due, but the return path may be forged.
+    Rule(
+        "unverified",
+        DROP,
+        "the envelope sender is not proven by SPF, aligned DKIM or trusted Authentication-Results",
+        unverified,
+    ),
     # Last, so that only responses about to go out are counted. "drop", not "suppress": nothing about
     # the message forbids an answer (that is what suppress means, as for the RFC 3834 rules above);
     # a response that was due is withheld to protect the system, like "unverified" and "relay-refused".

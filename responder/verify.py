@@ -56,14 +56,13 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from responder.config import VerifySettings
+from responder.config import VerifySettings, parse_dns_server
 
 __all__ = [
     "MAX_RSA_BITS",
     "MIN_RSA_BITS",
     "Upstream",
     "Verification",
-    "parse_dns_server",
     "trusted_results",
     "verify_sender",
 ]
@@ -151,30 +150,6 @@ class _DnsTrouble(Exception):
     Deliberately not a ``dkim.DKIMException``: dkimpy turns those into a plain ``False``, and a
     temporary DNS failure must stay distinguishable from a bad signature.
     """
-
-
-def parse_dns_server(text: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address to (address, port).
-
-    Raises ``ValueError``; the configuration loader may call this to validate
-    ``verify.dns_servers`` up front.
-    """
-    text = text.strip()
-    host, port = text, "53"
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"not a DNS server address: {text!r}")
-        port = rest[1:] or "53"
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"DNS server must be an IP address, optionally with :port: {text!r}") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a port number in {text!r}")
-    return str(address), int(port)
 
 
 def _make_resolver(settings: VerifySettings) -> dns.resolver.Resolver:

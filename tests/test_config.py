@@ -57,6 +57,8 @@ def test_defaults() -> None:
         ({"verify": {"require": "maybe"}}, "bad value for verify.require"),
         ({"smtp": {"username": "u"}}, "smtp.password"),
         ({"smtp": 5}, "[smtp] must be a table"),
+        ({"verify": {"dns_servers": ["ns1.example.com"]}}, "bad value for verify.dns_servers"),
+        ({"verify": {"dns_servers": ["127.0.0.1:99999"]}}, "bad value for verify.dns_servers"),
     ],
 )
 def test_errors_name_the_key(document: dict[str, object], message: str) -> None:
