@@ -5,8 +5,8 @@ Windows are fixed and aligned to the Unix epoch in UTC: a ``10/1d`` limit allows
 and one conditional UPDATE per check, which every backend makes atomic; the price is that up to twice
 the count can go out around a window boundary (the end of one window and the start of the next).
 
-Each count taken is a Claim in ``ctx.claims``: the engine keeps it when the response went out and
-gives it back on every other path, so only responses actually sent are counted.
+The counts taken for a response are a Claim in ``ctx.claims``: the engine keeps it when the response
+went out and gives it back on every other path, so only responses actually sent are counted.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from responder.config import Limit, LimitSettings
 
 if TYPE_CHECKING:
     from responder.context import Context
-    from responder.store import Store
+    from responder.store import CounterWindow, Store
 
 log = logging.getLogger("responder")
 
@@ -73,31 +73,27 @@ def window(limit: Limit, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 
 @dataclass(frozen=True)
 class CounterClaim:
-    """One response counted against one limit; released when the response did not go out."""
+    """One response counted against every limit; given back when the response did not go out."""
 
     store: Store
-    scope: str
-    key: str
-    window_start: dt.datetime
+    counters: tuple[CounterWindow, ...]
 
     def confirm(self) -> None:
-        """The count was taken when claiming; a response that went out keeps it."""
+        """The counts were taken when claiming; a response that went out keeps them."""
 
     def release(self) -> None:
-        self.store.give_back_count(self.scope, self.key, self.window_start)
+        self.store.give_back_counts(self.counters)
 
 
 @dataclass(frozen=True)
 class _Check:
     scope: Scope
     limit: Limit
-    key: str
-    start: dt.datetime
-    end: dt.datetime
+    counter: CounterWindow
 
     def reached(self) -> str:
-        whom = "" if self.scope.name == "global" else f" for {self.key}"
-        until = self.end.strftime("%Y-%m-%dT%H:%M:%SZ")
+        whom = "" if self.scope.name == "global" else f" for {self.counter.key}"
+        until = self.counter.end.strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"{self.scope.setting} {self.limit} reached{whom} until {until}"
 
 
@@ -105,31 +101,36 @@ def check_limits(ctx: Context) -> str | None:
     """Count this response against every limit; the detail of the first limit reached, else None.
 
     First one read of all counters: a message over any limit (the usual case during a flood) is
-    refused without a write. Then each count is taken atomically, so concurrent processes never send
-    more than a limit even when all of them passed the read. A dry run stops after the read.
+    refused without a write. Then all counts are taken in one transaction, all or none, so
+    concurrent processes never send more than a limit even when all of them passed the read.
+    A dry run (explain) stops after the read.
     """
     limits = configured(ctx.settings.limits)
     if not limits:
         return None
+    from responder.store import CounterWindow
+
     store = ctx.services.store
-    checks = [_Check(scope, limit, scope.key(ctx), *window(limit, ctx.now)) for scope, limit in limits]
-    counts = store.counts([(c.scope.name, c.key, c.start) for c in checks])
-    for check in checks:
-        if counts[(check.scope.name, check.key)] >= check.limit.count:
+    checks = [
+        _Check(scope, limit, CounterWindow(scope.name, scope.key(ctx), *window(limit, ctx.now)))
+        for scope, limit in limits
+    ]
+    counts = store.counts([check.counter for check in checks])
+    for check, count in zip(checks, counts, strict=True):
+        if count >= check.limit.count:
             return _reached(ctx, store, check)
     if ctx.dry_run:
         return None
-    for check in checks:
-        if not store.take_count(check.scope.name, check.key, check.start, check.end, check.limit.count):
-            return _reached(ctx, store, check)
-        ctx.claims.append(CounterClaim(store, check.scope.name, check.key, check.start))
+    reached = store.take_counts([(check.counter, check.limit.count) for check in checks])
+    if reached is not None:
+        return _reached(ctx, store, checks[reached])
+    ctx.claims.append(CounterClaim(store, tuple(check.counter for check in checks)))
     return None
 
 
 def _reached(ctx: Context, store: Store, check: _Check) -> str:
     detail = check.reached()
     # The circuit breaker says so once per window, whichever process first finds it open.
-    breaker = check.scope.name == "global" and not ctx.dry_run
-    if breaker and store.mark_tripped(check.scope.name, check.key, check.start):
+    if check.scope.name == "global" and not ctx.dry_run and store.mark_tripped(check.counter):
         log.warning("circuit breaker: %s; no automatic responses are sent until then", detail)
     return detail

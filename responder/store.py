@@ -104,6 +104,25 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class CounterWindow:
+    """One rate counter: a (scope, key) in the fixed window [start, end)."""
+
+    scope: str
+    key: str
+    start: dt.datetime
+    end: dt.datetime
+
+
+class _Reached(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _StartOver(Exception):
+    """A counter changed under a transaction in a way that needs a fresh look."""
+
+
+@dataclass(frozen=True)
 class RateCounter:
     scope: str
     counter_key: str
@@ -620,81 +639,102 @@ class Store:
 
     # -- rate counters (issue 5) ----------------------------------------------------------------------
 
-    def take_count(
-        self, scope: str, key: str, window_start: dt.datetime, window_end: dt.datetime, limit: int
-    ) -> bool:
-        """Count one response against (scope, key, window) unless ``limit`` are counted; True when counted.
+    def take_counts(self, wanted: Sequence[tuple[CounterWindow, int]]) -> int | None:
+        """Count one response in every (counter, limit) pair, all or none, in one transaction.
 
+        None when counted; else the index of the first counter found at its limit (nothing counted).
         No upsert rowcounts are trusted. The conditional UPDATE tests ``count < limit`` on the row it
         holds locked (see ``_claim_reply_once``) and always changes the row it matches, so rowcount is 1
-        exactly when this call counted, on every backend. When nothing matched, the row is read in the
-        same transaction: missing, it is created by a plain INSERT whose unique constraint lets one of
-        several racers win (the losers go round again); full, the answer is no; otherwise another
-        process changed it in between and the UPDATE is tried again.
+        exactly when it counted, on every backend. When nothing matched, the row is read in the same
+        transaction: missing, it is created by a plain INSERT whose unique constraint lets one of
+        several racers win (a loser starts over); full, the answer is no; otherwise another process
+        changed it in between and the transaction starts over. Rows are locked in the order given,
+        the same (scope) order in every process, so two of these transactions never deadlock.
         """
         c = rate_counters.c
-        where = (c.scope == scope, c.counter_key == key, c.window_start == window_start)
 
-        def attempt() -> bool | None:
+        def attempt() -> int | None:
             with self._begin("counting against the rate limits") as conn:
-                counted = conn.execute(
-                    update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1)
-                )
-                if counted.rowcount == 1:
-                    return True
-                current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
-            if current is not None:
-                return False if current >= limit else None
-            try:
-                with self._begin("counting against the rate limits") as conn:
-                    conn.execute(
-                        insert(rate_counters).values(
-                            scope=scope,
-                            counter_key=key,
-                            window_start=window_start,
-                            window_end=window_end,
-                            count=1,
-                            tripped=False,
-                        )
+                for index, (counter, limit) in enumerate(wanted):
+                    where = (
+                        c.scope == counter.scope,
+                        c.counter_key == counter.key,
+                        c.window_start == counter.start,
                     )
-            except sa_exc.IntegrityError:
-                return None
-            return True
+                    counted = conn.execute(
+                        update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1)
+                    )
+                    if counted.rowcount == 1:
+                        continue
+                    current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
+                    if current is not None:
+                        if current >= limit:
+                            raise _Reached(index)
+                        raise _StartOver
+                    try:
+                        conn.execute(
+                            insert(rate_counters).values(
+                                scope=counter.scope,
+                                counter_key=counter.key,
+                                window_start=counter.start,
+                                window_end=counter.end,
+                                count=1,
+                                tripped=False,
+                            )
+                        )
+                    except sa_exc.IntegrityError:
+                        # Another process created the row first (PostgreSQL has aborted the
+                        # transaction anyway): start over, and count through the UPDATE.
+                        raise _StartOver from None
+            return None
 
         for _round in range(_ATTEMPTS):
-            outcome = self._retrying(attempt)
-            if outcome is not None:
-                return outcome
-        raise StoreUnavailable(f"the {scope} rate counter of {key} kept changing; try again later")
+            try:
+                return self._retrying(attempt)
+            except _Reached as reached:
+                return reached.index
+            except _StartOver:
+                continue
+        raise StoreUnavailable("the rate counters kept changing; try again later")
 
-    def give_back_count(self, scope: str, key: str, window_start: dt.datetime) -> None:
-        """Undo one ``take_count``: the response it was taken for did not go out."""
+    def give_back_counts(self, counters: Sequence[CounterWindow]) -> None:
+        """Undo a ``take_counts``: the response it was taken for did not go out."""
         c = rate_counters.c
 
         def attempt() -> None:
-            with self._begin("giving back a rate count") as conn:
-                conn.execute(
-                    update(rate_counters)
-                    .where(c.scope == scope, c.counter_key == key, c.window_start == window_start)
-                    .where(c.count > 0)
-                    .values(count=c.count - 1)
-                )
+            with self._begin("giving back rate counts") as conn:
+                for counter in counters:
+                    conn.execute(
+                        update(rate_counters)
+                        .where(
+                            c.scope == counter.scope,
+                            c.counter_key == counter.key,
+                            c.window_start == counter.start,
+                            c.count > 0,
+                        )
+                        .values(count=c.count - 1)
+                    )
 
         self._retrying(attempt)
 
-    def counts(self, wanted: Sequence[tuple[str, str, dt.datetime]]) -> dict[tuple[str, str], int]:
-        """The current counts of (scope, key, window start) triples, by (scope, key); absent ones are 0."""
-        if not wanted:
-            return {}
+    def counts(self, counters: Sequence[CounterWindow]) -> list[int]:
+        """The current count of each counter; 0 for one without a row yet."""
+        if not counters:
+            return []
         c = rate_counters.c
-        query = select(c.scope, c.counter_key, c.count).where(
-            or_(*(and_(c.scope == s, c.counter_key == k, c.window_start == w) for s, k, w in wanted))
+        query = select(c.scope, c.counter_key, c.window_start, c.count).where(
+            or_(
+                *(
+                    and_(c.scope == w.scope, c.counter_key == w.key, c.window_start == w.start)
+                    for w in counters
+                )
+            )
         )
         with self._guard("reading the rate counters"), self.engine.connect() as conn:
-            found = {(scope, key): count for scope, key, count in conn.execute(query)}
-        return {(s, k): found.get((s, k), 0) for s, k, _w in wanted}
+            found = {(scope, key, start): n for scope, key, start, n in conn.execute(query)}
+        return [found.get((w.scope, w.key, w.start), 0) for w in counters]
 
-    def mark_tripped(self, scope: str, key: str, window_start: dt.datetime) -> bool:
+    def mark_tripped(self, counter: CounterWindow) -> bool:
         """Flag a full counter as tripped; True only for the one caller that set the flag."""
         c = rate_counters.c
 
@@ -702,8 +742,8 @@ class Store:
             with self._begin("marking a rate limit as reached") as conn:
                 result = conn.execute(
                     update(rate_counters)
-                    .where(c.scope == scope, c.counter_key == key, c.window_start == window_start)
-                    .where(c.tripped == False)  # noqa: E712 (SQL, not Python)
+                    .where(c.scope == counter.scope, c.counter_key == counter.key)
+                    .where(c.window_start == counter.start, c.tripped == False)  # noqa: E712 (SQL)
                     .values(tripped=True)
                 )
                 return result.rowcount == 1
