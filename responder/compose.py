@@ -9,14 +9,14 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid
 
+# LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
+from responder.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
 from responder.message import Inbound, clean_text, decode_text, normalize_address
 
 SUBJECT_PREFIX = "Auto: "
 DEFAULT_SUBJECT = "Automated reply"
 MAX_SUBJECT = 256
 MAX_REFERENCES = 20
-# Marks our own replies: a reply that comes back to us is a loop, whatever else it says.
-LOOP_HEADER = "X-Responder-Loop"
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from responder.addresses import sender_key
 from responder.message import Inbound, normalize_address
@@ -38,8 +37,8 @@ class Claim(Protocol):
     def release(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class ReplyClaim:
+# A NamedTuple, not a dataclass: the pipe hook's header phase imports this module (see message.py).
+class ReplyClaim(NamedTuple):
     store: Store
     vacation_id: int
     sender_key: str

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
-from email.header import decode_header, make_header
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple
+
+from responder.headers import parse_fields
+
+if TYPE_CHECKING:
+    from email.message import Message
+
+# The email package is imported only where it is needed: the pipe hook decides most messages on the
+# header fields alone (responder.headers), and importing it costs as much as starting Python. For the
+# same reason the small records on that path are NamedTuples: dataclasses imports inspect and ast.
 
 # Postfix pipe(8) expands a null sender to MAILER-DAEMON unless null_sender= is set.
 NULL_SENDERS = frozenset({"", "<>", "mailer-daemon"})
+# Marks our own responses: one that comes back to us is a loop, whatever else it says.
+LOOP_HEADER = "X-Responder-Loop"
 
 # A run of control characters (CR, LF and TAB included) with the blanks around it becomes one space.
 _CONTROL = re.compile(r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029]+[ ]*")
@@ -38,6 +43,8 @@ def _undo_surrogates(value: str) -> str:
 
 def decode_text(value: str) -> str:
     """Decode RFC 2047 encoded words and raw 8-bit text; never raises, never keeps control characters."""
+    from email.header import decode_header, make_header
+
     value = _undo_surrogates(_FOLD.sub(" ", value))
     try:
         decoded = str(make_header(decode_header(value)))
@@ -86,6 +93,8 @@ def addresses_in(values: list[str]) -> set[str]:
     Both the raw and the RFC 2047-decoded forms are parsed, so that encoded display names and
     (non-conforming) encoded addresses are tolerated alike.
     """
+    from email.utils import getaddresses
+
     found: set[str] = set()
     for value in values:
         raw = _undo_surrogates(_FOLD.sub(" ", value))
@@ -97,8 +106,7 @@ def addresses_in(values: list[str]) -> set[str]:
     return found
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):
     """What the MTA says about one delivery: one sender, one recipient."""
 
     sender: str
@@ -124,14 +132,18 @@ class Inbound:
 
     @cached_property
     def headers(self) -> Message:
+        from email.parser import BytesHeaderParser
+        from email.policy import compat32
+
         return BytesHeaderParser(policy=compat32).parsebytes(_split_header_block(self.raw))
 
     @cached_property
     def _fields(self) -> dict[str, list[str]]:
-        # raw_items(): compat32's fetch would turn 8-bit values into lossy Header objects.
+        # The raw values, as compat32's raw_items() has them: its fetch would turn 8-bit values into
+        # lossy Header objects.
         fields: dict[str, list[str]] = {}
-        for name, value in self.headers.raw_items():
-            fields.setdefault(name.lower(), []).append(str(value))
+        for name, value in parse_fields(_split_header_block(self.raw)):
+            fields.setdefault(name.lower(), []).append(value)
         return fields
 
     def values(self, name: str) -> list[str]:
@@ -148,7 +160,7 @@ class Inbound:
     @cached_property
     def parseable(self) -> bool:
         """False for empty input and for bytes with no header field at all."""
-        return len(self.headers) > 0
+        return len(self._fields) > 0
 
     @cached_property
     def subject(self) -> str:
@@ -169,6 +181,8 @@ class Inbound:
         """Identifies this message across MTA retries: its Message-ID, else a digest of its header block."""
         if self.message_id:
             return self.message_id
+        import hashlib
+
         return "sha256:" + hashlib.sha256(_split_header_block(self.raw)).hexdigest()
 
     @cached_property

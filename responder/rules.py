@@ -12,13 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from responder.addresses import strip_batv
-from responder.compose import LOOP_HEADER
 from responder.context import BOUNCE, REPLY, RESPONSES, Context
-from responder.limits import check_limits
-from responder.message import clean_text, is_null_sender
+from responder.message import LOOP_HEADER, clean_text, is_null_sender
 
 SUPPRESS = "suppress"
 DROP = "drop"
@@ -51,8 +49,8 @@ SYSTEM_LOCAL = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Rule:
+# A NamedTuple, not a dataclass: the pipe hook's header phase imports this module (see message.py).
+class Rule(NamedTuple):
     reason: str
     action: str
     summary: str
@@ -177,6 +175,13 @@ def not_addressed(ctx: Context) -> str | None:
     return None if named & ctx.own_addresses else "recipient not in To, Cc, Bcc or Resent-*"
 
 
+def rate_limit(ctx: Context) -> str | None:
+    # Imported here: the pipe hook decides on the header rules before it loads the configuration.
+    from responder.limits import check_limits
+
+    return check_limits(ctx)
+
+
 def interval(ctx: Context) -> str | None:
     return ctx.claim_bounce_interval() if ctx.kind == BOUNCE else ctx.claim_interval()
 
@@ -244,7 +249,7 @@ RULES: tuple[Rule, ...] = (
         "rate-limit",
         DROP,
         "a per-sender, sender-domain, recipient or global rate limit is reached",
-        check_limits,
+        rate_limit,
     ),
 )
 

@@ -1,0 +1,55 @@
+"""Read the header fields of a message exactly as compat32's parser does, without the email package.
+
+The pipe hook decides most messages on their headers alone; importing ``email.parser`` costs about as
+much as starting Python. This reader follows ``email.feedparser`` line for line (the same line
+splitting, header pattern, unix-from and continuation handling, and compat32's value rule), so every
+path sees the same fields; tests compare the two on the corpus and on random input.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+# email.feedparser.headerRE: a field name and colon, a unix-from line, or a continuation line.
+_FIELD_LINE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
+
+
+def _lines(text: str) -> list[str]:
+    # The feedparser splits with a newline="" StringIO: on CRLF, CR and LF, line ends kept.
+    return io.StringIO(text, newline="").readlines()
+
+
+def _field(source: list[str]) -> tuple[str, str]:
+    # compat32.header_source_parse
+    name, value = source[0].split(":", 1)
+    value = value.lstrip(" \t") + "".join(source[1:])
+    return name, value.rstrip("\r\n")
+
+
+def parse_fields(block: bytes) -> list[tuple[str, str]]:
+    """The (name, raw value) pairs of a header block, in order; 8-bit bytes as surrogate escapes."""
+    lines: list[str] = []
+    for line in _lines(block.decode("ascii", "surrogateescape")):
+        if not _FIELD_LINE.match(line):
+            break
+        lines.append(line)
+    fields: list[tuple[str, str]] = []
+    current: list[str] = []
+    for line in lines:
+        if line[0] in " \t":
+            # A continuation; one with no field before it is dropped, as the feedparser drops it.
+            if current:
+                current.append(line)
+            continue
+        if current:
+            fields.append(_field(current))
+            current = []
+        if line.startswith("From "):
+            continue  # a unix-from line, first or misplaced: never a field
+        if line.find(":") == 0:
+            continue  # no field name
+        current = [line]
+    if current:
+        fields.append(_field(current))
+    return fields
