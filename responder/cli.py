@@ -6,20 +6,26 @@ forged sender, so ``deliver`` exits 0 after every decision and 75 only for trans
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO, NoReturn
 
 from responder import __version__
-from responder.config import ConfigError, Settings, config_path, load
 from responder.errors import DeadlineExceeded, TransientError
-from responder.logsetup import setup_logging
-from responder.message import Envelope, Inbound
+
+# typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    import logging
+    from collections.abc import Iterator, Mapping, Sequence
+    from typing import BinaryIO, NoReturn
+
+    from responder.config import Listen, Settings
+    from responder.message import Envelope
+
+# Nothing heavy at module level: ``deliver`` runs once per message, and responder.fastpath settles most
+# messages before argparse, the configuration, SQLAlchemy or the email package would be loaded.
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -30,16 +36,15 @@ EX_TEMPFAIL = 75
 MAX_MESSAGE = 64 * 1024 * 1024
 HOOK_COMMANDS = frozenset({"deliver"})
 
-log = logging.getLogger("responder")
+
+def _logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("responder")
 
 
 class UsageError(Exception):
     """Bad command line: argparse must not exit with its own status under an MTA."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def _envelope_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +57,12 @@ def _envelope_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
     parser = _Parser(prog="responder", description="RFC 3834 autoresponder for verified senders.")
     parser.add_argument(
         "--config", help="configuration file (default: $RESPONDER_CONFIG or /etc/responder/responder.toml)"
@@ -66,11 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _envelope_arguments(explain)
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+    policy = commands.add_parser(
+        "policy", help="run the Postfix policy server that refuses retired recipients at RCPT"
+    )
+    policy.add_argument(
+        "--listen", type=_listen_argument, help="unix:/path or HOST:PORT (default: policy.listen)"
+    )
+    commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
 
     from responder.admin import add_admin_commands
 
     add_admin_commands(commands)
     return parser
+
+
+def _listen_argument(text: str) -> Listen:
+    import argparse
+
+    from responder.config import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -100,32 +129,46 @@ def read_message(stream: BinaryIO | None) -> bytes:
 
 
 def envelope_from(args: argparse.Namespace) -> Envelope:
-    """Flags first, then the variables Dovecot's vnd.dovecot.pipe sets; a missing one is a usage error."""
-    sender = args.sender if args.sender is not None else os.environ.get("SENDER")
-    recipient = args.recipient if args.recipient is not None else os.environ.get("RECIPIENT")
-    if sender is None and args.recipient is None and recipient:
+    from responder.message import Envelope
+
+    return Envelope(**resolve_envelope(vars(args)))
+
+
+def resolve_envelope(flags: Mapping[str, str | None]) -> dict[str, str]:
+    """Flags first, then the variables Dovecot's vnd.dovecot.pipe sets; a missing one is a usage error.
+
+    The Envelope fields as a dict: the thin client of the service needs them without loading message.
+    """
+    sender = flags.get("sender")
+    recipient_flag = flags.get("recipient")
+    if sender is None:
+        sender = os.environ.get("SENDER")
+    recipient = recipient_flag if recipient_flag is not None else os.environ.get("RECIPIENT")
+    if sender is None and recipient_flag is None and recipient:
         # Dovecot's vnd.dovecot.pipe leaves SENDER out altogether for a null envelope sender.
         sender = ""
     if sender is None:
         raise UsageError("no envelope sender: pass --sender (Postfix: ${sender} with null_sender=)")
     if not recipient:
         raise UsageError("no envelope recipient: pass --recipient (Postfix: ${recipient})")
-    original = args.original_recipient
+    original = flags.get("original_recipient")
     if original is None:
         original = os.environ.get("ORIG_RECIPIENT", "")
-    return Envelope(
-        sender=sender,
-        recipient=recipient,
-        original_recipient=original,
-        client_address=args.client_address,
-        helo=args.helo,
-        queue_id=args.queue_id,
-    )
+    return {
+        "sender": sender,
+        "recipient": recipient,
+        "original_recipient": original,
+        "client_address": flags.get("client_address") or "",
+        "helo": flags.get("helo") or "",
+        "queue_id": flags.get("queue_id") or "",
+    }
 
 
 @contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """Raise DeadlineExceeded in the main thread when ``seconds`` pass."""
+
+    import signal
 
     def expire(_signum: int, _frame: object) -> None:
         raise DeadlineExceeded(f"deadline of {seconds:g}s passed")
@@ -140,6 +183,8 @@ def deadline(seconds: float) -> Iterator[None]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from responder.config import config_path, load
+
     return load(config_path(args.config))
 
 
@@ -149,9 +194,38 @@ def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
     try:
         raw = read_message(stdin)
     except OSError as exc:
+        from responder.logsetup import setup_logging
+
         setup_logging()
-        log.error("cannot read the message: %s; deferring", exc)
+        _logger().error("cannot read the message: %s; deferring", exc)
         return EX_TEMPFAIL
+    status = _deliver_fast(argv, raw)
+    if status is not None:
+        return status
+    return deliver_in_process(argv, raw)
+
+
+def _deliver_fast(argv: Sequence[str], raw: bytes) -> int | None:
+    """The exit status when responder.fastpath settled the message (service or header rules), else None."""
+    try:
+        from responder.fastpath import DECIDED, deliver_fast
+
+        outcome = deliver_fast(argv, raw)
+    except Exception:
+        # A fault there must not cost the message; the full path decides it (and meets any real bug).
+        return None
+    if outcome is None:
+        return None
+    return EX_OK if outcome == DECIDED else EX_TEMPFAIL
+
+
+def deliver_in_process(argv: Sequence[str], raw: bytes) -> int:
+    """The full path: the validated configuration and the whole rule table. Returns 0 or 75."""
+    from responder.config import ConfigError
+    from responder.logsetup import setup_logging
+    from responder.message import Inbound
+
+    log = _logger()
     try:
         args = build_parser().parse_args(argv)
         envelope = envelope_from(args)
@@ -190,9 +264,12 @@ def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
 
 def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
     import json
+    import logging
 
     from responder.context import Services
     from responder.engine import respond
+    from responder.logsetup import setup_logging
+    from responder.message import Inbound
 
     raw = read_message(stdin)
     settings = _settings(args)
@@ -226,16 +303,38 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
     return EX_OK
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """The LMTP service: 0 after a stop by signal, 1 when it cannot start."""
+    from responder.config import config_path
+    from responder.server import ServeError, serve
+
+    path = config_path(args.config)
+    try:
+        serve(path, _settings(args))
+    except ServeError as exc:
+        _logger().error("%s", exc)
+        return EX_FAILURE
+    return EX_OK
+
+
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if stdin is None and sys.stdin is not None:
         stdin = sys.stdin.buffer
     if _command_word(argv) in HOOK_COMMANDS:
         return run_deliver(argv, stdin)
+    from responder.config import ConfigError
+
     try:
         args = build_parser().parse_args(argv)
         if args.command == "explain":
             return run_explain(args, stdin)
+        if args.command == "policy":
+            from responder.policy import run_policy
+
+            return run_policy(args, _settings(args))
+        if args.command == "serve":
+            return run_serve(args)
         from responder.admin import run_admin
 
         return run_admin(args, _settings(args))

@@ -313,6 +313,33 @@ class BounceSettings:
     from_header: str = _opt(_str, "")
 
 
+def _server_socket(value: object) -> str:
+    text = _str(value)
+    if text:
+        from responder.lmtpclient import parse_socket
+
+        if parse_socket(text) is None:
+            raise ValueError(f"expected unix:/path or HOST:PORT, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    # The LMTP service (responder serve). When set, `responder deliver` hands messages to it.
+    socket: str = _opt(_server_socket, "")
+    socket_mode: int = _opt(_mode, 0o660)
+    # Messages decided at the same time, each in a thread; more wait for a turn.
+    workers: int = _opt(_positive(_int), 8)
+    max_connections: int = _opt(_positive(_int), 100)
+    # Bytes kept of one message; the rest is read and dropped, never refused (a refusal would bounce).
+    max_message_size: int = _opt(_positive(_int), 64 * 1024 * 1024)
+    idle_timeout: float = _opt(_positive(_duration), 300.0)
+    # How long `responder deliver` tries to reach the service before deciding in-process.
+    connect_timeout: float = _opt(_positive(_duration), 5.0)
+    # How long SIGTERM waits for messages in flight before the service exits anyway.
+    stop_timeout: float = _opt(_positive(_duration), 90.0)
+
+
 @dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -325,6 +352,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     bounce: BounceSettings = field(default_factory=BounceSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     source: str = ""
 
 

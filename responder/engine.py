@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from responder.audit import decision_message, decision_row
 from responder.compose import Outgoing, compose_reply
 from responder.config import format_duration
 from responder.context import BOUNCE, Context, Services
@@ -145,36 +146,17 @@ def _send(ctx: Context, decision: Decision) -> Decision:
 
 
 def log_decision(inbound: Inbound, decision: Decision) -> None:
-    env = inbound.envelope
-    log.info(
-        "queue_id=%s message_id=%s sender=<%s> recipient=<%s> action=%s reason=%s%s",
-        env.queue_id or "-",
-        inbound.message_id or "-",
-        env.sender,
-        env.recipient,
-        decision.action,
-        decision.reason or "-",
-        f' detail="{decision.detail}"' if decision.detail else "",
-    )
+    # The text is shared with the pipe hook's fast path, which logs without the logging module.
+    log.info("%s", decision_message(inbound, decision.action, decision.reason, decision.detail))
 
 
 def record(ctx: Context, decision: Decision) -> None:
     """Write the audit row; a database fault here is logged, never turned into a retry."""
     from responder.store import DecisionRecord
 
-    env = ctx.inbound.envelope
+    # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
+    row = decision_row(ctx, decision.action, decision.reason, decision.detail)
     try:
-        ctx.services.store.record(
-            DecisionRecord(
-                at=ctx.now,
-                queue_id=env.queue_id[:64],
-                message_id=ctx.inbound.message_id,
-                sender=(ctx.inbound.sender_address or env.sender)[:320],
-                recipient=(ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
-                action=decision.action,
-                reason=decision.reason,
-                detail=decision.detail,
-            )
-        )
+        ctx.services.store.record(DecisionRecord(**row))
     except TransientError as exc:
         log.warning("audit not written: %s", exc)

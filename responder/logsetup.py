@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
-from typing import TextIO
-
-from responder.config import LogSettings
+from typing import Protocol, TextIO
 
 FORMAT = "responder[%(process)d]: %(levelname)s %(message)s"
 
 
-def setup_logging(settings: LogSettings | None = None, stream: TextIO | None = None) -> None:
+class LogOptions(Protocol):
+    """What ``[log]`` says; config.LogSettings, or the pipe hook's own reading of the same keys."""
+
+    @property
+    def level(self) -> str: ...
+    @property
+    def syslog(self) -> bool: ...
+    @property
+    def syslog_socket(self) -> str: ...
+
+
+def setup_logging(settings: LogOptions | None = None, stream: TextIO | None = None) -> None:
     """Send the ``responder`` logger to stderr, or to syslog (mail facility) with stderr for warnings."""
-    settings = settings or LogSettings()
+    if settings is None:
+        # Imported here: the pipe hook sets up logging before (and mostly without) loading the config.
+        from responder.config import LogSettings
+
+        settings = LogSettings()
     logger = logging.getLogger("responder")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -25,10 +37,10 @@ def setup_logging(settings: LogSettings | None = None, stream: TextIO | None = N
     console.setFormatter(logging.Formatter(FORMAT))
     logger.addHandler(console)
     if settings.syslog:
+        from logging.handlers import SysLogHandler
+
         try:
-            syslog = logging.handlers.SysLogHandler(
-                address=settings.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL
-            )
+            syslog = SysLogHandler(address=settings.syslog_socket, facility=SysLogHandler.LOG_MAIL)
         except OSError as exc:
             logger.warning("syslog unavailable at %s (%s); logging to stderr", settings.syslog_socket, exc)
             return

@@ -1,0 +1,328 @@
+"""The pipe hook's fast path: header rules decided and audited before anything heavy is imported."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from responder import fastpath
+from responder.audit import record_direct
+from responder.cli import deliver_in_process
+from responder.config import Settings, parse_duration, settings_from_mapping
+from responder.hooklog import HookLog
+from responder.logsetup import setup_logging
+from responder.rules import RULES
+from responder.store import DecisionRecord, Store
+from tests.conftest import ConfigFactory
+from tests.helpers import deliver_args, hook_env, run_hook, sample
+from tests.test_corpus import CASES, Case
+
+HEADER_REASONS = {rule.reason for rule in RULES[: [r.reason for r in RULES].index("no-vacation")]}
+# What a header-suppressed message must not load (the issue's list, and what the fast path avoids).
+HEAVY = (
+    "sqlalchemy",
+    "alembic",
+    "jinja2",
+    "dns",
+    "spf",
+    "dkim",
+    "authres",
+    "publicsuffixlist",
+    "aiosmtplib",
+    "asyncio",
+    "email",
+    "logging",
+    "argparse",
+    "responder.config",
+    "responder.store",
+    "responder.engine",
+    "responder.compose",
+    "responder.transport",
+    "responder.verify",
+)
+
+# Runs the hook in a fresh interpreter and reports the exit status and every module it loaded.
+PROBE = """
+import io, sys
+from responder.cli import main
+status = main(sys.argv[1:], io.BytesIO(sys.stdin.buffer.read()))
+loaded = sorted(sys.modules)
+sys.stdout.write(repr((status, loaded)))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger() -> Iterator[None]:
+    """The in-process runs configure the responder logger as the CLI does; give it back afterwards."""
+    yield
+    logger = logging.getLogger("responder")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+def _probe(config: Path, *args: str, stdin: bytes) -> tuple[int, set[str], str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        env=hook_env(),
+        timeout=60,
+        check=True,
+    )
+    status, loaded = eval(result.stdout.decode())  # our own repr of (int, list[str])
+    baseline = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.stdout.write(repr(sorted(sys.modules)))"],
+        capture_output=True,
+        env=hook_env(),
+        check=True,
+    )
+    started_with = set(eval(baseline.stdout.decode()))
+    return status, set(loaded) - started_with, result.stderr.decode()
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+
+
+def test_header_suppressed_message_loads_nothing_heavy_and_is_audited(
+    make_config: ConfigFactory, db_url: str
+) -> None:
+    config = make_config()
+    args = deliver_args("bob@example.org", "alice@example.com", queue_id="Q7")
+    status, loaded, stderr = _probe(config, *args, stdin=sample("precedence-bulk.eml"))
+    assert status == 0
+    assert _heavy(loaded) == set(), sorted(loaded)
+    assert "responder.fastpath" in loaded and "sqlite3" in loaded
+    assert "action=suppress reason=precedence" in stderr and "queue_id=Q7" in stderr
+    store = Store.open(db_url)
+    [row] = store.decisions()
+    store.close()
+    assert (row.action, row.reason, row.queue_id, row.sender) == (
+        "suppress",
+        "precedence",
+        "Q7",
+        "bob@example.org",
+    )
+
+
+def test_a_message_the_header_rules_pass_takes_the_full_path(make_config: ConfigFactory, db_url: str) -> None:
+    config = make_config()
+    status, loaded, stderr = _probe(
+        config, *deliver_args("bob@example.org", "alice@example.com"), stdin=sample("personal.eml")
+    )
+    assert status == 0
+    assert {"sqlalchemy", "responder.engine", "responder.config"} <= loaded
+    assert "reason=no-vacation" in stderr
+
+
+def _rows(url: str) -> list[DecisionRecord]:
+    store = Store.open(url)
+    try:
+        return store.decisions()
+    finally:
+        store.close()
+
+
+def _same(row: DecisionRecord) -> tuple[object, ...]:
+    return (row.queue_id, row.message_id, row.sender, row.recipient, row.action, row.reason, row.detail)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_fast_path_decides_the_corpus_as_the_engine_does(
+    case: Case, make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For every sample: the same audit row and log line, or no decision where the engine needs more."""
+    fast_db = tmp_path / "fast.sqlite3"
+    full_db = tmp_path / "full.sqlite3"
+    for path in (fast_db, full_db):
+        store = Store.open(f"sqlite:///{path}")
+        store.upgrade()
+        store.close()
+    argv = deliver_args(
+        case.sender, case.recipient, queue_id="Q1", original_recipient=case.original_recipient
+    )
+    raw = sample(case.sample)
+
+    fast_config = make_config(database={"url": f"sqlite:///{fast_db}"})
+    outcome = fastpath.deliver_fast(["--config", str(fast_config), *argv], raw)
+    fast_log = capsys.readouterr().err
+
+    full_config = make_config(database={"url": f"sqlite:///{full_db}"})
+    assert deliver_in_process(["--config", str(full_config), *argv], raw) == 0
+    full_log = capsys.readouterr().err
+    [full] = _rows(f"sqlite:///{full_db}")
+
+    if outcome is None:
+        assert full.reason not in HEADER_REASONS or full.reason == "auto-response-suppress", full
+        assert _rows(f"sqlite:///{fast_db}") == []
+        return
+    assert outcome == fastpath.DECIDED
+    assert full.reason in HEADER_REASONS
+    [fast] = _rows(f"sqlite:///{fast_db}")
+    assert _same(fast) == _same(full)
+    decision_line = next(line for line in full_log.splitlines() if "action=" in line)
+    assert decision_line in fast_log.splitlines()
+
+
+def test_oof_asks_whether_the_response_is_a_bounce_so_the_full_path_decides(
+    make_config: ConfigFactory, db_url: str
+) -> None:
+    config = make_config()
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
+    assert fastpath.deliver_fast(argv, sample("x-auto-response-suppress-oof.eml")) is None
+    assert fastpath.deliver_fast(argv, sample("x-auto-response-suppress-all.eml")) == fastpath.DECIDED
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["deliver", "--sender", "a@example.org"],  # no recipient (and no $RECIPIENT)
+        ["deliver", "--sender", "a@example.org", "--recipient", "b@example.com", "--bogus", "x"],
+        ["deliver", "--send", "a@example.org", "--recipient", "b@example.com"],  # argparse's abbreviation
+        ["deliver", "--sender", "-x", "--recipient", "b@example.com"],
+        ["deliver", "--sender", "a@example.org", "--recipient"],
+        ["deliver", "--help"],
+    ],
+)
+def test_anything_unusual_on_the_command_line_is_left_to_argparse(
+    argv: list[str], make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECIPIENT", raising=False)
+    config = make_config()
+    assert fastpath.deliver_fast(["--config", str(config), *argv], sample("list-id.eml")) is None
+
+
+def test_command_line_forms() -> None:
+    assert fastpath.hook_arguments(
+        ["--config=/c.toml", "deliver", "--sender=", "--recipient", "r@x", "--queue-id", "Q"]
+    ) == {"config": "/c.toml", "sender": "", "recipient": "r@x", "queue_id": "Q"}
+
+
+def test_a_broken_value_of_a_key_it_reads_goes_to_the_full_path_which_defers(
+    make_config: ConfigFactory,
+) -> None:
+    config = make_config(deliver={"max_received": "many"})
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
+    assert fastpath.deliver_fast(argv, sample("precedence-bulk.eml")) is None
+    assert deliver_in_process(argv, sample("precedence-bulk.eml")) == 75
+
+
+def test_defaults_are_those_of_the_configuration() -> None:
+    settings = Settings()
+    for section, keys in fastpath.DEFAULTS.items():
+        for key, value in keys.items():
+            assert getattr(getattr(settings, section), key) == value, f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10", "10s", " 1.5 m ", "2h", "7d", "1w", "0", "1.", ".5", "1e3", "-1", "5x", "", "\u0661\u0662s", "s"],
+)
+def test_durations_as_the_configuration_reads_them(text: str) -> None:
+    try:
+        expected: float | None = parse_duration(text)
+    except ValueError:
+        expected = None
+    try:
+        got: float | None = fastpath.parse_duration(text)
+    except Exception:
+        got = None
+    assert got == expected
+
+
+def test_audit_failure_is_logged_and_the_message_still_accepted(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config(database={"url": f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}"})
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
+    assert fastpath.deliver_fast(argv, sample("list-id.eml")) == fastpath.DECIDED
+    err = capsys.readouterr().err
+    assert "reason=list-header" in err and "WARNING audit not written" in err
+    # The file must not have been created by the attempt.
+    assert not (tmp_path / "missing").exists()
+
+
+def test_direct_audit_writes_rows_the_store_reads(backend_url: str) -> None:
+    """SQLite, PostgreSQL and MariaDB: the driver's row equals the store's own."""
+    import datetime as dt
+
+    record = DecisionRecord(
+        at=dt.datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=dt.UTC),
+        queue_id="Q9",
+        message_id="<m@x>",
+        sender="bob@example.org",
+        recipient="\u00e4lice@example.com",
+        action="suppress",
+        reason="list-header",
+        detail="List-Id \U0001f600",
+    )
+    assert record_direct(backend_url, 5.0, vars(record)) is None
+    [stored] = _rows(backend_url)
+    assert stored == record
+
+
+def test_unsupported_urls_are_left_to_the_full_path(make_config: ConfigFactory) -> None:
+    config = make_config(database={"url": "sqlite://"})
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
+    assert fastpath.deliver_fast(argv, sample("list-id.eml")) is None
+
+
+@pytest.mark.parametrize("syslog", [False, True])
+def test_log_lines_are_logsetups_byte_for_byte(
+    syslog: bool, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "log.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(5)
+    try:
+        settings = settings_from_mapping({"log": {"syslog": syslog, "syslog_socket": path}})
+        setup_logging(settings.log)
+        logger = logging.getLogger("responder")
+        logger.info("queue_id=- action=suppress détail")
+        logger.warning("audit not written: x")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        expected_err = capfd.readouterr().err
+        expected_sys = [receiver.recv(4096) for _ in range(2)] if syslog else []
+
+        log = HookLog(settings.log)
+        log.info("queue_id=- action=suppress détail")
+        log.warning("audit not written: x")
+        log.close()
+        assert capfd.readouterr().err == expected_err
+        assert ([receiver.recv(4096) for _ in range(2)] if syslog else []) == expected_sys
+    finally:
+        receiver.close()
+
+
+def test_syslog_socket_missing_falls_back_to_stderr_as_logsetup_does(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    options = fastpath.LogOptions({"log": {"syslog": True, "syslog_socket": "/nonexistent/log"}})
+    log = HookLog(options)
+    log.info("decided")
+    err = capfd.readouterr().err
+    assert "WARNING syslog unavailable at /nonexistent/log" in err
+    assert "INFO decided" in err
+
+
+def test_hook_through_the_fast_path_end_to_end(make_config: ConfigFactory, db_url: str) -> None:
+    """As Postfix runs it: python -m responder deliver, exit 0, one line, one row."""
+    config = make_config()
+    result = run_hook(
+        config, *deliver_args("", "alice@example.com", queue_id="QN"), stdin=sample("personal.eml")
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().count("reason=null-sender") == 1
+    assert [(r.reason, r.queue_id) for r in _rows(db_url)] == [("null-sender", "QN")]
