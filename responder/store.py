@@ -777,9 +777,13 @@ class Store:
         """Delete reply claims older than any interval, closed rate windows and old audit rows."""
         with self._begin("purging") as conn:
             claims = conn.execute(delete(reply_claims).where(reply_claims.c.replied_at < claims_before))
+            # Bounce claims live as long as reply claims: bounce.interval is far shorter in practice.
+            bounced = conn.execute(delete(bounce_claims).where(bounce_claims.c.replied_at < claims_before))
             counters = conn.execute(delete(rate_counters).where(rate_counters.c.window_end <= now))
             audit = conn.execute(delete(decisions).where(decisions.c.at < audit_before))
-            return PurgeResult(int(claims.rowcount), int(counters.rowcount), int(audit.rowcount))
+            return PurgeResult(
+                int(claims.rowcount) + int(bounced.rowcount), int(counters.rowcount), int(audit.rowcount)
+            )
 
 
 def _selected(selectors: Sequence[tuple[str, str | None]]) -> Any:

@@ -188,6 +188,14 @@ def test_interval_zero_bounces_every_message_but_never_a_retry_twice(
     assert len(sink.wait_for(2)) == 2
 
 
+def test_purge_forgets_bounce_claims(services: Services, clock: FakeClock) -> None:
+    assert _respond(services, _numbered(1)).action == "bounce"
+    assert _respond(services, _numbered(2)).reason == "interval"
+    done = services.store.purge(clock(), clock() + HOUR, clock() - HOUR)
+    assert done.claims == 1
+    assert _respond(services, _numbered(3)).action == "bounce"
+
+
 def test_rate_limits_cover_bounces(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock) -> None:
     retire(store, ALICE, clock())
     retire(store, "carol@example.com", clock())

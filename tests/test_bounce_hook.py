@@ -177,6 +177,14 @@ def test_a_retired_address_stays_silent_for_robots_and_lists(
     assert sink.wait_for(1, timeout=0.5) == []
 
 
+def test_oof_suppression_does_not_stop_a_bounce(make_config: ConfigFactory, sink: SmtpSink) -> None:
+    # The hook's header phase cannot tell a reply from a bounce; it must leave this to the full path.
+    config = make_config()
+    _retire(config)
+    assert "action=bounce" in _deliver(config, sample("x-auto-response-suppress-oof.eml"))
+    assert len(sink.wait_for(1)) == 1
+
+
 def test_relay_down_defers_with_75(make_config: ConfigFactory, sink: SmtpSink) -> None:
     config = make_config()
     _retire(config)
