@@ -113,15 +113,6 @@ class CounterWindow:
     end: dt.datetime
 
 
-class _Reached(Exception):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-class _StartOver(Exception):
-    """A counter changed under a transaction in a way that needs a fresh look."""
-
-
 @dataclass(frozen=True)
 class RateCounter:
     scope: str
@@ -649,52 +640,28 @@ class Store:
         transaction: missing, it is created by a plain INSERT whose unique constraint lets one of
         several racers win (a loser starts over); full, the answer is no; otherwise another process
         changed it in between and the transaction starts over. Rows are locked in the order given,
-        the same (scope) order in every process, so two of these transactions never deadlock.
+        the same (scope) order in every process, so these transactions do not wait on each other in
+        a cycle; a deadlock the server reports all the same (InnoDB's duplicate-key locks) is retried.
         """
-        c = rate_counters.c
 
-        def attempt() -> int | None:
-            with self._begin("counting against the rate limits") as conn:
+        def attempt() -> tuple[bool, int | None]:
+            """(finished, index of the counter at its limit); not finished: start over."""
+            with (
+                self._guard("counting against the rate limits"),
+                self.engine.connect() as conn,
+                conn.begin() as transaction,
+            ):
                 for index, (counter, limit) in enumerate(wanted):
-                    where = (
-                        c.scope == counter.scope,
-                        c.counter_key == counter.key,
-                        c.window_start == counter.start,
-                    )
-                    counted = conn.execute(
-                        update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1)
-                    )
-                    if counted.rowcount == 1:
-                        continue
-                    current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
-                    if current is not None:
-                        if current >= limit:
-                            raise _Reached(index)
-                        raise _StartOver
-                    try:
-                        conn.execute(
-                            insert(rate_counters).values(
-                                scope=counter.scope,
-                                counter_key=counter.key,
-                                window_start=counter.start,
-                                window_end=counter.end,
-                                count=1,
-                                tripped=False,
-                            )
-                        )
-                    except sa_exc.IntegrityError:
-                        # Another process created the row first (PostgreSQL has aborted the
-                        # transaction anyway): start over, and count through the UPDATE.
-                        raise _StartOver from None
-            return None
+                    outcome = _count_one(conn, counter, limit)
+                    if outcome != _COUNTED:
+                        transaction.rollback()
+                        return outcome == _FULL, index if outcome == _FULL else None
+            return True, None
 
         for _round in range(_ATTEMPTS):
-            try:
-                return self._retrying(attempt)
-            except _Reached as reached:
-                return reached.index
-            except _StartOver:
-                continue
+            finished, reached = self._retrying(attempt)
+            if finished:
+                return reached
         raise StoreUnavailable("the rate counters kept changing; try again later")
 
     def give_back_counts(self, counters: Sequence[CounterWindow]) -> None:
@@ -784,6 +751,37 @@ class Store:
             return PurgeResult(
                 int(claims.rowcount) + int(bounced.rowcount), int(counters.rowcount), int(audit.rowcount)
             )
+
+
+_COUNTED, _FULL, _AGAIN = "counted", "full", "again"
+
+
+def _count_one(conn: Connection, counter: CounterWindow, limit: int) -> str:
+    """One step of ``take_counts``: counted, full (at its limit), or again (changed under us)."""
+    c = rate_counters.c
+    where = (c.scope == counter.scope, c.counter_key == counter.key, c.window_start == counter.start)
+    counted = conn.execute(update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1))
+    if counted.rowcount == 1:
+        return _COUNTED
+    current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
+    if current is not None:
+        return _FULL if current >= limit else _AGAIN
+    try:
+        conn.execute(
+            insert(rate_counters).values(
+                scope=counter.scope,
+                counter_key=counter.key,
+                window_start=counter.start,
+                window_end=counter.end,
+                count=1,
+                tripped=False,
+            )
+        )
+    except sa_exc.IntegrityError:
+        # Another process created the row first (and PostgreSQL has aborted our transaction):
+        # start over, and count through the UPDATE.
+        return _AGAIN
+    return _COUNTED
 
 
 def _selected(selectors: Sequence[tuple[str, str | None]]) -> Any:
