@@ -55,7 +55,6 @@ SCOPES: tuple[Scope, ...] = (
     Scope("per_recipient", "recipient", _recipient, lambda s: s.per_recipient),
     Scope("global", "global", lambda _ctx: GLOBAL_KEY, lambda s: s.global_),
 )
-SCOPE_NAMES = tuple(scope.name for scope in SCOPES)
 
 
 def configured(settings: LimitSettings) -> list[tuple[Scope, Limit]]:
