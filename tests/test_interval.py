@@ -27,7 +27,12 @@ def _message(number: int, sender: str = "bob@example.org") -> bytes:
 
 def _services(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock, **reply: object) -> Services:
     settings = settings_from_mapping(
-        {"database": {"url": db_url}, "smtp": {"port": sink.port}, "reply": reply}
+        {
+            "database": {"url": db_url},
+            "smtp": {"port": sink.port},
+            "reply": reply,
+            "verify": {"require": "off"},
+        }
     )
     return Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
 

@@ -32,6 +32,7 @@ def services(
             "database": {"url": db_url},
             "smtp": {"port": sink.port, "hostname": "mx.example.net"},
             "reply": {"templates_dir": str(tmp_path / "templates")},
+            "verify": {"require": "off"},
         }
     )
     yield Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
@@ -134,7 +135,12 @@ def test_reply_from_recipient_envelope_option(
     store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
 ) -> None:
     settings = settings_from_mapping(
-        {"database": {"url": db_url}, "smtp": {"port": sink.port}, "reply": {"envelope_sender": "recipient"}}
+        {
+            "database": {"url": db_url},
+            "smtp": {"port": sink.port},
+            "reply": {"envelope_sender": "recipient"},
+            "verify": {"require": "off"},
+        }
     )
     services = Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
     _vacation(store, clock())
