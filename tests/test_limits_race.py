@@ -147,19 +147,28 @@ def test_counts_expire_with_a_short_window(make_config: ConfigFactory, db_url: s
     window = 5
     config = make_config(limits={**OFF, "per_sender": f"2/{window}s"})
     _vacations(db_url, *RCPTS)
-    # Start right after a window boundary, so that the first three finish in one window.
-    into = time.time() % window
-    time.sleep(window - into + 0.05)
-    started = time.time()
+    # Start right after a window boundary, so that the first three most likely share one window.
+    time.sleep(window - time.time() % window + 0.05)
     runs = _race(config, [("bob@example.org", RCPTS[i], f"m{i}@example.org") for i in range(3)])
-    assert time.time() - started < window - 0.1, "too slow to test a short window here"
     assert [r.returncode for r in runs] == [0, 0, 0]
-    assert _outcomes(db_url) == sorted([("drop", "rate-limit"), ("reply", ""), ("reply", "")])
     time.sleep(window - time.time() % window + 0.05)
     [run] = _race(config, [("bob@example.org", RCPTS[3], "m3@example.org")])
     assert run.returncode == 0
-    assert _outcomes(db_url).count(("reply", "")) == 3
-    assert len(sink.wait_for(3)) == 3
+    # Whatever the machine's speed: in each window of the decisions, the first two are answered.
+    store = Store.open(db_url)
+    decided = sorted(store.decisions(limit=100), key=lambda d: d.at)
+    store.close()
+    by_window: dict[int, list[str | None]] = {}
+    for d in decided:
+        by_window.setdefault(int(d.at.timestamp()) // window, []).append(d.reason)
+    assert len(by_window) >= 2
+    for reasons in by_window.values():
+        assert reasons.count(None) == min(2, len(reasons))
+        assert set(reasons) <= {None, "rate-limit"}
+    assert decided[-1].reason is None  # the last one, alone in a later window
+    answered = [d for d in decided if d.reason is None]
+    assert len(answered) >= 3
+    assert len(sink.wait_for(len(answered))) == len(answered)
 
 
 def test_a_locked_counter_defers_with_75_and_the_retry_answers(
