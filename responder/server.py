@@ -20,18 +20,23 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from responder.config import ConfigError, Settings, load
+import aiosmtplib
+
+from responder.config import ConfigError, Settings, SmtpSettings, load
 from responder.context import Services
 from responder.engine import respond
-from responder.errors import StoreUnavailable, TransientError
+from responder.errors import RelayRefused, RelayUnavailable, StoreUnavailable, TransientError
 from responder.lmtp import Recipient, Session, Transaction
 from responder.lmtpclient import parse_socket
 from responder.logsetup import setup_logging
 from responder.message import Envelope, Inbound
+from responder.transport import SmtpTransport
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
+    from responder.compose import Outgoing
     from responder.store import Store
 
 log = logging.getLogger("responder")
@@ -44,11 +49,93 @@ class ServeError(Exception):
     """The service cannot start: no socket configured, or the socket cannot be bound."""
 
 
+class PooledSmtpTransport(SmtpTransport):
+    """Relay connections kept open on the service's event loop and reused, one response after another.
+
+    A lone hook opens a connection per response; a service sending a hundred a second saves the
+    connect, greeting, EHLO and QUIT of each. Worker threads hand the response to the loop and wait.
+    A connection the relay closed while idle is noticed on reuse and replaced, once.
+    """
+
+    def __init__(self, settings: SmtpSettings, loop: asyncio.AbstractEventLoop, keep: int) -> None:
+        super().__init__(settings)
+        self.loop = loop
+        self.keep = keep
+        self.idle: list[aiosmtplib.SMTP] = []
+
+    def send(self, outgoing: Outgoing) -> None:
+        asyncio.run_coroutine_threadsafe(self.send_pooled(outgoing), self.loop).result()
+
+    async def send_pooled(self, outgoing: Outgoing) -> None:
+        while self.idle:
+            client = self.idle.pop()
+            if not client.is_connected:
+                continue
+            try:
+                await self._mapped(self._transaction(client, outgoing))
+            except RelayUnavailable as exc:
+                client.close()
+                if isinstance(exc.__cause__, aiosmtplib.SMTPServerDisconnected):
+                    break  # gone while idle: try a fresh connection
+                raise
+            except BaseException:
+                client.close()
+                raise
+            self._keep(client)
+            return
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            start_tls=s.starttls,
+            username=s.username or None,
+            password=s.password or None,
+            local_hostname=self.local_hostname,
+        )
+        try:
+            await self._mapped(client.connect())
+            await self._mapped(self._transaction(client, outgoing))
+        except BaseException:
+            client.close()
+            raise
+        self._keep(client)
+
+    def _keep(self, client: aiosmtplib.SMTP) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(client)
+        else:
+            client.close()
+
+    async def _mapped(self, step: Awaitable[object]) -> None:
+        """SmtpTransport's mapping: 5xx RelayRefused, everything else RelayUnavailable."""
+        s = self.settings
+        try:
+            await step
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                raise RelayRefused(exc.code, exc.message) from exc
+            raise RelayUnavailable(f"relay answered {exc.code} {exc.message}") from exc
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            if 500 <= refusal.code < 600:
+                raise RelayRefused(refusal.code, refusal.message) from exc
+            raise RelayUnavailable(f"relay answered {refusal.code} {refusal.message}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RelayUnavailable(f"relay {s.host}:{s.port}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the idle connections; call on the loop."""
+        while self.idle:
+            self.idle.pop().close()
+
+
 class WarmServices(Services):
     """Services for a long-running process: one pooled database engine shared by the worker threads."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, transport: PooledSmtpTransport) -> None:
+        super().__init__(settings, transport=transport)
+        self.relay = transport
         self._lock = threading.Lock()
 
     @property
@@ -74,9 +161,11 @@ class WarmServices(Services):
 class Generation:
     """One loaded configuration with its services and worker threads."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        self.services = WarmServices(settings)
+        self.loop = loop
+        relay = PooledSmtpTransport(settings.smtp, loop, keep=settings.server.workers)
+        self.services = WarmServices(settings, relay)
         self.executor = ThreadPoolExecutor(settings.server.workers, thread_name_prefix="responder")
         self.in_flight = 0
         self.retired = False
@@ -90,8 +179,10 @@ class Generation:
         _ = self.services.renderer
 
     def close(self) -> None:
+        """From a thread other than the loop's: wait for the workers, then close what they used."""
         self.executor.shutdown(wait=True)
         self.services.close()
+        self.loop.call_soon_threadsafe(self.services.relay.close)
 
 
 def _one_line(text: str) -> str:
@@ -123,7 +214,8 @@ class Service:
 
     def __init__(self, config_path: Path, settings: Settings) -> None:
         self.config_path = config_path
-        self.generation = Generation(settings)
+        self.settings = settings
+        self.generation: Generation
         self.listen = settings.server.socket
         self.hostname = settings.smtp.hostname or socketlib.gethostname()
         self.sessions: set[asyncio.Task[None]] = set()
@@ -134,9 +226,10 @@ class Service:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.generation = Generation(self.settings, loop)
         await asyncio.to_thread(self.generation.warm)
         server = await self._bind()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -217,7 +310,7 @@ class Service:
                 "server.socket changed to %s: restart the service to listen there", settings.server.socket
             )
         setup_logging(settings.log)
-        fresh = Generation(settings)
+        fresh = Generation(settings, asyncio.get_running_loop())
         await asyncio.to_thread(fresh.warm)
         old, self.generation = self.generation, fresh
         old.retired = True

@@ -150,11 +150,13 @@ class ScriptedServer:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            with conn:
-                self._talk(conn)
+            seen = bytearray()
+            # The client may hang up without waiting for the last reply.
+            with conn, contextlib.suppress(OSError):
+                self._talk(conn, seen)
+            self.received.append(bytes(seen))
 
-    def _talk(self, conn: socket.socket) -> None:
-        seen = b""
+    def _talk(self, conn: socket.socket, seen: bytearray) -> None:
         conn.sendall(b"220 scripted LMTP\r\n")
         buffer = b""
         in_data = False
@@ -172,7 +174,6 @@ class ScriptedServer:
                     buffer = buffer[end + 5 :] if end >= 0 else buffer[3:]
                     in_data = False
                     if self.final is None:
-                        self.received.append(seen)
                         return
                     conn.sendall(self.final.encode() + b"\r\n")
                     continue
@@ -191,11 +192,9 @@ class ScriptedServer:
                     in_data = True
                 elif verb == b"QUIT":
                     conn.sendall(b"221 bye\r\n")
-                    self.received.append(seen)
                     return
                 else:
                     conn.sendall(b"250 ok\r\n")
-        self.received.append(seen)
 
     def wait_received(self, count: int = 1, timeout: float = 10) -> list[bytes]:
         deadline = time.monotonic() + timeout
@@ -211,3 +210,72 @@ class ScriptedServer:
         self.thread.join(timeout=10)
         if self.path.exists():
             os.unlink(self.path)
+
+
+class CountingRelay:
+    """A minimal SMTP relay on loopback that counts connections and messages.
+
+    ``hang_up`` closes each connection right after accepting a message, as a relay that drops idle
+    clients does; a client reusing its connection finds it gone.
+    """
+
+    def __init__(self, hang_up: bool = False) -> None:
+        self.hang_up = hang_up
+        self.connections = 0
+        self.messages: list[bytes] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port: int = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+        self.threads.append(accept)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            worker = threading.Thread(target=self._session, args=(conn,), daemon=True)
+            worker.start()
+            self.threads.append(worker)
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            file = conn.makefile("rb")
+            conn.sendall(b"220 relay ESMTP\r\n")
+            while line := file.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-relay\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go\r\n")
+                    data = b""
+                    while (part := file.readline()) not in (b".\r\n", b""):
+                        data += part
+                    self.messages.append(data)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                    if self.hang_up:
+                        return
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+            file.close()
+
+    def wait_for(self, count: int, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.messages)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=5)

@@ -73,6 +73,7 @@ class SmtpSink:
         self.data_reply = ""
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
+        self._sessions: list[SMTP] = []
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> SmtpSink:
@@ -85,7 +86,9 @@ class SmtpSink:
         handler = _Handler(self)
 
         def factory() -> SMTP:
-            return SMTP(handler, enable_SMTPUTF8=True, decode_data=False, hostname="sink.test")
+            session = SMTP(handler, enable_SMTPUTF8=True, decode_data=False, hostname="sink.test")
+            self._sessions.append(session)
+            return session
 
         self._server = await self._loop.create_server(factory, self.host, 0)
         sockname: Any = self._server.sockets[0].getsockname()
@@ -96,6 +99,12 @@ class SmtpSink:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+            # Clients that keep connections open (the LMTP service reuses its relay connections) must
+            # not leave transports behind when the loop closes.
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.close()
+            await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)

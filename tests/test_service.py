@@ -18,7 +18,7 @@ from responder.lmtp import Session, Transaction, split_path, xtext_decode
 from responder.store import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import run_hook, sample, vacation_set
-from tests.lmtp_support import LmtpClient, ServiceProcess
+from tests.lmtp_support import CountingRelay, LmtpClient, ServiceProcess
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
@@ -206,8 +206,9 @@ def test_data_is_unstuffed_and_what_follows_kept(wire: bytes, message: bytes) ->
         rest = bytes(session.buffer)
         while not rest.endswith(b"\r\n"):
             rest += await reader.read(100)
-        writer.close()
         right.close()
+        writer.close()
+        await writer.wait_closed()
         return data, rest
 
     data, rest = asyncio.run(run())
@@ -379,3 +380,26 @@ def test_a_running_service_is_not_replaced(
     result = run_hook(make_config(server={"socket": f"unix:{socket_path}"}), "serve", timeout=30)
     assert result.returncode == 1
     assert b"another service is listening" in result.stderr
+
+
+@pytest.mark.parametrize("hang_up", [False, True], ids=["kept", "dropped-by-the-relay"])
+def test_relay_connections_are_reused_and_replaced_when_gone(
+    hang_up: bool, start_service: ServiceFactory, socket_path: Path
+) -> None:
+    relay = CountingRelay(hang_up=hang_up)
+    try:
+        service = start_service(smtp={"port": relay.port})
+        vacation_set(service.config, ALICE, "--message", "Away.")
+        client = LmtpClient(socket_path)
+        client.greet()
+        for number in range(3):
+            sender = f"s{number}@example.org"
+            [(code, text)] = client.send_message(sender, [ALICE], _message(sender, number=number))
+            assert (code, "reply" in text) == (250, True)
+            assert relay.wait_for(number + 1) == number + 1
+        client.close()
+        # One connection for all three replies, or a fresh one after each hang-up.
+        assert relay.connections == (3 if hang_up else 1)
+        service.stop()
+    finally:
+        relay.close()
