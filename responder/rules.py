@@ -84,8 +84,12 @@ def malformed(ctx: Context) -> str | None:
 
 
 def system_sender(ctx: Context) -> str | None:
-    local = strip_batv((ctx.inbound.sender_address or "").rpartition("@")[0])
-    return f"local part {local}" if SYSTEM_LOCAL.match(local) else None
+    # The sender key also unwraps SRS and sub-addresses: a forwarded no-reply sender is still one.
+    for address in (ctx.inbound.sender_address or "", ctx.sender_key):
+        local = strip_batv(address.rpartition("@")[0])
+        if SYSTEM_LOCAL.match(local):
+            return f"local part {local}"
+    return None
 
 
 def auto_submitted(ctx: Context) -> str | None:

@@ -41,7 +41,15 @@ from responder.schema import (
 )
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
-_TRANSIENT = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.InternalError)
+# ProgrammingError is here for "permission denied" on PostgreSQL and MySQL: an admin's fix away, so
+# the MTA should keep the message meanwhile (our own statements are tested on every backend).
+_TRANSIENT = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.InternalError,
+    sa_exc.ProgrammingError,
+)
 # A transaction the server chose to abort so that another could go on: deadlock or serialization
 # failure (PostgreSQL SQLSTATE 40P01 / 40001, MySQL/MariaDB 1213 / 1020). Trying again is correct.
 _CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})

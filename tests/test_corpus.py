@@ -69,6 +69,12 @@ CASES: dict[str, Case] = {
     "noreply-batv": Case(
         "list-manager-sender.eml", "suppress", "system-sender", sender="prvs=1234abcdef=noreply@example.org"
     ),
+    "noreply-through-srs": Case(
+        "list-manager-sender.eml",
+        "suppress",
+        "system-sender",
+        sender="SRS0=HHH=TT=example.net=no-reply@forwarder.example",
+    ),
     "owner-in-middle-is-human": Case("personal.eml", "reply", None, sender="homeowner@example.org"),
     # auto-submitted
     "auto-replied": Case("auto-submitted-auto-replied.eml", "suppress", "auto-submitted"),
