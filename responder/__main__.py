@@ -1,5 +1,5 @@
 """Entry point for ``python -m responder``."""
 
-from responder.cli import main
+from responder.entry import main
 
 raise SystemExit(main())

@@ -317,12 +317,26 @@ def run_serve(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _guarded_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
+    """run_deliver, with anything it did not foresee (a broken install, a signal) turned into 75."""
+    try:
+        return run_deliver(argv, stdin)
+    except SystemExit as exc:
+        if exc.code in (None, EX_OK):  # --help, --version
+            return EX_OK
+        sys.stderr.write(f"responder: unexpected exit {exc.code!r}; deferring\n")
+        return EX_TEMPFAIL
+    except BaseException as exc:  # the hook must never end with another status
+        sys.stderr.write(f"responder: unexpected {exc!r}; deferring\n")
+        return EX_TEMPFAIL
+
+
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if stdin is None and sys.stdin is not None:
         stdin = sys.stdin.buffer
     if _command_word(argv) in HOOK_COMMANDS:
-        return run_deliver(argv, stdin)
+        return _guarded_deliver(argv, stdin)
     from responder.config import ConfigError
 
     try:

@@ -251,3 +251,24 @@ def test_exit_status_is_never_other_than_0_or_75_when_stdin_is_closed(make_confi
     )
     assert result.returncode == 0
     assert b"reason=malformed" in result.stderr
+
+
+def test_broken_installation_defers(tmp_path: Path) -> None:
+    """An import failure (an upgrade half done) must not end with Python's status 1: Postfix bounces on it."""
+    import shutil
+
+    from tests.helpers import REPO
+
+    package = tmp_path / "responder"
+    shutil.copytree(REPO / "responder", package)
+    (package / "cli.py").write_text("this is not python\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "responder", "deliver", "--sender", SENDER, "--recipient", RCPT],
+        input=sample("personal.eml"),
+        capture_output=True,
+        env={**hook_env(), "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 75
+    assert b"cannot load the program" in result.stderr
