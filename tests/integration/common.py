@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SNIPPETS = Path(__file__).with_name("README-snippets.md")
+# The README's fenced blocks named by their info string (```cfg main.cf) are what the tests run.
+SNIPPETS = REPO_ROOT / "README.md"
 
 # The dedicated unprivileged account the Postfix pipe transport runs the hook as
 # (created by .ci/install-mail-servers).
 HOOK_USER = "responder"
 
-# Documented placeholder paths in README-snippets.md, replaced by temporary ones.
+# Documented placeholder paths in the README snippets, replaced by temporary ones.
 DOC_EXECUTABLE = "/opt/responder/bin/responder"
 DOC_CONFIG = "/etc/responder/responder.toml"
 DOC_POSTFIX_DIR = "/etc/postfix/"
@@ -145,7 +146,7 @@ _BLOCK = re.compile(r"^```(?P<lang>\S+) (?P<name>\S+)\n(?P<body>.*?)^```$", re.M
 
 
 def snippet(name: str) -> str:
-    """The body of the fenced block named ``name`` in README-snippets.md."""
+    """The body of the fenced block named ``name`` in the README."""
     blocks = {m["name"]: m["body"] for m in _BLOCK.finditer(SNIPPETS.read_text(encoding="utf-8"))}
     if name not in blocks:
         raise KeyError(f"{SNIPPETS.name} has no block named {name!r} (has {sorted(blocks)})")

@@ -13,7 +13,7 @@ import pytest
 from tests.policytools import PolicyProcess
 from tests.sink import SmtpSink
 
-from .common import account, hook_env
+from .common import account, hook_env, snippet
 from .hook import ResponderInstance
 from .mail import bounces, message, new_sender
 from .postfix import POSTFIX, PrivatePostfix
@@ -31,11 +31,7 @@ TEXT = "Carol has left Example. Please write to bob@example.test instead."
 # by the responder user and group postfix, set-group-ID so that the socket gets group postfix too.
 SOCKET_DIR = "responder"
 SOCKET = f"{SOCKET_DIR}/policy"
-MAIN_CF = """
-smtpd_recipient_restrictions =
-    reject_unauth_destination,
-    check_policy_service { unix:responder/policy, default_action=DUNNO }
-"""
+MAIN_CF = "\n" + snippet("policy-main.cf")
 
 
 class PolicyPostfix(PrivatePostfix):
