@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.config import ConfigError, load, parse_duration, settings_from_mapping
+from responder.config import ConfigError, Settings, load, parse_duration, settings_from_mapping
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 
@@ -106,3 +106,26 @@ def test_syslog_mail_facility(make_config: ConfigFactory, tmp_path: Path) -> Non
     assert datagram.startswith("<22>responder[")
     assert "action=suppress reason=list-header" in datagram
     assert b"reason=list-header" not in result.stderr  # stderr only carries warnings when syslog is on
+
+
+def test_readme_reference_lists_every_key_with_its_default() -> None:
+    import dataclasses
+    import re
+    import tomllib
+
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```toml responder\.toml\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    document = tomllib.loads(block.group(1))
+    documented = {(section, key) for section, values in document.items() for key in values}
+    defaults = Settings()
+    expected = {
+        (section.name, key.metadata.get("key") or key.name)
+        for section in dataclasses.fields(Settings)
+        if section.name != "source"
+        for key in dataclasses.fields(getattr(defaults, section.name))
+    }
+    assert documented == expected
+    assert settings_from_mapping(document) == defaults
