@@ -414,8 +414,38 @@ class Bench:
             print(
                 f"RSS after the first tenth {settled:.1f} MiB, at the end {memory[-1][1]:.1f} MiB: {verdict}"
             )
+        print()
+        self.targets(throughput, memory)
         for note in self.notes:
             print(f"note: {note}")
+
+    def targets(
+        self, throughput: list[tuple[int, float, float]], memory: list[tuple[int, float, float]]
+    ) -> None:
+        """The issue's targets, judged on the Debian interpreter (wall and CPU alike)."""
+        ratios = {}
+        for label, samples, floor in self.rows:
+            if label.startswith(("standalone: " + self.main.name, "via service: " + self.main.name)):
+                (wall, cpu), (floor_wall, floor_cpu) = samples.median, floor.median
+                ratios[label] = (wall / floor_wall, cpu / floor_cpu)
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        header = ratios[f"standalone: {self.main.name}, deliver header-suppressed"]
+        print(
+            f"target standalone header-suppressed <= 4x floor: wall {header[0]:.2f}x, cpu {header[1]:.2f}x",
+            end=" ",
+        )
+        print(verdict(max(header) <= 4))
+        for label in self.CASES:
+            wall, cpu = ratios[f"via service: {self.main.name}, deliver {label}"]
+            print(f"target thin client <= 2x floor, {label}: wall {wall:.2f}x {verdict(wall <= 2)},", end=" ")
+            print(f"cpu {cpu:.2f}x {verdict(cpu <= 2)}")
+        if throughput:
+            _, decisions, replies = throughput[-1]
+            print(f"target 16 clients >= 300 decisions/s: {decisions:.0f} {verdict(decisions >= 300)}")
+            print(f"target 16 clients >= 100 replies/s: {replies:.0f} {verdict(replies >= 100)}")
 
 
 def main() -> None:
