@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -172,6 +173,10 @@ class Generation:
 
     def warm(self) -> None:
         """Open what the first message would otherwise wait for; a database fault is only logged."""
+        # The engine imports these when a message first needs them (the pipe hook must not pay for
+        # them up front); a service pays once, before it takes mail.
+        for module in ("responder.verify", "responder.limits", "responder.dsn"):
+            importlib.import_module(module)
         try:
             _ = self.services.store
         except StoreUnavailable as exc:
