@@ -216,8 +216,11 @@ def _stderr(line: str) -> None:
     import os
     import sys
 
-    sys.stderr.write(f"responder[{os.getpid()}]: {line}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"responder[{os.getpid()}]: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a lost line must not turn into deciding the message a second time
 
 
 def _decide_on_headers(document: Mapping[str, object], envelope: dict[str, str], raw: bytes) -> str | None:
@@ -244,9 +247,7 @@ def _decide_on_headers(document: Mapping[str, object], envelope: dict[str, str],
     ctx = Context(Inbound(Envelope(**envelope), raw), cast("Services", services))
     try:
         found = _first_header_rule(ctx)
-    except NeedsFullPath:
-        return None
-    except Exception:  # a fault in a rule: the full path meets it again and logs it with its traceback
+    except Exception:  # NeedsFullPath, or a fault in a rule: the full path meets it again and logs it
         return None
     if found is None:
         return None
