@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from responder.config import Settings
     from responder.render import Renderer
     from responder.retired import Retirement
-    from responder.store import Store, Vacation
+    from responder.store import ClaimKind, Store, Vacation
     from responder.transport import Transport
 
 
@@ -38,17 +38,20 @@ class Claim(Protocol):
 
 
 # A NamedTuple, not a dataclass: the pipe hook's header phase imports this module (see message.py).
-class ReplyClaim(NamedTuple):
+class IntervalClaim(NamedTuple):
+    """The right to send one reply or DSN to a sender within its interval."""
+
     store: Store
-    vacation_id: int
+    kind: ClaimKind
+    owner_id: int
     sender_key: str
     token: str
 
     def confirm(self) -> None:
-        self.store.confirm_reply(self.vacation_id, self.sender_key, self.token)
+        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token)
 
     def release(self) -> None:
-        self.store.release_reply(self.vacation_id, self.sender_key, self.token)
+        self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token)
 
 
 class Services:
@@ -175,50 +178,32 @@ class Context:
 
     def claim_bounce_interval(self) -> str | None:
         """``claim_interval`` for a DSN: at most one per sender and retired address per bounce.interval."""
-        from responder.retired import BounceClaim
+        from responder.store import BOUNCES
 
-        retirement = self.retirement
-        assert retirement is not None
-        store = self.services.store
+        assert self.retirement is not None
         interval = dt.timedelta(seconds=self.settings.bounce.interval)
-        stale = dt.timedelta(seconds=self.settings.deliver.deadline)
-        key, message = self.sender_key, self.inbound.message_key
-        if self.dry_run:
-            last = store.last_bounce(retirement.id, key)
-            if last is None:
-                return None
-            free = (last.replied_at <= self.now - interval and last.message_key != message) or (
-                last.state == "pending"
-                and last.replied_at <= self.now - stale
-                and last.message_key == message
-            )
-            return None if free else f"last bounce {last.replied_at.isoformat(timespec='seconds')}"
-        token = store.claim_bounce(retirement.id, key, message, self.now, interval, stale)
-        if token is None:
-            from responder.config import format_duration
-
-            return f"already bounced within {format_duration(interval.total_seconds())}"
-        self.claims.append(BounceClaim(store, retirement.id, key, token))
-        return None
+        return self._claim(BOUNCES, self.retirement.id, interval)
 
     def claim_interval(self) -> str | None:
         """Take (or, in a dry run, look at) the right to reply; the detail when it is not free."""
+        from responder.store import REPLIES
+
         assert self.vacation is not None
+        return self._claim(REPLIES, self.vacation.id, self.interval)
+
+    def _claim(self, kind: ClaimKind, owner_id: int, interval: dt.timedelta) -> str | None:
         store = self.services.store
         stale = dt.timedelta(seconds=self.settings.deliver.deadline)
         key, message = self.sender_key, self.inbound.message_key
         if self.dry_run:
-            last = store.last_reply(self.vacation.id, key)
-            if last is None:
+            last = store.last_claim(kind, owner_id, key)
+            if last is None or last.frees(message, self.now, interval, stale):
                 return None
-            free = (last.replied_at <= self.now - self.interval and last.message_key != message) or (
-                last.state == "pending"
-                and last.replied_at <= self.now - stale
-                and last.message_key == message
-            )
-            return None if free else f"last reply {last.replied_at.isoformat(timespec='seconds')}"
-        token = store.claim_reply(self.vacation.id, key, message, self.now, self.interval, stale)
+            return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
+        token = store.claim(kind, owner_id, key, message, self.now, interval, stale)
         if token is None:
-            return f"already answered within {self.interval}"
-        self.claims.append(ReplyClaim(store, self.vacation.id, key, token))
+            from responder.config import format_duration
+
+            return f"already {kind.done} within {format_duration(interval.total_seconds())}"
+        self.claims.append(IntervalClaim(store, kind, owner_id, key, token))
         return None

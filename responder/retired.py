@@ -6,12 +6,7 @@ import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from responder.message import clean_text
-
-if TYPE_CHECKING:
-    from responder.store import Store
 
 DEFAULT_STATUS = "5.1.6"
 # RFC 3463 section 3: class 5 (permanent); subject 0-7 are the defined ones; detail 1*3digit.
@@ -95,19 +90,3 @@ def smtp_text(message: str, limit: int = MAX_SMTP_TEXT) -> str:
     if " " in cut:
         cut = cut.rsplit(" ", 1)[0]
     return cut.rstrip() + "..."
-
-
-@dataclass(frozen=True)
-class BounceClaim:
-    """The right to send one DSN to a sender; kept when it went out, given back otherwise."""
-
-    store: Store
-    retired_id: int
-    sender_key: str
-    token: str
-
-    def confirm(self) -> None:
-        self.store.confirm_bounce(self.retired_id, self.sender_key, self.token)
-
-    def release(self) -> None:
-        self.store.release_bounce(self.retired_id, self.sender_key, self.token)

@@ -139,10 +139,32 @@ class PurgeResult:
 
 
 @dataclass(frozen=True)
-class LastReply:
+class LastClaim:
+    """The last response to a sender under one vacation or retired address."""
+
     replied_at: dt.datetime
     message_key: str
     state: str
+
+    def frees(self, message_key: str, now: dt.datetime, interval: dt.timedelta, stale: dt.timedelta) -> bool:
+        """Whether a claim for ``message_key`` would win now: the SQL of ``Store.claim`` in Python."""
+        if self.replied_at <= now - interval and self.message_key != message_key:
+            return True
+        return self.state == "pending" and self.replied_at <= now - stale and self.message_key == message_key
+
+
+@dataclass(frozen=True)
+class ClaimKind:
+    """A claims table: one row per (owner, sender) holding the last response's time and message."""
+
+    table: Table
+    owner: str  # the column naming the vacation or the retired address
+    what: str  # for messages: "reply", "bounce"
+    done: str  # "answered", "bounced"
+
+
+REPLIES = ClaimKind(reply_claims, "vacation_id", "reply", "answered")
+BOUNCES = ClaimKind(bounce_claims, "retired_id", "bounce", "bounced")
 
 
 def _sqlite_pragmas(busy_timeout: float) -> Any:
@@ -362,28 +384,30 @@ class Store:
 
     # -- reply claims -------------------------------------------------------------------------------
 
-    def claim_reply(
+    def claim(
         self,
-        vacation_id: int,
+        kind: ClaimKind,
+        owner_id: int,
         sender_key: str,
         message_key: str,
         now: dt.datetime,
         interval: dt.timedelta,
         stale_after: dt.timedelta,
     ) -> str | None:
-        """Atomically take the right to reply to this sender now; a token on success, None when taken.
+        """Atomically take the right to respond to this sender now; a token on success, None when taken.
 
-        The claim is free when the last reply is at least ``interval`` old and was for another message,
-        or when an attempt for this very message died (pending for longer than ``stale_after``, which is
-        the hook's deadline). A retry of a message that was answered never wins.
+        The claim is free when the last response is at least ``interval`` old and was for another
+        message, or when an attempt for this very message died (pending for longer than
+        ``stale_after``, which is the hook's deadline). A retry of a message that was answered never wins.
         """
         return self._retrying(
-            lambda: self._claim_reply_once(vacation_id, sender_key, message_key, now, interval, stale_after)
+            lambda: self._claim_once(kind, owner_id, sender_key, message_key, now, interval, stale_after)
         )
 
-    def _claim_reply_once(
+    def _claim_once(
         self,
-        vacation_id: int,
+        kind: ClaimKind,
+        owner_id: int,
         sender_key: str,
         message_key: str,
         now: dt.datetime,
@@ -397,20 +421,21 @@ class Store:
         # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows.
         token = secrets.token_hex(16)
         values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
-        c = reply_claims.c
+        table, c = kind.table, kind.table.c
+        mine = (c[kind.owner] == owner_id, c.sender_key == sender_key)
         for _attempt in range(2):
             try:
-                with self._begin("claiming the reply interval") as conn:
+                with self._begin(f"claiming the {kind.what} interval") as conn:
                     conn.execute(
-                        insert(reply_claims).values(vacation_id=vacation_id, sender_key=sender_key, **values)
+                        insert(table).values({kind.owner: owner_id, "sender_key": sender_key, **values})
                     )
                 return token
             except sa_exc.IntegrityError:
                 pass
-            with self._begin("claiming the reply interval") as conn:
+            with self._begin(f"claiming the {kind.what} interval") as conn:
                 result = conn.execute(
-                    update(reply_claims)
-                    .where(c.vacation_id == vacation_id, c.sender_key == sender_key)
+                    update(table)
+                    .where(*mine)
                     .where(
                         or_(
                             and_(c.replied_at <= now - interval, c.message_key != message_key),
@@ -425,41 +450,39 @@ class Store:
                 )
                 if result.rowcount == 1:
                     return token
-                still_there = conn.execute(
-                    select(c.id).where(c.vacation_id == vacation_id, c.sender_key == sender_key)
-                ).first()
+                still_there = conn.execute(select(c.id).where(*mine)).first()
             if still_there is not None:
                 return None
             # The row was released between our insert and update: try the insert once more.
         return None
 
-    def confirm_reply(self, vacation_id: int, sender_key: str, token: str) -> None:
-        c = reply_claims.c
-        with self._begin("confirming the reply") as conn:
+    def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+        c = kind.table.c
+        with self._begin(f"confirming the {kind.what}") as conn:
             conn.execute(
-                update(reply_claims)
-                .where(c.vacation_id == vacation_id, c.sender_key == sender_key, c.token == token)
+                update(kind.table)
+                .where(c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token)
                 .values(state="sent")
             )
 
-    def release_reply(self, vacation_id: int, sender_key: str, token: str) -> None:
-        c = reply_claims.c
-        with self._begin("releasing the reply claim") as conn:
+    def release_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+        c = kind.table.c
+        with self._begin(f"releasing the {kind.what} claim") as conn:
             conn.execute(
-                delete(reply_claims).where(
-                    c.vacation_id == vacation_id, c.sender_key == sender_key, c.token == token
+                delete(kind.table).where(
+                    c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token
                 )
             )
 
-    def last_reply(self, vacation_id: int, sender_key: str) -> LastReply | None:
-        c = reply_claims.c
-        with self._guard("reading the reply interval"), self.engine.connect() as conn:
+    def last_claim(self, kind: ClaimKind, owner_id: int, sender_key: str) -> LastClaim | None:
+        c = kind.table.c
+        with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
             row = conn.execute(
                 select(c.replied_at, c.message_key, c.state).where(
-                    c.vacation_id == vacation_id, c.sender_key == sender_key
+                    c[kind.owner] == owner_id, c.sender_key == sender_key
                 )
             ).first()
-        return None if row is None else LastReply(row.replied_at, row.message_key, row.state)
+        return None if row is None else LastClaim(row.replied_at, row.message_key, row.state)
 
     def _retrying(self, attempt: Callable[[], _T]) -> _T:
         """Run ``attempt`` again when the server aborted it to resolve a deadlock."""
@@ -526,96 +549,6 @@ class Store:
             conn.execute(delete(retired_addresses).where(r.id == retired_id))
             return True
 
-    def claim_bounce(
-        self,
-        retired_id: int,
-        sender_key: str,
-        message_key: str,
-        now: dt.datetime,
-        interval: dt.timedelta,
-        stale_after: dt.timedelta,
-    ) -> str | None:
-        """Atomically take the right to send this sender a DSN now; the rules of ``claim_reply``."""
-        return self._retrying(
-            lambda: self._claim_row(
-                bounce_claims, "retired_id", retired_id, sender_key, message_key, now, interval, stale_after
-            )
-        )
-
-    def confirm_bounce(self, retired_id: int, sender_key: str, token: str) -> None:
-        c = bounce_claims.c
-        with self._begin("confirming the bounce") as conn:
-            conn.execute(
-                update(bounce_claims)
-                .where(c.retired_id == retired_id, c.sender_key == sender_key, c.token == token)
-                .values(state="sent")
-            )
-
-    def release_bounce(self, retired_id: int, sender_key: str, token: str) -> None:
-        c = bounce_claims.c
-        with self._begin("releasing the bounce claim") as conn:
-            conn.execute(
-                delete(bounce_claims).where(
-                    c.retired_id == retired_id, c.sender_key == sender_key, c.token == token
-                )
-            )
-
-    def last_bounce(self, retired_id: int, sender_key: str) -> LastReply | None:
-        c = bounce_claims.c
-        with self._guard("reading the bounce interval"), self.engine.connect() as conn:
-            row = conn.execute(
-                select(c.replied_at, c.message_key, c.state).where(
-                    c.retired_id == retired_id, c.sender_key == sender_key
-                )
-            ).first()
-        return None if row is None else LastReply(row.replied_at, row.message_key, row.state)
-
-    def _claim_row(
-        self,
-        table: Table,
-        owner: str,
-        owner_id: int,
-        sender_key: str,
-        message_key: str,
-        now: dt.datetime,
-        interval: dt.timedelta,
-        stale_after: dt.timedelta,
-    ) -> str | None:
-        """``_claim_reply_once`` for any claims table keyed by (``owner``, sender_key)."""
-        token = secrets.token_hex(16)
-        values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
-        c = table.c
-        mine = (c[owner] == owner_id, c.sender_key == sender_key)
-        for _attempt in range(2):
-            try:
-                with self._begin("claiming the interval") as conn:
-                    conn.execute(insert(table).values({owner: owner_id, "sender_key": sender_key, **values}))
-                return token
-            except sa_exc.IntegrityError:
-                pass
-            with self._begin("claiming the interval") as conn:
-                result = conn.execute(
-                    update(table)
-                    .where(*mine)
-                    .where(
-                        or_(
-                            and_(c.replied_at <= now - interval, c.message_key != message_key),
-                            and_(
-                                c.state == "pending",
-                                c.replied_at <= now - stale_after,
-                                c.message_key == message_key,
-                            ),
-                        )
-                    )
-                    .values(**values)
-                )
-                if result.rowcount == 1:
-                    return token
-                still_there = conn.execute(select(c.id).where(*mine)).first()
-            if still_there is not None:
-                return None
-        return None
-
     # -- audit --------------------------------------------------------------------------------------
 
     def record(self, record: DecisionRecord) -> None:
@@ -643,7 +576,7 @@ class Store:
 
         None when counted; else the index of the first counter found at its limit (nothing counted).
         No upsert rowcounts are trusted. The conditional UPDATE tests ``count < limit`` on the row it
-        holds locked (see ``_claim_reply_once``) and always changes the row it matches, so rowcount is 1
+        holds locked (see ``_claim_once``) and always changes the row it matches, so rowcount is 1
         exactly when it counted, on every backend. When nothing matched, the row is read in the same
         transaction: missing, it is created by a plain INSERT whose unique constraint lets one of
         several racers win (a loser starts over); full, the answer is no; otherwise another process

@@ -11,7 +11,7 @@ from responder.context import Services
 from responder.engine import respond
 from responder.errors import RelayUnavailable
 from responder.message import Envelope, Inbound
-from responder.store import Store
+from responder.store import REPLIES, Store
 from responder.transport import SmtpTransport
 from tests.helpers import FakeClock
 from tests.sink import SmtpSink
@@ -116,7 +116,7 @@ def test_transient_failure_gives_the_claim_back(
     sink.rcpt_reply = "451 4.3.0 try again later"
     with pytest.raises(RelayUnavailable):
         _decide(services, 1)
-    assert store.last_reply(store.list_vacations()[0].id, "bob@example.org") is None
+    assert store.last_claim(REPLIES, store.list_vacations()[0].id, "bob@example.org") is None
     sink.rcpt_reply = ""
     clock.advance(minutes=5)
     assert _decide(services, 1) == ("reply", None)  # the MTA's retry still answers
@@ -143,11 +143,11 @@ def test_dead_attempt_of_the_same_message_can_be_taken_over(
     vacation_id = store.list_vacations()[0].id
     interval, stale = dt.timedelta(days=7), dt.timedelta(seconds=60)
     key = "bob@example.org"
-    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale)
-    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale) is None
+    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale)
+    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale) is None
     clock.advance(seconds=61)
-    assert store.claim_reply(vacation_id, key, "<m1@example.org>", clock(), interval, stale)
-    assert store.claim_reply(vacation_id, key, "<m2@example.org>", clock(), interval, stale) is None
+    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale)
+    assert store.claim(REPLIES, vacation_id, key, "<m2@example.org>", clock(), interval, stale) is None
 
 
 def test_explain_reads_but_never_claims(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock) -> None:

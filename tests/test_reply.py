@@ -13,7 +13,7 @@ from responder.config import settings_from_mapping
 from responder.context import Services
 from responder.engine import respond
 from responder.message import Envelope, Inbound
-from responder.store import Store
+from responder.store import REPLIES, Store
 from responder.transport import SmtpTransport
 from tests.helpers import FakeClock, sample
 from tests.sink import Received, SmtpSink
@@ -185,7 +185,7 @@ def test_template_error_drops_and_sends_nothing(
     assert (decision.action, decision.reason) == ("drop", "template-error")
     assert sink.wait_for(1, timeout=0.3) == []
     # The interval was not used up by a reply that never went out.
-    assert store.last_reply(store.list_vacations()[0].id, BOB) is None
+    assert store.last_claim(REPLIES, store.list_vacations()[0].id, BOB) is None
 
 
 def test_reply_fed_back_to_another_vacation_is_not_answered(
