@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
+
 from responder.message import clean_text
 
 DEFAULT_STATUS = "5.1.6"
