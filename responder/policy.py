@@ -17,8 +17,6 @@ import logging
 import os
 import re
 import signal
-import socket
-import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from responder.config import Listen, PolicySettings, Settings
 from responder.message import normalize_address
 from responder.retired import Retirement
+from responder.unixsocket import clear_stale_socket
 
 log = logging.getLogger("responder")
 
@@ -145,7 +144,7 @@ class PolicyServer:
         """Bind ``listen``; return where it listens (with the port the system chose for port 0)."""
         self.listen = listen
         if listen.path:
-            _clear_stale_socket(listen.path)
+            clear_stale_socket(listen.path)
             self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
             os.chmod(listen.path, self.settings.socket_mode)
             return f"unix:{listen.path}"
@@ -310,26 +309,6 @@ class PolicyServer:
 
 def _loggable(value: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in value)[:320]
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket left by a dead server; refuse to take over a live one or any other file."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OSError(f"another server is listening on {path}")
 
 
 # -- the command --------------------------------------------------------------------------------------

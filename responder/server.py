@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket as socketlib
-import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from responder.lmtpclient import parse_socket
 from responder.logsetup import setup_logging
 from responder.message import Envelope, Inbound
 from responder.transport import SmtpTransport
+from responder.unixsocket import clear_stale_socket
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -277,7 +277,7 @@ class Service:
         try:
             if family == socketlib.AF_UNIX:
                 assert isinstance(address, str)
-                _remove_stale_socket(address)
+                clear_stale_socket(address)
                 previous = os.umask(_UMASK)
                 try:
                     server = await asyncio.start_unix_server(self._session, path=address)
@@ -387,25 +387,6 @@ class Service:
         except TimeoutError:
             log.error("deferring: deadline of %gs passed for <%s>", deadline, rcpt.address)
             return f"451 4.4.7 <{rcpt.address}> deadline passed, try again later"
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a service that is gone; refuse when one still answers there."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ServeError(f"{path} exists and is not a socket")
-    probe = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ServeError(f"another service is listening on {path}")
 
 
 def serve(config_path: Path, settings: Settings) -> None:

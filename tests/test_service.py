@@ -379,7 +379,7 @@ def test_a_running_service_is_not_replaced(
     start_service()
     result = run_hook(make_config(server={"socket": f"unix:{socket_path}"}), "serve", timeout=30)
     assert result.returncode == 1
-    assert b"another service is listening" in result.stderr
+    assert b"another server is listening" in result.stderr
 
 
 @pytest.mark.parametrize("hang_up", [False, True], ids=["kept", "dropped-by-the-relay"])
