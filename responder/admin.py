@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from responder.config import Settings, format_duration, parse_duration
@@ -132,6 +132,49 @@ def parse_when(text: str, zone: ZoneInfo) -> dt.datetime | None:
     return when.astimezone(dt.UTC)
 
 
+def message_option(args: argparse.Namespace, new: bool, what: str) -> str | None:
+    """The text of --message or --message-file; None when neither is given for an existing entry."""
+    if args.message is not None:
+        return str(args.message)
+    if args.message_file is not None:
+        try:
+            return Path(args.message_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AdminError(f"cannot read {args.message_file}: {exc}") from None
+    if new:
+        raise AdminError(f"a new {what} needs --message or --message-file")
+    return None
+
+
+class _Scheduled(Protocol):
+    """A vacation or a retirement: both have a schedule in a time zone."""
+
+    @property
+    def timezone(self) -> str: ...
+
+    @property
+    def starts_at(self) -> dt.datetime | None: ...
+
+    @property
+    def ends_at(self) -> dt.datetime | None: ...
+
+
+def schedule_options(args: argparse.Namespace, existing: _Scheduled | None) -> dict[str, Any]:
+    """timezone, starts_at and ends_at from --timezone, --start and --end; the end after the start."""
+    zone_name = args.timezone or (existing.timezone if existing else "UTC")
+    zone = _zone(zone_name)
+    fields: dict[str, Any] = {"timezone": zone_name}
+    if args.start is not None:
+        fields["starts_at"] = parse_when(args.start, zone)
+    if args.end is not None:
+        fields["ends_at"] = parse_when(args.end, zone)
+    start = fields.get("starts_at", existing.starts_at if existing else None)
+    end = fields.get("ends_at", existing.ends_at if existing else None)
+    if start is not None and end is not None and end <= start:
+        raise AdminError("--end must be after --start")
+    return fields
+
+
 def _from_header(text: str) -> str:
     from email.message import EmailMessage
     from email.policy import SMTP
@@ -152,26 +195,10 @@ def _vacation_fields(
     args: argparse.Namespace, existing: Vacation | None, settings: Settings
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {"enabled": True}
-    if args.message is not None:
-        fields["message"] = args.message
-    elif args.message_file is not None:
-        try:
-            fields["message"] = Path(args.message_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AdminError(f"cannot read {args.message_file}: {exc}") from None
-    elif existing is None:
-        raise AdminError("a new vacation needs --message or --message-file")
-    zone_name = args.timezone or (existing.timezone if existing else "UTC")
-    zone = _zone(zone_name)
-    fields["timezone"] = zone_name
-    if args.start is not None:
-        fields["starts_at"] = parse_when(args.start, zone)
-    if args.end is not None:
-        fields["ends_at"] = parse_when(args.end, zone)
-    start = fields.get("starts_at", existing.starts_at if existing else None)
-    end = fields.get("ends_at", existing.ends_at if existing else None)
-    if start is not None and end is not None and end <= start:
-        raise AdminError("--end must be after --start")
+    message = message_option(args, existing is None, "vacation")
+    if message is not None:
+        fields["message"] = message
+    fields.update(schedule_options(args, existing))
     if args.interval is not None:
         try:
             seconds = parse_duration(args.interval)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from responder.admin import EX_OK, AdminError, _address, _zone, parse_when
+from responder.admin import EX_OK, AdminError, _address, message_option, schedule_options
 from responder.config import Settings
 from responder.retired import DEFAULT_STATUS, Retirement, valid_status
 
@@ -41,16 +40,8 @@ def add_bounce_commands(commands: Any) -> None:
 
 
 def _message(args: argparse.Namespace, existing: Retirement | None) -> str | None:
-    if args.message is not None:
-        message: str = args.message
-    elif args.message_file is not None:
-        try:
-            message = Path(args.message_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AdminError(f"cannot read {args.message_file}: {exc}") from None
-    elif existing is None:
-        raise AdminError("a new retired address needs --message or --message-file")
-    else:
+    message = message_option(args, existing is None, "retired address")
+    if message is None:
         return None
     if not message.strip():
         raise AdminError("the message is empty: say where to write instead")
@@ -71,17 +62,7 @@ def _fields(args: argparse.Namespace, existing: Retirement | None) -> dict[str, 
         fields["status"] = args.status
     elif existing is None:
         fields["status"] = DEFAULT_STATUS
-    zone_name = args.timezone or (existing.timezone if existing else "UTC")
-    zone = _zone(zone_name)
-    fields["timezone"] = zone_name
-    if args.start is not None:
-        fields["starts_at"] = parse_when(args.start, zone)
-    if args.end is not None:
-        fields["ends_at"] = parse_when(args.end, zone)
-    start = fields.get("starts_at", existing.starts_at if existing else None)
-    end = fields.get("ends_at", existing.ends_at if existing else None)
-    if start is not None and end is not None and end <= start:
-        raise AdminError("--end must be after --start")
+    fields.update(schedule_options(args, existing))
     return fields
 
 
