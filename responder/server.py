@@ -25,7 +25,7 @@ import aiosmtplib
 from responder.config import ConfigError, Settings, SmtpSettings, load
 from responder.context import Services
 from responder.engine import respond
-from responder.errors import RelayRefused, RelayUnavailable, StoreUnavailable, TransientError
+from responder.errors import RelayUnavailable, StoreUnavailable, TransientError
 from responder.lmtp import Recipient, Session, Transaction
 from responder.lmtpclient import parse_socket
 from responder.logsetup import setup_logging
@@ -34,7 +34,6 @@ from responder.transport import SmtpTransport
 from responder.unixsocket import clear_stale_socket
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
     from pathlib import Path
 
     from responder.compose import Outgoing
@@ -84,16 +83,7 @@ class PooledSmtpTransport(SmtpTransport):
                 raise
             self._keep(client)
             return
-        s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            timeout=s.timeout,
-            start_tls=s.starttls,
-            username=s.username or None,
-            password=s.password or None,
-            local_hostname=self.local_hostname,
-        )
+        client = self._client()
         try:
             await self._mapped(client.connect())
             await self._mapped(self._transaction(client, outgoing))
@@ -107,23 +97,6 @@ class PooledSmtpTransport(SmtpTransport):
             self.idle.append(client)
         else:
             client.close()
-
-    async def _mapped(self, step: Awaitable[object]) -> None:
-        """SmtpTransport's mapping: 5xx RelayRefused, everything else RelayUnavailable."""
-        s = self.settings
-        try:
-            await step
-        except aiosmtplib.SMTPResponseException as exc:
-            if 500 <= exc.code < 600:
-                raise RelayRefused(exc.code, exc.message) from exc
-            raise RelayUnavailable(f"relay answered {exc.code} {exc.message}") from exc
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            if 500 <= refusal.code < 600:
-                raise RelayRefused(refusal.code, refusal.message) from exc
-            raise RelayUnavailable(f"relay answered {refusal.code} {refusal.message}") from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise RelayUnavailable(f"relay {s.host}:{s.port}: {exc}") from exc
 
     def close(self) -> None:
         """Close the idle connections; call on the loop."""

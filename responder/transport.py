@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Protocol
 
 import aiosmtplib
@@ -27,9 +28,9 @@ class SmtpTransport:
         """Deliver ``outgoing`` to the relay; RelayUnavailable or RelayRefused when it does not take it."""
         asyncio.run(self.send_async(outgoing))
 
-    async def send_async(self, outgoing: Outgoing) -> None:
+    def _client(self) -> aiosmtplib.SMTP:
         s = self.settings
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=s.host,
             port=s.port,
             timeout=s.timeout,
@@ -38,22 +39,29 @@ class SmtpTransport:
             password=s.password or None,
             local_hostname=self.local_hostname,
         )
+
+    async def send_async(self, outgoing: Outgoing) -> None:
+        client = self._client()
         try:
-            await client.connect()
+            await self._mapped(client.connect())
+            await self._mapped(self._transaction(client, outgoing))
+        finally:
             try:
-                await self._transaction(client, outgoing)
-            finally:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError):
-                    client.close()
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def _mapped(self, step: Awaitable[object]) -> None:
+        """Run one step of the conversation: 5xx becomes RelayRefused, every other fault RelayUnavailable."""
+        try:
+            await step
         except aiosmtplib.SMTPResponseException as exc:
-            _raise_for(exc.code, exc.message)
+            _raise_for(exc.code, exc.message, exc)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
-            _raise_for(refusal.code, refusal.message)
+            _raise_for(refusal.code, refusal.message, exc)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise RelayUnavailable(f"relay {s.host}:{s.port}: {exc}") from None
+            raise RelayUnavailable(f"relay {self.settings.host}:{self.settings.port}: {exc}") from exc
 
     @staticmethod
     async def _transaction(client: aiosmtplib.SMTP, outgoing: Outgoing) -> None:
@@ -77,7 +85,7 @@ class SmtpTransport:
         )
 
 
-def _raise_for(code: int, message: str) -> None:
+def _raise_for(code: int, message: str, cause: BaseException) -> None:
     if 500 <= code < 600:
-        raise RelayRefused(code, message)
-    raise RelayUnavailable(f"relay answered {code} {message}")
+        raise RelayRefused(code, message) from cause
+    raise RelayUnavailable(f"relay answered {code} {message}") from cause
