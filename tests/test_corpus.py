@@ -179,3 +179,18 @@ def test_every_rule_has_a_case() -> None:
     # (tests/test_verify_deliver.py), rate-limit counters (tests/test_limits.py).
     stateful = {"interval", "unverified", "rate-limit"}
     assert {rule.reason for rule in RULES} - stateful <= covered
+
+
+def test_readme_documents_the_rule_table_in_order() -> None:
+    import re
+
+    from responder.rules import EXTRA_REASONS, RULES
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| `([a-z-]+)` \| (\w+) \|", readme, re.MULTILINE)
+    assert [(int(n), reason, action) for n, reason, action in rows] == [
+        (i, rule.reason, rule.action) for i, rule in enumerate(RULES, start=1)
+    ]
+    for reason in EXTRA_REASONS:
+        assert f"`{reason}`" in readme
