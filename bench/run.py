@@ -422,7 +422,7 @@ class Bench:
     def targets(
         self, throughput: list[tuple[int, float, float]], memory: list[tuple[int, float, float]]
     ) -> None:
-        """The issue's targets, judged on the Debian interpreter (wall and CPU alike)."""
+        """The performance targets, judged on the Debian interpreter (wall and CPU alike)."""
         ratios = {}
         for label, samples, floor in self.rows:
             if label.startswith(("standalone: " + self.main.name, "via service: " + self.main.name)):

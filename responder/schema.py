@@ -120,7 +120,7 @@ decisions = Table(
     **MYSQL_TABLE_ARGS,
 )
 
-# Rate-limit counters (issue 5): fixed windows aligned to the epoch, one row per (scope, key, window).
+# Rate-limit counters: fixed windows aligned to the epoch, one row per (scope, key, window).
 rate_counters = Table(
     "rate_counters",
     metadata,
@@ -136,7 +136,7 @@ rate_counters = Table(
     **MYSQL_TABLE_ARGS,
 )
 
-# Retired addresses (issue 6): mail to them is refused at RCPT by the policy server, or bounced by a DSN.
+# Retired addresses: mail to them is refused at RCPT by the policy server, or bounced by a DSN.
 retired_addresses = Table(
     "retired_addresses",
     metadata,

@@ -494,7 +494,7 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
-    # -- retired addresses (issue 6) ------------------------------------------------------------------
+    # -- retired addresses --------------------------------------------------------------------------
 
     def retirement_for(self, addresses: Sequence[str]) -> Retirement | None:
         """The retirement of the first of ``addresses`` that has one, active or not."""
@@ -569,7 +569,7 @@ class Store:
                 for row in conn.execute(query).mappings()
             ]
 
-    # -- rate counters (issue 5) ----------------------------------------------------------------------
+    # -- rate counters ------------------------------------------------------------------------------
 
     def take_counts(self, wanted: Sequence[tuple[CounterWindow, int]]) -> int | None:
         """Count one response in every (counter, limit) pair, all or none, in one transaction.

@@ -24,7 +24,7 @@ from tests.helpers import deliver_args, hook_env, run_hook, sample
 from tests.test_corpus import CASES, Case
 
 HEADER_REASONS = {rule.reason for rule in RULES[: [r.reason for r in RULES].index("no-vacation")]}
-# What a header-suppressed message must not load (the list, and what the fast path avoids).
+# What a header-suppressed message must not load: the heavy libraries, and what the fast path avoids.
 HEAVY = (
     "sqlalchemy",
     "alembic",

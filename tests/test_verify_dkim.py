@@ -413,7 +413,7 @@ def test_key_too_long_for_udp_came_over_tcp(server: DNSServer, keys: Keys) -> No
     assert "tcp" in {q.transport for q in server.queried("padded._domainkey.example.com")}
 
 
-def test_issue_example_summary(server: DNSServer, keys: Keys) -> None:
+def test_readme_example_summary(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "esp.example", keys.other)
     result = verify_sender(message, "bounce@example.net", "192.0.2.1", None, settings(server, "aligned"))
     assert result == Verification(False, "spf=softfail dkim=pass(d=esp.example, not aligned)")
