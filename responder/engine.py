@@ -16,7 +16,6 @@ from responder.rules import DROP, RULES
 
 log = logging.getLogger("responder")
 
-REPLY = "reply"
 # Not a decision: the MTA keeps the message and retries (exit 75).
 DEFER = "defer"
 
