@@ -87,14 +87,6 @@ class Vacation:
     created_at: dt.datetime
     updated_at: dt.datetime
 
-    def active(self, now: dt.datetime) -> bool:
-        """Enabled, started, and not yet ended (the end instant itself is outside)."""
-        if not self.enabled:
-            return False
-        if self.starts_at is not None and now < self.starts_at:
-            return False
-        return self.ends_at is None or now < self.ends_at
-
     def own_addresses(self) -> frozenset[str]:
         return frozenset((self.address, *self.aliases))
 
