@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from responder.headers import parse_fields
-
-if TYPE_CHECKING:
-    from email.message import Message
 
 # The email package is imported only where it is needed: the pipe hook decides most messages on the
 # header fields alone (responder.headers), and importing it costs as much as starting Python. For the
@@ -129,13 +126,6 @@ class Inbound:
     def __init__(self, envelope: Envelope, raw: bytes) -> None:
         self.envelope = envelope
         self.raw = raw
-
-    @cached_property
-    def headers(self) -> Message:
-        from email.parser import BytesHeaderParser
-        from email.policy import compat32
-
-        return BytesHeaderParser(policy=compat32).parsebytes(_split_header_block(self.raw))
 
     @cached_property
     def _fields(self) -> dict[str, list[str]]:
