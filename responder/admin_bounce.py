@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from responder.admin import EX_OK, AdminError, _address, message_option, schedule_options
+from responder.admin import EX_OK, AdminError, _address, _when, message_option, schedule_options
 from responder.config import Settings
 from responder.retired import DEFAULT_STATUS, Retirement, valid_status
 
@@ -85,10 +85,6 @@ def _check_template(settings: Settings, address: str, message: str, status: str,
         )
     except RenderError as exc:
         raise AdminError(str(exc)) from None
-
-
-def _when(value: dt.datetime | None, zone: str) -> str | None:
-    return None if value is None else value.astimezone(ZoneInfo(zone)).isoformat(timespec="minutes")
 
 
 def _as_json(retirement: Retirement, now: dt.datetime) -> dict[str, Any]:
