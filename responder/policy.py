@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from responder.config import Listen, PolicySettings, Settings
+from responder.context import utcnow
 from responder.message import normalize_address
 from responder.retired import Retirement
 from responder.unixsocket import clear_stale_socket
@@ -113,10 +114,6 @@ class _Throttle:
         self.last[kind] = now
         suffix = f" ({skipped} more since the last such line)" if skipped else ""
         log.warning(message + suffix, *args)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class PolicyServer:
