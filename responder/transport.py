@@ -20,9 +20,8 @@ class Transport(Protocol):
 class SmtpTransport:
     """One connection per response, as a pipe hook only ever sends one."""
 
-    def __init__(self, settings: SmtpSettings, local_hostname: str | None = None) -> None:
+    def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
-        self.local_hostname = settings.hostname or local_hostname
 
     def send(self, outgoing: Outgoing) -> None:
         """Deliver ``outgoing`` to the relay; RelayUnavailable or RelayRefused when it does not take it."""
@@ -37,7 +36,7 @@ class SmtpTransport:
             start_tls=s.starttls,
             username=s.username or None,
             password=s.password or None,
-            local_hostname=self.local_hostname,
+            local_hostname=s.hostname or None,
         )
 
     async def send_async(self, outgoing: Outgoing) -> None:
