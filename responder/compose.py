@@ -31,15 +31,16 @@ class Outgoing:
         return self.message.as_bytes(policy=policy.SMTP)
 
 
-def _cut(text: str, limit: int) -> str:
+def cut_text(text: str, limit: int) -> str:
+    """``text`` when it fits in ``limit`` characters, else its start with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def reply_subject(configured: str | None, original: str) -> str:
     if configured:
-        return _cut(clean_text(configured), MAX_SUBJECT)
+        return cut_text(clean_text(configured), MAX_SUBJECT)
     if original:
-        return _cut(SUBJECT_PREFIX + original, MAX_SUBJECT)
+        return cut_text(SUBJECT_PREFIX + original, MAX_SUBJECT)
     return DEFAULT_SUBJECT
 
 

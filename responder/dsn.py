@@ -12,7 +12,7 @@ from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from responder.compose import LOOP_HEADER, MAX_SUBJECT, Outgoing
+from responder.compose import LOOP_HEADER, MAX_SUBJECT, Outgoing, cut_text
 from responder.message import Inbound
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ def original_headers(raw: bytes) -> str:
 
 
 def bounce_subject(original: str) -> str:
-    subject = f"{SUBJECT_PREFIX}: {original}" if original else SUBJECT_PREFIX
-    return subject if len(subject) <= MAX_SUBJECT else subject[: MAX_SUBJECT - 1].rstrip() + "…"
+    return cut_text(f"{SUBJECT_PREFIX}: {original}" if original else SUBJECT_PREFIX, MAX_SUBJECT)
 
 
 def _fields(pairs: list[tuple[str, str]]) -> EmailMessage:
