@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from responder import __version__
 from responder.errors import DeadlineExceeded, TransientError
@@ -324,11 +324,17 @@ def _guarded_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
     except SystemExit as exc:
         if exc.code in (None, EX_OK):  # --help, --version
             return EX_OK
-        sys.stderr.write(f"responder: unexpected exit {exc.code!r}; deferring\n")
+        _last_words(f"unexpected exit {exc.code!r}; deferring")
         return EX_TEMPFAIL
     except BaseException as exc:  # the hook must never end with another status
-        sys.stderr.write(f"responder: unexpected {exc!r}; deferring\n")
+        _last_words(f"unexpected {exc!r}; deferring")
         return EX_TEMPFAIL
+
+
+def _last_words(text: str) -> None:
+    # With descriptor 2 closed the write fails (EBADF; sys.stderr may even be None): the status matters more.
+    with suppress(AttributeError, OSError, ValueError):
+        sys.stderr.write(f"responder: {text}\n")
 
 
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:

@@ -219,7 +219,7 @@ def _stderr(line: str) -> None:
     try:
         sys.stderr.write(f"responder[{os.getpid()}]: {line}\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (AttributeError, OSError, ValueError):  # descriptor 2 closed, or sys.stderr None
         pass  # a lost line must not turn into deciding the message a second time
 
 
