@@ -11,6 +11,9 @@ def main() -> int:
     try:
         from responder.cli import main as cli_main
     except BaseException as exc:  # anything at all, SyntaxError included
-        sys.stderr.write(f"responder: cannot load the program ({exc!r}); deferring\n")
+        from contextlib import suppress
+
+        with suppress(AttributeError, OSError, ValueError):  # descriptor 2 closed: the status matters more
+            sys.stderr.write(f"responder: cannot load the program ({exc!r}); deferring\n")
         return EX_TEMPFAIL if "deliver" in sys.argv[1:] else 1
     return cli_main()
