@@ -1,7 +1,7 @@
 """Read the configuration file without importing anything: plain TOML by hand, anything else by tomllib.
 
-The thin client of ``responder deliver`` needs one key (``server.socket``) and must start about as fast
-as an empty Python; ``tomllib`` alone (with ``re``, ``typing`` and ``datetime``) costs about as much
+The fast path of ``responder deliver`` needs a handful of keys and must start about as fast as an
+empty Python; ``tomllib`` alone (with ``re``, ``typing`` and ``datetime``) costs about as much
 again. Configuration files are almost always written as plain tables of ``key = scalar`` lines, which
 this reads directly; every other file (escapes, multi-line values, dotted or quoted keys, dates, any
 doubt at all) goes to ``tomllib``, so both readers give the same document or this one gives none.

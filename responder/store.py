@@ -1,4 +1,4 @@
-"""Vacations, reply claims and the decision audit in SQL; database faults become StoreUnavailable."""
+"""All SQL of the engine and the admin commands; database faults become StoreUnavailable."""
 
 from __future__ import annotations
 
