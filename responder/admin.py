@@ -42,9 +42,7 @@ def add_admin_commands(commands: Any) -> None:
     put.add_argument(
         "--from", dest="from_header", help='reply From, e.g. "Alice Example <alice@example.com>"'
     )
-    put.add_argument("--start", help="ISO 8601 start; without offset read in --timezone; '' clears")
-    put.add_argument("--end", help="ISO 8601 end (exclusive); without offset read in --timezone; '' clears")
-    put.add_argument("--timezone", help="IANA time zone of --start/--end (default UTC)")
+    add_schedule_arguments(put)
     put.add_argument("--interval", help="at most one reply per sender per interval, e.g. 7d, 12h")
     put.add_argument("--alias", action="append", help="another address of the same person (repeatable)")
     put.add_argument("--template", help="template file name in the templates directory")
@@ -130,6 +128,15 @@ def parse_when(text: str, zone: ZoneInfo) -> dt.datetime | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone)
     return when.astimezone(dt.UTC)
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """--start, --end and --timezone, read back by ``schedule_options``."""
+    parser.add_argument("--start", help="ISO 8601 start; without offset read in --timezone; '' clears")
+    parser.add_argument(
+        "--end", help="ISO 8601 end (exclusive); without offset read in --timezone; '' clears"
+    )
+    parser.add_argument("--timezone", help="IANA time zone of --start/--end (default UTC)")
 
 
 def message_option(args: argparse.Namespace, new: bool, what: str) -> str | None:

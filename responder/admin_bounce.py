@@ -8,7 +8,15 @@ import json
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from responder.admin import EX_OK, AdminError, _address, _when, message_option, schedule_options
+from responder.admin import (
+    EX_OK,
+    AdminError,
+    _address,
+    _when,
+    add_schedule_arguments,
+    message_option,
+    schedule_options,
+)
 from responder.config import Settings
 from responder.retired import DEFAULT_STATUS, Retirement, valid_status
 
@@ -26,9 +34,7 @@ def add_bounce_commands(commands: Any) -> None:
     text.add_argument("--message", help="why, and where to write instead (SMTP reply text and DSN text)")
     text.add_argument("--message-file", help="file holding the message (UTF-8)")
     put.add_argument("--status", help=f"RFC 3463 status 5.x.y (default {DEFAULT_STATUS}: mailbox has moved)")
-    put.add_argument("--start", help="ISO 8601 start; without offset read in --timezone; '' clears")
-    put.add_argument("--end", help="ISO 8601 end (exclusive); without offset read in --timezone; '' clears")
-    put.add_argument("--timezone", help="IANA time zone of --start/--end (default UTC)")
+    add_schedule_arguments(put)
     for name, summary in (("show", "show one retired address"), ("list", "list all retired addresses")):
         sub = bounce.add_parser(name, help=summary)
         if name == "show":
