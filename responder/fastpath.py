@@ -267,6 +267,8 @@ def _decide_on_headers(document: Mapping[str, object], envelope: dict[str, str],
 
 def _first_header_rule(ctx: Context) -> tuple[str, str, str] | None:
     """(action, reason, detail) of the first header rule that fires; None when none does."""
+    # engine.decide walks the same table; it is not called here because importing the engine loads
+    # the email package, which this path exists to avoid.
     from responder.rules import RULES
 
     for rule in RULES:
