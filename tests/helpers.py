@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,3 +89,15 @@ def vacation_set(config: Path, address: str, *options: str) -> None:
 
 def sample(name: str) -> bytes:
     return (MESSAGES / name).read_bytes()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a corpus table: a sample file, its envelope, and the expected action and reason."""
+
+    sample: str
+    action: str
+    reason: str | None
+    sender: str = "bob@example.org"
+    recipient: str = "alice@example.com"
+    original_recipient: str = ""

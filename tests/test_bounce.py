@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,13 @@ from responder.errors import RelayUnavailable
 from responder.message import Envelope, Inbound
 from responder.store import Store
 from responder.transport import SmtpTransport
-from tests.helpers import FakeClock, sample
+from tests.helpers import Case, FakeClock, sample
 from tests.sink import SmtpSink
 from tests.test_bounce_hook import dsn_parts
 
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
 HOUR = dt.timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Case:
-    sample: str
-    action: str
-    reason: str | None
-    sender: str = BOB
-    recipient: str = ALICE
-    original_recipient: str = ""
 
 
 # The same samples as the vacation corpus (tests/test_corpus.py), sent to a retired address.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,21 +13,11 @@ from responder.engine import respond
 from responder.message import Envelope, Inbound
 from responder.store import Store
 from responder.transport import SmtpTransport
-from tests.helpers import FakeClock, sample
+from tests.helpers import Case, FakeClock, sample
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
-
-
-@dataclass(frozen=True)
-class Case:
-    sample: str
-    action: str
-    reason: str | None
-    sender: str = BOB
-    recipient: str = ALICE
-    original_recipient: str = ""
 
 
 CASES: dict[str, Case] = {

@@ -20,8 +20,8 @@ from responder.logsetup import setup_logging
 from responder.rules import RULES
 from responder.store import DecisionRecord, Store
 from tests.conftest import ConfigFactory
-from tests.helpers import deliver_args, hook_env, run_hook, sample
-from tests.test_corpus import CASES, Case
+from tests.helpers import Case, deliver_args, hook_env, run_hook, sample
+from tests.test_corpus import CASES
 
 HEADER_REASONS = {rule.reason for rule in RULES[: [r.reason for r in RULES].index("no-vacation")]}
 # What a header-suppressed message must not load: the heavy libraries, and what the fast path avoids.
