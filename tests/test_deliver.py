@@ -272,3 +272,46 @@ def test_broken_installation_defers(tmp_path: Path) -> None:
     )
     assert result.returncode == 75
     assert b"cannot load the program" in result.stderr
+
+
+def _close_stderr() -> None:
+    import os
+
+    os.close(2)
+
+
+def test_closed_stderr_changes_no_exit_status(
+    make_config: ConfigFactory, sink: SmtpSink, tmp_path: Path
+) -> None:
+    """Postfix gives the hook a stderr; a hook started without one must still end with 0 or 75."""
+    config = make_config()
+    vacation_set(config, RCPT, "--message", "I am away.")
+    command = [sys.executable, "-m", "responder", "--config", str(config), *deliver_args(SENDER, RCPT)]
+    for stdin, expected in ((sample("personal.eml"), 0), (sample("list-id.eml"), 0)):
+        result = subprocess.run(
+            command,
+            input=stdin,
+            stdout=subprocess.DEVNULL,
+            env=hook_env(),
+            preexec_fn=_close_stderr,
+            check=False,
+        )
+        assert result.returncode == expected
+    assert len(sink.wait_for(1)) == 1
+    broken = tmp_path / "broken"
+    import shutil
+
+    from tests.helpers import REPO
+
+    shutil.copytree(REPO / "responder", broken / "responder")
+    (broken / "responder" / "cli.py").write_text("this is not python\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "responder", "deliver", "--sender", SENDER, "--recipient", RCPT],
+        input=sample("personal.eml"),
+        stdout=subprocess.DEVNULL,
+        env={**hook_env(), "PYTHONPATH": str(broken)},
+        cwd=broken,
+        preexec_fn=_close_stderr,
+        check=False,
+    )
+    assert result.returncode == 75
