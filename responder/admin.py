@@ -272,16 +272,6 @@ def _prospective(
     return Vacation(id=0, address=address, aliases=(), created_at=now, updated_at=now, **{**base, **fields})
 
 
-def _status(vacation: Vacation, now: dt.datetime) -> str:
-    if not vacation.enabled:
-        return "off"
-    if vacation.starts_at is not None and now < vacation.starts_at:
-        return "scheduled"
-    if vacation.ends_at is not None and now >= vacation.ends_at:
-        return "ended"
-    return "active"
-
-
 def _when(value: dt.datetime | None, zone: str) -> str | None:
     return None if value is None else value.astimezone(ZoneInfo(zone)).isoformat(timespec="minutes")
 
@@ -289,7 +279,7 @@ def _when(value: dt.datetime | None, zone: str) -> str | None:
 def _as_json(vacation: Vacation, now: dt.datetime) -> dict[str, Any]:
     return {
         "address": vacation.address,
-        "status": _status(vacation, now),
+        "status": vacation.state(now),
         "enabled": vacation.enabled,
         "start": _when(vacation.starts_at, vacation.timezone),
         "end": _when(vacation.ends_at, vacation.timezone),
@@ -323,7 +313,7 @@ def _vacation(args: argparse.Namespace, store: Store, settings: Settings) -> int
         for v in [] if args.json else items:
             start = _when(v.starts_at, v.timezone) or "-"
             end = _when(v.ends_at, v.timezone) or "-"
-            print(f"{v.address:40} {_status(v, now):9} {start:22} {end:22} {v.timezone}")
+            print(f"{v.address:40} {v.state(now):9} {start:22} {end:22} {v.timezone}")
         return EX_OK
     address = _address(args.address)
     if command == "set":
@@ -338,7 +328,7 @@ def _vacation(args: argparse.Namespace, store: Store, settings: Settings) -> int
         aliases = None if args.alias is None else [_address(a) for a in args.alias]
         _check_template(settings, _prospective(address, existing, fields, now))
         store.put_vacation(address, now, aliases, **fields)
-        print(f"{address}: {_status(_find(store, address), now)}")
+        print(f"{address}: {_find(store, address).state(now)}")
         return EX_OK
     if command == "show":
         vacation = _find(store, address)

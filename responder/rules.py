@@ -157,12 +157,13 @@ def no_vacation(ctx: Context) -> str | None:
         return f"retirement of {retirement.address} ended {_iso(retirement.ends_at)}"
     if vacation is None:
         return "no vacation for " + ", ".join(ctx.recipients)
-    if not vacation.enabled:
+    state = vacation.state(ctx.now)
+    if state == "off":
         return "vacation is off"
-    if vacation.starts_at is not None and ctx.now < vacation.starts_at:
-        return f"vacation starts {vacation.starts_at.isoformat(timespec='seconds')}"
-    if vacation.ends_at is not None and ctx.now >= vacation.ends_at:
-        return f"vacation ended {vacation.ends_at.isoformat(timespec='seconds')}"
+    if state == "scheduled":
+        return f"vacation starts {_iso(vacation.starts_at)}"
+    if state == "ended":
+        return f"vacation ended {_iso(vacation.ends_at)}"
     return None
 
 

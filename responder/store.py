@@ -87,6 +87,16 @@ class Vacation:
     created_at: dt.datetime
     updated_at: dt.datetime
 
+    def state(self, now: dt.datetime) -> str:
+        """``off``, ``scheduled`` before the start, ``ended`` from the end on, ``active`` in between."""
+        if not self.enabled:
+            return "off"
+        if self.starts_at is not None and now < self.starts_at:
+            return "scheduled"
+        if self.ends_at is not None and now >= self.ends_at:
+            return "ended"
+        return "active"
+
     def own_addresses(self) -> frozenset[str]:
         return frozenset((self.address, *self.aliases))
 
