@@ -118,17 +118,23 @@ def _hold_claim(db_url: str, message_key: str = "<held@example.org>", age: float
     return store
 
 
-def test_zero_interval_answers_twelve_concurrent_messages_of_one_sender(
-    make_config: ConfigFactory, db_url: str, sink: SmtpSink
+@pytest.mark.parametrize("interval", [0, 7 * 86400])
+def test_twelve_concurrent_messages_of_one_sender(
+    make_config: ConfigFactory, db_url: str, sink: SmtpSink, interval: int
 ) -> None:
+    """Every one answered with a zero interval; exactly one within a week's."""
     config = make_config(limits=OFF, reply={"min_interval": "0s"})
-    _vacations(db_url, ALICE, interval=0)
+    _vacations(db_url, ALICE, interval=interval)
     runs = _race(config, [(BOB, ALICE, f"m{i}@example.org") for i in range(12)])
     assert [r.returncode for r in runs] == [0] * 12, [r.stderr for r in runs if r.returncode]
-    assert _outcomes(db_url) == [("reply", "")] * 12
     # Every hook has ended, and the sink records a message before it accepts it.
     replies = Counter(str(m.message["In-Reply-To"]) for m in sink.messages)
-    assert replies == {f"<m{i}@example.org>": 1 for i in range(12)}
+    if interval == 0:
+        assert _outcomes(db_url) == [("reply", "")] * 12
+        assert replies == {f"<m{i}@example.org>": 1 for i in range(12)}
+    else:
+        assert _outcomes(db_url) == sorted([("reply", "")] + [("suppress", "interval")] * 11)
+        assert list(replies.values()) == [1]
 
 
 @pytest.mark.parametrize("outcome", ["released", "confirmed"])

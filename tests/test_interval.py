@@ -168,3 +168,23 @@ def test_explain_reads_but_never_claims(store: Store, db_url: str, sink: SmtpSin
     assert _decide(services, 1) == ("reply", None)
     decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
     assert (decision.action, decision.reason) == ("suppress", "interval")
+
+
+def test_explain_reports_a_pending_claim_without_waiting(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    vacation_id = store.list_vacations()[0].id
+    week, stale = dt.timedelta(days=7), dt.timedelta(seconds=180)
+    token = "a" * 32
+    assert (
+        store.claim(REPLIES, vacation_id, "bob@example.org", "<m1@example.org>", clock(), week, stale, token)
+        == WON
+    )
+    decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
+    assert decision.action == "reply"
+    assert "another delivery's reply claim is pending: this one would wait" in decision.detail
+    store.confirm_claim(REPLIES, vacation_id, "bob@example.org", token)
+    decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
+    assert (decision.action, decision.reason) == ("suppress", "interval")
