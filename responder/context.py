@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -38,8 +37,6 @@ CLAIM_WAIT_SHARE = 0.5
 # Polling a pending claim: the first pause, doubled up to the longest.
 CLAIM_POLL_FIRST = 0.02
 CLAIM_POLL_MAX = 0.25
-
-log = logging.getLogger("responder")
 
 
 def utcnow() -> dt.datetime:
@@ -242,7 +239,12 @@ class Context:
             if verdict != PENDING:
                 break
             if pause == CLAIM_POLL_FIRST:
-                log.info("waiting for another delivery's pending %s claim for <%s>", kind.what, key)
+                # Imported here: the pipe hook's header phase imports this module without logging.
+                import logging
+
+                logging.getLogger("responder").info(
+                    "waiting for another delivery's pending %s claim for <%s>", kind.what, key
+                )
             pause = self._await_decided(claim, message, interval, give_up, pause)
         if verdict == WON:
             return None
