@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from responder.addresses import sender_key
+from responder.errors import TransientError
 from responder.message import Inbound, normalize_address
 
 if TYPE_CHECKING:
@@ -23,6 +25,18 @@ if TYPE_CHECKING:
 REPLY = "reply"
 BOUNCE = "bounce"
 RESPONSES = frozenset({REPLY, BOUNCE})
+
+# A pending claim is taken over as stale only when its delivery has certainly ended: a hook ends
+# within deliver.deadline plus a few seconds of margin whatever it is doing, and the service's worker
+# never sends after its deadline. This margin is well beyond that, with room for the clocks of hosts
+# sharing one database; the MTA retries a killed hook later still (Postfix: 300 s at the earliest).
+CLAIM_STALE_MARGIN = 120.0
+# A delivery waits for another's pending claim for at most this share of deliver.deadline, keeping the
+# rest for its own verification and send; then it defers, and the MTA's retry decides again.
+CLAIM_WAIT_SHARE = 0.5
+# Polling a pending claim: the first pause, doubled up to the longest.
+CLAIM_POLL_FIRST = 0.02
+CLAIM_POLL_MAX = 0.25
 
 
 def utcnow() -> dt.datetime:
@@ -113,6 +127,7 @@ class Context:
         self.settings = services.settings
         self.dry_run = dry_run
         self.now = services.clock()
+        self.started = time.monotonic()
         self.claims: list[Claim] = []
         # Findings of the stateful rules (verification results, limits), for the audit detail.
         self.notes: list[str] = []
@@ -191,19 +206,70 @@ class Context:
         assert self.vacation is not None
         return self._claim(REPLIES, self.vacation.id, self.interval)
 
+    @property
+    def claim_stale_after(self) -> dt.timedelta:
+        """The age from which a pending claim belongs to a delivery that has certainly ended."""
+        return dt.timedelta(seconds=self.settings.deliver.deadline + CLAIM_STALE_MARGIN)
+
     def _claim(self, kind: ClaimKind, owner_id: int, interval: dt.timedelta) -> str | None:
+        from responder.store import PENDING, TAKEN, WON
+
         store = self.services.store
-        stale = dt.timedelta(seconds=self.settings.deliver.deadline)
+        stale = self.claim_stale_after
         key, message = self.sender_key, self.inbound.message_key
         if self.dry_run:
             last = store.last_claim(kind, owner_id, key)
-            if last is None or last.frees(message, self.now, interval, stale):
+            verdict = WON if last is None else last.verdict(message, self.now, interval, stale)
+            if verdict == PENDING:
+                self.notes.append(f"another delivery's {kind.what} claim is pending: this one would wait")
+            if last is None or verdict != TAKEN:
                 return None
             return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
-        token = store.claim(kind, owner_id, key, message, self.now, interval, stale)
-        if token is None:
-            from responder.config import format_duration
+        import secrets
 
-            return f"already {kind.done} within {format_duration(interval.total_seconds())}"
-        self.claims.append(IntervalClaim(store, kind, owner_id, key, token))
-        return None
+        token = secrets.token_hex(16)
+        claim = IntervalClaim(store, kind, owner_id, key, token)
+        # Listed before it is taken: a deadline striking once the claim is written still releases it.
+        self.claims.append(claim)
+        give_up = self.started + CLAIM_WAIT_SHARE * self.settings.deliver.deadline
+        pause = CLAIM_POLL_FIRST
+        while True:
+            # The clock is read on every attempt: the claim records when it was taken, after any wait.
+            verdict = store.claim(kind, owner_id, key, message, self.services.clock(), interval, stale, token)
+            if verdict != PENDING:
+                break
+            if pause == CLAIM_POLL_FIRST:
+                # Imported here: the pipe hook's header phase imports this module without logging.
+                import logging
+
+                logging.getLogger("responder").info(
+                    "waiting for another delivery's pending %s claim for <%s>", kind.what, key
+                )
+            pause = self._await_decided(claim, message, interval, give_up, pause)
+        if verdict == WON:
+            return None
+        self.claims.remove(claim)
+        from responder.config import format_duration
+
+        return f"already {kind.done} within {format_duration(interval.total_seconds())}"
+
+    def _await_decided(
+        self, claim: IntervalClaim, message: str, interval: dt.timedelta, give_up: float, pause: float
+    ) -> float:
+        """Wait, reading only, until the pending claim is confirmed, released or stale; the next pause.
+
+        Raises TransientError when it is still pending at ``give_up``: the MTA keeps the message.
+        """
+        from responder.store import PENDING
+
+        store, stale = claim.store, self.claim_stale_after
+        while time.monotonic() + pause <= give_up:
+            time.sleep(pause)
+            pause = min(2 * pause, CLAIM_POLL_MAX)
+            last = store.last_claim(claim.kind, claim.owner_id, claim.sender_key)
+            if last is None or last.verdict(message, self.services.clock(), interval, stale) != PENDING:
+                return pause
+        self.claims.remove(claim)
+        raise TransientError(
+            f"another delivery's {claim.kind.what} claim for <{claim.sender_key}> is still pending"
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,6 +139,11 @@ class PurgeResult:
     audit: int
 
 
+# What a claim attempt found: the claim is ours, the last response holds it (suppress), or another
+# delivery's claim is still pending, neither confirmed nor released (wait for it, or defer).
+WON, TAKEN, PENDING = "won", "taken", "pending"
+
+
 @dataclass(frozen=True)
 class LastClaim:
     """The last response to a sender under one vacation or retired address."""
@@ -148,11 +152,13 @@ class LastClaim:
     message_key: str
     state: str
 
-    def frees(self, message_key: str, now: dt.datetime, interval: dt.timedelta, stale: dt.timedelta) -> bool:
-        """Whether a claim for ``message_key`` would win now: the SQL of ``Store.claim`` in Python."""
-        if self.replied_at <= now - interval and self.message_key != message_key:
-            return True
-        return self.state == "pending" and self.replied_at <= now - stale and self.message_key == message_key
+    def verdict(self, message_key: str, now: dt.datetime, interval: dt.timedelta, stale: dt.timedelta) -> str:
+        """What a claim for ``message_key`` would find now: the SQL of ``Store.claim`` in Python."""
+        if self.state == "pending":
+            return WON if self.replied_at <= now - stale else PENDING
+        if self.message_key != message_key and (not interval or self.replied_at <= now - interval):
+            return WON
+        return TAKEN
 
 
 @dataclass(frozen=True)
@@ -395,15 +401,21 @@ class Store:
         now: dt.datetime,
         interval: dt.timedelta,
         stale_after: dt.timedelta,
-    ) -> str | None:
-        """Atomically take the right to respond to this sender now; a token on success, None when taken.
+        token: str,
+    ) -> str:
+        """Try to take the right to respond to this sender now under ``token``: WON, TAKEN or PENDING.
 
-        The claim is free when the last response is at least ``interval`` old and was for another
-        message, or when an attempt for this very message died (pending for longer than
-        ``stale_after``, which is the hook's deadline). A retry of a message that was answered never wins.
+        The row holds the last response. WON when it is confirmed (``sent``) for another message at
+        least ``interval`` ago (any time ago when the interval is zero), or is a pending claim older
+        than ``stale_after``, whose delivery has certainly ended without confirming or releasing it.
+        TAKEN when it is confirmed within the interval, or for this very message: a retry of a message
+        that was answered never wins. PENDING when another delivery's claim is neither confirmed nor
+        released yet: the caller waits for it (``last_claim``) and tries again, or defers.
         """
         return self._retrying(
-            lambda: self._claim_once(kind, owner_id, sender_key, message_key, now, interval, stale_after)
+            lambda: self._claim_once(
+                kind, owner_id, sender_key, message_key, now, interval, stale_after, token
+            )
         )
 
     def _claim_once(
@@ -415,48 +427,46 @@ class Store:
         now: dt.datetime,
         interval: dt.timedelta,
         stale_after: dt.timedelta,
-    ) -> str | None:
+        token: str,
+    ) -> str:
         # Correct on every backend: the INSERT lets exactly one of several racers create the row (unique
         # constraint); the conditional UPDATE re-tests its WHERE on the row it has locked (InnoDB locking
         # read, PostgreSQL's re-check after waiting for a concurrent writer, SQLite's single writer), and
         # every matched row is changed (a new token), so rowcount is 1 exactly for the winner, also under
-        # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows.
-        token = secrets.token_hex(16)
+        # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows. A loser reads the row
+        # in the same transaction (READ COMMITTED everywhere, SQLite's write lock already held) to tell
+        # TAKEN from PENDING; a row gone (released) or changed in between means trying again.
         values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
         table, c = kind.table, kind.table.c
         mine = (c[kind.owner] == owner_id, c.sender_key == sender_key)
-        for _attempt in range(2):
+        answered_before = c.message_key != message_key
+        if interval:
+            answered_before = and_(answered_before, c.replied_at <= now - interval)
+        free = or_(
+            and_(c.state == "sent", answered_before),
+            and_(c.state == "pending", c.replied_at <= now - stale_after),
+        )
+        for _attempt in range(3):
             try:
                 with self._begin(f"claiming the {kind.what} interval") as conn:
                     conn.execute(
                         insert(table).values({kind.owner: owner_id, "sender_key": sender_key, **values})
                     )
-                return token
+                return WON
             except sa_exc.IntegrityError:
                 pass
             with self._begin(f"claiming the {kind.what} interval") as conn:
-                result = conn.execute(
-                    update(table)
-                    .where(*mine)
-                    .where(
-                        or_(
-                            and_(c.replied_at <= now - interval, c.message_key != message_key),
-                            and_(
-                                c.state == "pending",
-                                c.replied_at <= now - stale_after,
-                                c.message_key == message_key,
-                            ),
-                        )
-                    )
-                    .values(**values)
-                )
+                result = conn.execute(update(table).where(*mine, free).values(**values))
                 if result.rowcount == 1:
-                    return token
-                still_there = conn.execute(select(c.id).where(*mine)).first()
-            if still_there is not None:
-                return None
-            # The row was released between our insert and update: try the insert once more.
-        return None
+                    return WON
+                row = conn.execute(select(c.replied_at, c.message_key, c.state).where(*mine)).first()
+            if row is not None:
+                found = LastClaim(row.replied_at, row.message_key, row.state)
+                verdict = found.verdict(message_key, now, interval, stale_after)
+                if verdict != WON:
+                    return verdict
+        # The row kept changing under us: another delivery is deciding right now.
+        return PENDING
 
     def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
         c = kind.table.c

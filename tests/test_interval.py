@@ -11,7 +11,7 @@ from responder.context import Services
 from responder.engine import respond
 from responder.errors import RelayUnavailable
 from responder.message import Envelope, Inbound
-from responder.store import REPLIES, Store
+from responder.store import PENDING, REPLIES, TAKEN, WON, Store
 from responder.transport import SmtpTransport
 from tests.helpers import FakeClock
 from tests.sink import SmtpSink
@@ -141,13 +141,20 @@ def test_dead_attempt_of_the_same_message_can_be_taken_over(
     """A hook killed between claim and send leaves a pending claim; the MTA's retry may answer."""
     _vacation(store, clock)
     vacation_id = store.list_vacations()[0].id
-    interval, stale = dt.timedelta(days=7), dt.timedelta(seconds=60)
+    interval, stale = dt.timedelta(days=7), dt.timedelta(seconds=180)
     key = "bob@example.org"
-    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale)
-    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale) is None
-    clock.advance(seconds=61)
-    assert store.claim(REPLIES, vacation_id, key, "<m1@example.org>", clock(), interval, stale)
-    assert store.claim(REPLIES, vacation_id, key, "<m2@example.org>", clock(), interval, stale) is None
+
+    def claim(message: str, token: str) -> str:
+        return store.claim(REPLIES, vacation_id, key, message, clock(), interval, stale, token)
+
+    assert claim("<m1@example.org>", "a" * 32) == WON
+    assert claim("<m1@example.org>", "b" * 32) == PENDING
+    clock.advance(seconds=181)
+    assert claim("<m1@example.org>", "c" * 32) == WON
+    store.confirm_claim(REPLIES, vacation_id, key, "a" * 32)  # the dead attempt's token: no effect
+    assert claim("<m2@example.org>", "d" * 32) == PENDING
+    store.confirm_claim(REPLIES, vacation_id, key, "c" * 32)
+    assert claim("<m2@example.org>", "d" * 32) == TAKEN
 
 
 def test_explain_reads_but_never_claims(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock) -> None:
@@ -159,5 +166,25 @@ def test_explain_reads_but_never_claims(store: Store, db_url: str, sink: SmtpSin
     assert store.decisions() == []
     assert sink.wait_for(1, timeout=0.3) == []
     assert _decide(services, 1) == ("reply", None)
+    decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
+    assert (decision.action, decision.reason) == ("suppress", "interval")
+
+
+def test_explain_reports_a_pending_claim_without_waiting(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    services = _services(store, db_url, sink, clock)
+    _vacation(store, clock)
+    vacation_id = store.list_vacations()[0].id
+    week, stale = dt.timedelta(days=7), dt.timedelta(seconds=180)
+    token = "a" * 32
+    assert (
+        store.claim(REPLIES, vacation_id, "bob@example.org", "<m1@example.org>", clock(), week, stale, token)
+        == WON
+    )
+    decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
+    assert decision.action == "reply"
+    assert "another delivery's reply claim is pending: this one would wait" in decision.detail
+    store.confirm_claim(REPLIES, vacation_id, "bob@example.org", token)
     decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
     assert (decision.action, decision.reason) == ("suppress", "interval")
