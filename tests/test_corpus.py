@@ -13,7 +13,7 @@ from responder.engine import respond
 from responder.message import Envelope, Inbound
 from responder.store import Store
 from responder.transport import SmtpTransport
-from tests.helpers import Case, FakeClock, sample
+from tests.helpers import MESSAGES, Case, FakeClock, sample
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
@@ -86,7 +86,7 @@ CASES: dict[str, Case] = {
     "xars-oof": Case("x-auto-response-suppress-oof.eml", "suppress", "auto-response-suppress"),
     "xars-autoreply-ndr-still-replies": Case("x-auto-response-suppress-autoreply.eml", "reply", None),
     # report
-    "dsn": Case("dsn-report.eml", "suppress", "report", sender="postmaster@example.org"),
+    "dsn": Case("dsn-report.eml", "suppress", "report"),
     "mdn": Case("mdn-report.eml", "suppress", "report", sender="carol@example.org"),
     # loop
     "51-received": Case("loop-many-received.eml", "suppress", "loop"),
@@ -119,6 +119,69 @@ CASES: dict[str, Case] = {
     "broken-mime": Case("broken-mime.eml", "reply", None),
     "headers-only-crlf": Case("header-only.eml", "reply", None),
 }
+
+
+# Real bounces and auto-replies (tests/messages/SOURCES.md), each with the reason that suppresses it
+# when it arrives with the envelope sender its From names, as broken or forwarding systems send them.
+AUTOMATED: dict[str, str] = {
+    "activehunter-failure-notice.eml": "system-sender",
+    "aol-automatic-response.eml": "auto-submitted",
+    "domino-delivery-failure.eml": "system-sender",
+    "e500-returned-mail.eml": "bounce-heuristic",
+    "exchange-cdo-non-delivery-report.eml": "bounce-heuristic",
+    "exchange-oof-return-path-null.eml": "null-return-path",
+    "exchange-smtpsvc-dsn-failure.eml": "system-sender",
+    "exchange2003-return-path-null.eml": "system-sender",
+    "exchange55-ims-undeliverable.eml": "system-sender",
+    "exim-delay-warning.eml": "system-sender",
+    "hotpop-undelivered-mail-returned.eml": "system-sender",
+    "interscan-mail-could-not-be-delivered.eml": "bounce-heuristic",
+    "llnl-failed-mail.eml": "system-sender",
+    "mail-delivery-system-dsn.eml": "null-return-path",
+    "mailsweeper-undeliverable-mail.eml": "system-sender",
+    "mdaemon-permanent-delivery-failure.eml": "bounce-heuristic",
+    "netscape-mail-system-error.eml": "system-sender",
+    "sbcglobal-delivery-failure.eml": "system-sender",
+    "smail-mail-failed.eml": "system-sender",
+    "smtp32-undeliverable-mail.eml": "system-sender",
+    "usanet-processing-error.eml": "system-sender",
+    "yahoo-qmail-failure-delivery.eml": "system-sender",
+}
+# Real personal messages: every one is answered, whatever it quotes, forwards or attaches.
+PERSONAL = sorted(path.name for path in (MESSAGES / "personal").glob("*.eml"))
+
+
+def _from_address(raw: bytes) -> str:
+    from email.utils import parseaddr
+
+    inbound = Inbound(Envelope("", ALICE), raw)
+    return parseaddr(inbound.first("From") or "")[1]
+
+
+def test_every_real_sample_has_a_row() -> None:
+    assert sorted(AUTOMATED) == sorted(path.name for path in (MESSAGES / "automated").glob("*.eml"))
+    assert len(PERSONAL) >= 15
+
+
+@pytest.mark.parametrize(("name", "reason"), AUTOMATED.items(), ids=AUTOMATED.keys())
+def test_real_automated_mail_is_suppressed_even_with_a_real_sender(
+    name: str, reason: str, services: Services, sink: SmtpSink
+) -> None:
+    raw = (MESSAGES / "automated" / name).read_bytes()
+    sender = _from_address(raw)
+    assert sender, "the sample names its sender in From"
+    decision = respond(Inbound(Envelope(sender, ALICE, queue_id="Q1"), raw), services)
+    assert (decision.action, decision.reason) == ("suppress", reason), decision.detail
+    # The sink records a message before it answers 250: nothing there now means nothing was sent.
+    assert sink.wait_for(1, timeout=0) == []
+
+
+@pytest.mark.parametrize("name", PERSONAL)
+def test_real_personal_mail_is_answered(name: str, services: Services, sink: SmtpSink) -> None:
+    raw = (MESSAGES / "personal" / name).read_bytes()
+    decision = respond(Inbound(Envelope(_from_address(raw), ALICE, queue_id="Q1"), raw), services)
+    assert (decision.action, decision.reason) == ("reply", None), decision.detail
+    assert len(sink.wait_for(1, timeout=5)) == 1
 
 
 def _settings(db_url: str, sink: SmtpSink) -> Settings:

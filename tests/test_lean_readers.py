@@ -117,7 +117,9 @@ def _email_fields(raw: bytes) -> list[tuple[str, str]]:
     return [(name, str(value)) for name, value in parsed.raw_items()]
 
 
-@pytest.mark.parametrize("path", sorted(MESSAGES.iterdir()), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in MESSAGES.rglob("*") if p.is_file()), ids=lambda p: str(p.relative_to(MESSAGES))
+)
 def test_header_fields_of_the_corpus(path: Path) -> None:
     raw = path.read_bytes()
     assert parse_fields(_split_header_block(raw)) == _email_fields(raw)
