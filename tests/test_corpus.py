@@ -163,18 +163,23 @@ AUTOMATED: dict[str, str] = {
     "aol-automatic-response.eml": "auto-submitted",
     "domino-delivery-failure.eml": "system-sender",
     "e500-returned-mail.eml": "bounce-heuristic",
+    "earthlink-failure-notice.eml": "system-sender",
     "exchange-cdo-non-delivery-report.eml": "bounce-heuristic",
     "exchange-oof-return-path-null.eml": "null-return-path",
     "exchange-smtpsvc-dsn-failure.eml": "system-sender",
     "exchange2003-return-path-null.eml": "system-sender",
     "exchange55-ims-undeliverable.eml": "system-sender",
+    "exim-auto-generated-bounce.eml": "system-sender",
     "exim-delay-warning.eml": "system-sender",
+    "googlemail-dsn-failure.eml": "system-sender",
     "hotpop-undelivered-mail-returned.eml": "system-sender",
+    "interscan-imss-could-not-be-delivered.eml": "bounce-heuristic",
     "interscan-mail-could-not-be-delivered.eml": "bounce-heuristic",
     "kundenserver-mail-delivery-failed.eml": "system-sender",
     "kundenserver-precedence-bulk-bounce.eml": "system-sender",
     "llnl-failed-mail.eml": "system-sender",
     "lotus-smtp-undeliverable-message.eml": "system-sender",
+    "lsmtp-undelivered-mail.eml": "system-sender",
     "mail-delivery-system-dsn.eml": "null-return-path",
     "mailsweeper-undeliverable-mail.eml": "system-sender",
     "mdaemon-permanent-delivery-failure.eml": "bounce-heuristic",
@@ -182,6 +187,7 @@ AUTOMATED: dict[str, str] = {
     "newmailru-failure-notice.eml": "system-sender",
     "prodigy-returned-mail.eml": "system-sender",
     "qmail-failure-notice.eml": "system-sender",
+    "qmail-multipart-failure-notice.eml": "system-sender",
     "sbcglobal-delivery-failure.eml": "system-sender",
     "sina-8bit-failure.eml": "system-sender",
     "smail-mail-failed.eml": "system-sender",
@@ -203,6 +209,9 @@ def _from_address(raw: bytes) -> str:
 def test_every_real_sample_has_a_row() -> None:
     assert sorted(AUTOMATED) == sorted(path.name for path in (MESSAGES / "automated").glob("*.eml"))
     assert len(PERSONAL) >= 15
+    sources = (MESSAGES / "SOURCES.md").read_text(encoding="utf-8")
+    for name in [*AUTOMATED, *PERSONAL]:
+        assert f"| {name} |" in sources, f"{name} has no row in SOURCES.md"
 
 
 @pytest.mark.parametrize(("name", "reason"), AUTOMATED.items(), ids=AUTOMATED.keys())
