@@ -73,9 +73,15 @@ def _children(body: bytes, boundary: str) -> list[bytes]:
     return pieces
 
 
-@lru_cache(maxsize=1)
 def parts(raw: bytes) -> tuple[Part, ...]:
     """The message and every part below it, depth first; ``message/*`` parts are not opened."""
+    # bytes() so that any buffer the caller hands in can be the cache key (no copy for bytes).
+    return _parts(bytes(raw))
+
+
+# Two rules read the structure of the same message one after the other.
+@lru_cache(maxsize=1)
+def _parts(raw: bytes) -> tuple[Part, ...]:
     found: list[Part] = []
 
     def walk(part: Part, depth: int) -> None:
