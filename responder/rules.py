@@ -42,7 +42,7 @@ BULK_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
 # with "-" or with "+" (list+owner@, list+bounces-123@).
 SYSTEM_LOCAL = re.compile(
     r"""^(?:
-        mailer-daemon | listserv | majordomo | mailman | postmaster | postmaster-bounces | mailer
+        mailer-daemon | listserv | majordomo | mailman | post[-_.]?master | postmaster-bounces | mailer
       | owner-.* | .*[-+]owner | .*-request | .*[-+]bounces? (?:[-+=].*)?
       | bounces? (?:[+=\-].*)?
       | no[-_.]?reply (?:[+\-].*)? | do[-_.]?not[-_.]?reply (?:[+\-].*)?
