@@ -58,7 +58,9 @@ def _part(raw: bytes) -> Part:
 
 
 def _children(body: bytes, boundary: str) -> list[bytes]:
-    delimiter = re.compile(rb"(?m)^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?$")
+    delimiter = re.compile(
+        rb"(?m)^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*\r?$"
+    )
     pieces: list[bytes] = []
     start: int | None = None
     for match in delimiter.finditer(body):
