@@ -200,6 +200,7 @@ AUTOMATED: dict[str, str] = {
     "smtp32-undeliverable-mail.eml": "system-sender",
     "usanet-processing-error.eml": "system-sender",
     "yahoo-qmail-failure-delivery.eml": "system-sender",
+    "zimbra-vacation-reply.eml": "auto-submitted",
 }
 # Real personal messages: every one is answered, whatever it quotes, forwards or attaches.
 PERSONAL = sorted(path.name for path in (MESSAGES / "personal").glob("*.eml"))
