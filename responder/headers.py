@@ -1,9 +1,13 @@
-"""Read the header fields of a message exactly as compat32's parser does, without the email package.
+"""Read the header fields of a message as compat32's parser does, without the email package.
 
 The pipe hook decides most messages on their headers alone; importing ``email.parser`` costs about as
 much as starting Python. This reader follows ``email.feedparser`` line for line (the same line
 splitting, header pattern, unix-from and continuation handling, and compat32's value rule), so every
 path sees the same fields; tests compare the two on the corpus and on random input.
+
+One deliberate difference: the obsolete syntax of RFC 5322 section 4.5 (``List-Id : <x>``, blanks
+between the name and the colon) is a field here, named without the blanks. The feedparser ends the
+header at such a line, which would hide a ``List-Id`` or ``Auto-Submitted`` written that way.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import io
 import re
 
-# email.feedparser.headerRE: a field name and colon, a unix-from line, or a continuation line.
-_FIELD_LINE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
+# email.feedparser.headerRE: a field name and colon, a unix-from line, or a continuation line; and
+# the obsolete form with blanks before the colon (RFC 5322 obs-optional).
+_FIELD_LINE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\041-\071\073-\176]+[\t ]+:|[\t ])")
 
 
 def _lines(text: str) -> list[str]:
@@ -23,6 +28,7 @@ def _lines(text: str) -> list[str]:
 def _field(source: list[str]) -> tuple[str, str]:
     # compat32.header_source_parse
     name, value = source[0].split(":", 1)
+    name = name.rstrip(" \t")
     value = value.lstrip(" \t") + "".join(source[1:])
     return name, value.rstrip("\r\n")
 

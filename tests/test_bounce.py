@@ -56,7 +56,17 @@ CASES: dict[str, Case] = {
     # NDR asks bounce generators to stay quiet; OOF only asks vacation responders (MS-OXCMAIL).
     "xars-ndr": Case("x-auto-response-suppress-autoreply.eml", "suppress", "auto-response-suppress"),
     "xars-oof-still-bounces": Case("x-auto-response-suppress-oof.eml", "bounce", None),
-    "dsn": Case("dsn-report.eml", "suppress", "report", sender="postmaster@example.org"),
+    "dsn": Case("dsn-report.eml", "suppress", "report"),
+    "delivery-status-in-mixed": Case("report-part-in-mixed.eml", "suppress", "report"),
+    "null-return-path": Case(
+        "automated/exchange-oof-return-path-null.eml",
+        "suppress",
+        "null-return-path",
+        sender="fred@example.com",
+    ),
+    "x-autoreply": Case("x-autoreply-yes.eml", "suppress", "autoreply-header"),
+    "non-dsn-bounce": Case("bounce-text-with-returned-header.eml", "suppress", "bounce-heuristic"),
+    "person-writes-undeliverable": Case("person-writes-undeliverable.eml", "bounce", None),
     "mdn": Case("mdn-report.eml", "suppress", "report", sender="carol@example.org"),
     "loop-marker": Case("loop-marker.eml", "suppress", "loop"),
     "51-received": Case("loop-many-received.eml", "suppress", "loop"),

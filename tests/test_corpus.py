@@ -13,7 +13,7 @@ from responder.engine import respond
 from responder.message import Envelope, Inbound
 from responder.store import Store
 from responder.transport import SmtpTransport
-from tests.helpers import Case, FakeClock, sample
+from tests.helpers import MESSAGES, Case, FakeClock, sample
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
@@ -65,6 +65,16 @@ CASES: dict[str, Case] = {
         sender="SRS0=HHH=TT=example.net=no-reply@forwarder.example",
     ),
     "owner-in-middle-is-human": Case("personal.eml", "reply", None, sender="homeowner@example.org"),
+    "postmaster": Case("personal.eml", "suppress", "system-sender", sender="Postmaster@example.org"),
+    "list-plus-owner": Case(
+        "list-manager-sender.eml", "suppress", "system-sender", sender="team+owner@example.org"
+    ),
+    "list-plus-bounces": Case(
+        "list-manager-sender.eml",
+        "suppress",
+        "system-sender",
+        sender="team+bounces-4711-alice=example.com@example.org",
+    ),
     # auto-submitted
     "auto-replied": Case("auto-submitted-auto-replied.eml", "suppress", "auto-submitted"),
     "auto-generated-with-comment": Case(
@@ -77,21 +87,42 @@ CASES: dict[str, Case] = {
     "precedence-junk": Case("precedence-junk.eml", "suppress", "precedence"),
     "precedence-list": Case("precedence-list.eml", "suppress", "precedence"),
     "precedence-first-class": Case("precedence-first-class.eml", "reply", None),
+    "precedence-auto-reply": Case("precedence-auto-reply.eml", "suppress", "precedence"),
+    # autoreply-header
+    "x-autoreply": Case("x-autoreply-yes.eml", "suppress", "autoreply-header"),
+    "x-autorespond": Case("x-autorespond.eml", "suppress", "autoreply-header"),
+    "x-autoreply-no": Case("x-autoreply-no.eml", "reply", None),
     # list-header
     "list-id": Case("list-id.eml", "suppress", "list-header"),
     "list-unsubscribe": Case("list-unsubscribe.eml", "suppress", "list-header"),
     "mailing-list": Case("mailing-list.eml", "suppress", "list-header"),
+    "obsolete-syntax-list-id": Case("obsolete-list-id.eml", "suppress", "list-header"),
     # auto-response-suppress
     "xars-all": Case("x-auto-response-suppress-all.eml", "suppress", "auto-response-suppress"),
     "xars-oof": Case("x-auto-response-suppress-oof.eml", "suppress", "auto-response-suppress"),
     "xars-autoreply-ndr-still-replies": Case("x-auto-response-suppress-autoreply.eml", "reply", None),
     # report
-    "dsn": Case("dsn-report.eml", "suppress", "report", sender="postmaster@example.org"),
+    "dsn": Case("dsn-report.eml", "suppress", "report"),
     "mdn": Case("mdn-report.eml", "suppress", "report", sender="carol@example.org"),
+    "delivery-status-in-mixed": Case("report-part-in-mixed.eml", "suppress", "report"),
+    "feedback-report-in-mixed": Case("feedback-report-in-mixed.eml", "suppress", "report"),
+    "report-type-on-mixed": Case("report-type-on-mixed.eml", "suppress", "report"),
+    # bounce-heuristic: a bounce's words need a robot sender or the returned message
+    "bounce-from-sysadmin": Case(
+        "bounce-from-sysadmin.eml", "suppress", "bounce-heuristic", sender="sysadmin@example.org"
+    ),
+    "bounce-text-with-returned-header": Case(
+        "bounce-text-with-returned-header.eml", "suppress", "bounce-heuristic"
+    ),
+    "person-writes-undeliverable": Case("person-writes-undeliverable.eml", "reply", None),
+    "reply-to-a-bounce": Case("reply-to-a-bounce.eml", "reply", None),
     # loop
     "51-received": Case("loop-many-received.eml", "suppress", "loop"),
     "50-received": Case("fifty-received.eml", "reply", None),
     "loop-marker": Case("loop-marker.eml", "suppress", "loop"),
+    "x-loop-names-recipient": Case("x-loop-recipient.eml", "suppress", "loop"),
+    "x-loop-names-someone-else": Case("x-loop-other-address.eml", "reply", None),
+    "exchange-inbox-rules-loop": Case("exchange-inbox-rules-loop.eml", "suppress", "loop"),
     # no-vacation, and the edges of a schedule
     "no-vacation": Case("schedule-recipients.eml", "suppress", "no-vacation", recipient="nobody@example.com"),
     "vacation-off": Case("schedule-recipients.eml", "suppress", "no-vacation", recipient="off@example.com"),
@@ -109,6 +140,10 @@ CASES: dict[str, Case] = {
     "sender-is-alias": Case("personal.eml", "suppress", "own-address", sender="alice.alias@example.com"),
     # not-addressed
     "bcc-via-list": Case("bcc-via-list.eml", "suppress", "not-addressed"),
+    # A group alias expanded to a vacationing member: the alias is no address of the member's.
+    "to-group-alias": Case(
+        "group-alias-to-all.eml", "suppress", "not-addressed", original_recipient="all@example.com"
+    ),
     "cc-alias-mixed-case": Case("cc-alias.eml", "reply", None),
     "encoded-display-name": Case("to-encoded-display-name.eml", "reply", None),
     "resent-to": Case("resent-to.eml", "reply", None),
@@ -119,6 +154,92 @@ CASES: dict[str, Case] = {
     "broken-mime": Case("broken-mime.eml", "reply", None),
     "headers-only-crlf": Case("header-only.eml", "reply", None),
 }
+
+
+# Real bounces and auto-replies (tests/messages/SOURCES.md), each with the reason that suppresses it
+# when it arrives with the envelope sender its From names, as broken or forwarding systems send them.
+AUTOMATED: dict[str, str] = {
+    "activehunter-failure-notice.eml": "system-sender",
+    "amavis-undeliverable-mta-blocked.eml": "system-sender",
+    "apachejames-reply-subject-bounce.eml": "system-sender",
+    "aol-automatic-response.eml": "auto-submitted",
+    "bigfoot-returned-mail-partial.eml": "system-sender",
+    "domino-delivery-failure.eml": "system-sender",
+    "e500-returned-mail.eml": "bounce-heuristic",
+    "earthlink-failure-notice.eml": "system-sender",
+    "exchange-cdo-non-delivery-report.eml": "bounce-heuristic",
+    "exchange-oof-return-path-null.eml": "null-return-path",
+    "exchange-smtpsvc-dsn-failure.eml": "system-sender",
+    "exchange2003-return-path-null.eml": "system-sender",
+    "exchange55-ims-undeliverable.eml": "system-sender",
+    "exim-auto-generated-bounce.eml": "system-sender",
+    "exim-delay-warning.eml": "system-sender",
+    "exim-failed-recipients.eml": "system-sender",
+    "googlemail-dsn-failure.eml": "system-sender",
+    "hotpop-undelivered-mail-returned.eml": "system-sender",
+    "interscan-imss-could-not-be-delivered.eml": "bounce-heuristic",
+    "interscan-mail-could-not-be-delivered.eml": "bounce-heuristic",
+    "kundenserver-mail-delivery-failed.eml": "system-sender",
+    "kundenserver-precedence-bulk-bounce.eml": "system-sender",
+    "llnl-failed-mail.eml": "system-sender",
+    "lotus-smtp-undeliverable-message.eml": "system-sender",
+    "lsmtp-undelivered-mail.eml": "system-sender",
+    "mail-delivery-system-dsn.eml": "null-return-path",
+    "mailsweeper-undeliverable-mail.eml": "system-sender",
+    "mdaemon-permanent-delivery-failure.eml": "bounce-heuristic",
+    "netscape-mail-system-error.eml": "system-sender",
+    "newmailru-failure-notice.eml": "system-sender",
+    "prodigy-returned-mail.eml": "system-sender",
+    "qmail-failure-notice.eml": "system-sender",
+    "postfix-undelivered-mail-returned.eml": "system-sender",
+    "qmail-multipart-failure-notice.eml": "system-sender",
+    "sbcglobal-delivery-failure.eml": "system-sender",
+    "sendmail-too-many-hops.eml": "system-sender",
+    "sina-8bit-failure.eml": "system-sender",
+    "smail-mail-failed.eml": "system-sender",
+    "smtp32-undeliverable-mail.eml": "system-sender",
+    "usanet-processing-error.eml": "system-sender",
+    "yahoo-qmail-failure-delivery.eml": "system-sender",
+    "zimbra-vacation-reply.eml": "auto-submitted",
+}
+# Real personal messages: every one is answered, whatever it quotes, forwards or attaches.
+PERSONAL = sorted(path.name for path in (MESSAGES / "personal").glob("*.eml"))
+
+
+def _from_address(raw: bytes) -> str:
+    from email.utils import parseaddr
+
+    inbound = Inbound(Envelope("", ALICE), raw)
+    return parseaddr(inbound.first("From") or "")[1]
+
+
+def test_every_real_sample_has_a_row() -> None:
+    assert sorted(AUTOMATED) == sorted(path.name for path in (MESSAGES / "automated").glob("*.eml"))
+    assert len(PERSONAL) >= 15
+    sources = (MESSAGES / "SOURCES.md").read_text(encoding="utf-8")
+    for name in [*AUTOMATED, *PERSONAL]:
+        assert f"| {name} |" in sources, f"{name} has no row in SOURCES.md"
+
+
+@pytest.mark.parametrize(("name", "reason"), AUTOMATED.items(), ids=AUTOMATED.keys())
+def test_real_automated_mail_is_suppressed_even_with_a_real_sender(
+    name: str, reason: str, services: Services, sink: SmtpSink
+) -> None:
+    raw = (MESSAGES / "automated" / name).read_bytes()
+    sender = _from_address(raw)
+    assert sender, "the sample names its sender in From"
+    decision = respond(Inbound(Envelope(sender, ALICE, queue_id="Q1"), raw), services)
+    assert (decision.action, decision.reason) == ("suppress", reason), decision.detail
+    # The sink records a message before it answers 250: nothing there now means nothing was sent.
+    assert sink.wait_for(1, timeout=0) == []
+
+
+@pytest.mark.parametrize("name", PERSONAL)
+def test_real_personal_mail_is_answered(name: str, services: Services, sink: SmtpSink) -> None:
+    raw = (MESSAGES / "personal" / name).read_bytes()
+    decision = respond(Inbound(Envelope(_from_address(raw), ALICE, queue_id="Q1"), raw), services)
+    assert (decision.action, decision.reason) == ("reply", None), decision.detail
+    assert len(sink.wait_for(1, timeout=5)) == 1
 
 
 def _settings(db_url: str, sink: SmtpSink) -> Settings:
@@ -163,7 +284,7 @@ def test_corpus(case: Case, services: Services, sink: SmtpSink) -> None:
 def test_every_rule_has_a_case() -> None:
     from responder.rules import RULES
 
-    covered = {case.reason for case in CASES.values()}
+    covered = {case.reason for case in CASES.values()} | set(AUTOMATED.values())
     # Covered elsewhere: interval needs two messages (tests/test_interval.py), unverified a DNS server
     # (tests/test_verify_deliver.py), rate-limit counters (tests/test_limits.py).
     stateful = {"interval", "unverified", "rate-limit"}
