@@ -74,8 +74,10 @@ def test_a_missing_package_directory_defers_then_the_retry_replies(
 
 
 def postconf(instance: PrivatePostfix, *args: str) -> tuple[str, str]:
+    """Output and warnings; the private instance's own paths and log name, which say "responder", elided."""
     result = run(["/usr/sbin/postconf", "-c", instance.etc, *args])
-    return result.stdout.decode(), result.stderr.decode()
+    out = result.stdout.decode().replace(str(instance.base), "BASE").replace(instance.syslog_name, "NAME")
+    return out, result.stderr.decode()
 
 
 def test_the_undo_steps_remove_every_postfix_setting(
