@@ -53,7 +53,9 @@ def run_as_postfix(
 @pytest.fixture(scope="module", autouse=True)
 def console_script() -> None:
     if not CONSOLE_SCRIPT.exists():
-        pytest.fail(f"{CONSOLE_SCRIPT} is missing: install the checkout into the runner's venv (pip install -e .)")
+        pytest.fail(
+            f"{CONSOLE_SCRIPT} is missing: install the checkout into the runner's venv (pip install -e .)"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(SHADOWS))
@@ -85,7 +87,9 @@ def test_a_script_whose_interpreter_is_gone_defers(tmp_path: Path) -> None:
     assert result.returncode == 75, result.stdout
 
 
-def test_decisions_and_deferrals_pass_through(make_config: ConfigFactory, sink: SmtpSink, tmp_path: Path) -> None:
+def test_decisions_and_deferrals_pass_through(
+    make_config: ConfigFactory, sink: SmtpSink, tmp_path: Path
+) -> None:
     config = make_config()
     vacation_set(config, "alice@example.com", "--message", "I am away.")
     replied = run_as_postfix(documented_command(config), sample("personal.eml"))

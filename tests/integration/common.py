@@ -176,11 +176,11 @@ def localize(text: str, replacements: Mapping[str, str]) -> str:
 
 
 # The macros pipe(8) knows; any other name in a command is a configuration error there too.
-_PIPE_MACROS = frozenset(
-    "client_address client_helo client_hostname client_port client_protocol domain extension mailbox"
-    " nexthop original_recipient queue_id recipient sasl_method sasl_sender sasl_username sender size"
-    " user".split()
-)
+_PIPE_MACROS = frozenset({
+    "client_address", "client_helo", "client_hostname", "client_port", "client_protocol", "domain",
+    "extension", "mailbox", "nexthop", "original_recipient", "queue_id", "recipient", "sasl_method",
+    "sasl_sender", "sasl_username", "sender", "size", "user",
+})  # fmt: skip
 _PIPE_MACRO = re.compile(r"\$(?:\$|\{(?P<braced>\w+)\}|(?P<bare>\w+))")
 
 

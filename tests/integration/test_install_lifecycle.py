@@ -1,4 +1,4 @@
-"""A real Postfix with the documented setup: a broken installation defers, and the undo steps leave no trace."""
+"""A real Postfix set up as documented: a broken installation defers, the undo steps leave no trace."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ def installed_package(executable: Path) -> Path:
 @pytest.fixture(scope="module")
 def postfix(responder: ResponderInstance, sink: SmtpSink) -> Iterator[PrivatePostfix]:
     instance = PrivatePostfix(
-        relay_port=sink.port, executable=responder.executable, config=responder.config, vacation_users=("alice",)
+        relay_port=sink.port,
+        executable=responder.executable,
+        config=responder.config,
+        vacation_users=("alice",),
     )
     try:
         responder.configure(smtp_port=instance.port)
