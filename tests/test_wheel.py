@@ -99,3 +99,13 @@ def test_readme_installs_only_this_project() -> None:
     assert [args for args in lines if _FOREIGN.search(args)] == []
     assert _FOREIGN.search("'responder[postgresql]'")  # the pattern does catch the old line
     assert DISTRIBUTION in readme
+
+
+def test_pyspf_compiles_from_source_under_the_warning_filters() -> None:
+    """Without a cached .pyc (PYTHONDONTWRITEBYTECODE=1) pyspf is compiled at import, under "error"."""
+    import spf
+
+    source = Path(spf.__file__)
+    assert source.suffix == ".py"
+    # compile() warns exactly as an import without a .pyc does; the filters in force are the suite's.
+    compile(source.read_bytes(), str(source), "exec")
