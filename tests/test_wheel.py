@@ -109,3 +109,34 @@ def test_pyspf_compiles_from_source_under_the_warning_filters() -> None:
     assert source.suffix == ".py"
     # compile() warns exactly as an import without a .pyc does; the filters in force are the suite's.
     compile(source.read_bytes(), str(source), "exec")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_imported_distribution_is_declared() -> None:
+    """A fresh venv has only what pyproject.toml declares: the runtime dependencies and the test extra."""
+    import ast
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    declared = {_canonical(re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0]) for r in requirements}
+    imported: set[str] = set()
+    for folder in ("responder", "tests", "migrations", "bench"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_bytes())):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"responder", "tests", "__future__"}
+    providers = importlib.metadata.packages_distributions()
+    undeclared = {
+        module: providers.get(module)
+        for module in third_party
+        if not declared & {_canonical(d) for d in providers.get(module, [])}
+    }
+    assert undeclared == {}
