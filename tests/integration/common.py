@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -117,6 +118,20 @@ def run(
     return result
 
 
+@functools.cache
+def missing_prerequisite() -> str | None:
+    """What this machine lacks for the integration tests, or None when it has everything."""
+    if os.geteuid() != 0:
+        return "the integration tests start Postfix and switch to the responder user: run them as root"
+    try:
+        pwd.getpwnam(HOOK_USER)
+    except KeyError:
+        return f"system user {HOOK_USER!r} is missing: run .ci/install-mail-servers as root"
+    if not SYSTEM_PYTHON.exists() or run([SYSTEM_PYTHON, "-c", "import ensurepip"], check=False).returncode:
+        return f"{SYSTEM_PYTHON} cannot make a venv (python3-venv): run .ci/install-mail-servers as root"
+    return None
+
+
 def hook_env(home: Path) -> dict[str, str]:
     """The small environment a delivery agent gives the programs it runs."""
     return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
@@ -158,3 +173,46 @@ def localize(text: str, replacements: Mapping[str, str]) -> str:
     for documented, actual in replacements.items():
         text = text.replace(documented, actual)
     return text
+
+
+# The macros pipe(8) knows; any other name in a command is a configuration error there too.
+_PIPE_MACROS = frozenset({
+    "client_address", "client_helo", "client_hostname", "client_port", "client_protocol", "domain",
+    "extension", "mailbox", "nexthop", "original_recipient", "queue_id", "recipient", "sasl_method",
+    "sasl_sender", "sasl_username", "sender", "size", "user",
+})  # fmt: skip
+_PIPE_MACRO = re.compile(r"\$(?:\$|\{(?P<braced>\w+)\}|(?P<bare>\w+))")
+
+
+def pipe_argv(master_cf: str, macros: Mapping[str, str]) -> list[str]:
+    """The command pipe(8) runs for the first ``argv=`` of a master.cf entry, macros expanded.
+
+    As Postfix 3.x splits it: continuation lines join the entry, arguments are separated by
+    whitespace, ``{ ... }`` groups one argument with its inner edges trimmed, ``$$`` is ``$``.
+    """
+    entry = " ".join(line.strip() for line in master_cf.splitlines() if line.strip())
+    rest = entry.split("argv=", 1)[1]
+    args: list[str] = []
+    tokens = iter(rest.split())
+    for token in tokens:
+        if token != "{":
+            args.append(token)
+            continue
+        group = []
+        for inner in tokens:
+            if inner == "}":
+                break
+            group.append(inner)
+        else:
+            raise ValueError(f"unclosed {{ in {rest!r}")
+        args.append(" ".join(group))
+
+    def expand(match: re.Match[str]) -> str:
+        name = match["braced"] or match["bare"]
+        if name is None:
+            return "$"
+        if name not in _PIPE_MACROS:
+            raise ValueError(f"pipe(8) knows no macro ${name}")
+        return macros.get(name, "")
+
+    return [_PIPE_MACRO.sub(expand, arg) for arg in args]
