@@ -123,7 +123,7 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
 def _db(args: argparse.Namespace, store: Store) -> int:
     from responder.schema import SCHEMA_REVISION
 
-    before = store.current_revision()
+    before = store.current_revision() if store.exists() else None
     if args.db_command == "upgrade":
         store.upgrade()
         after = store.current_revision()

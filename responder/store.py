@@ -266,8 +266,9 @@ class Store:
             return cls(make_engine(url, busy_timeout, pooled))
         return cls(make_engine(sqlite[1], busy_timeout, pooled), sqlite_path=sqlite[0])
 
-    def _missing(self) -> bool:
-        return self.sqlite_path is not None and not os.path.exists(self.sqlite_path)
+    def exists(self) -> bool:
+        """False for a SQLite file that is not there (yet: ``upgrade`` creates it)."""
+        return self.sqlite_path is None or os.path.exists(self.sqlite_path)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -289,8 +290,10 @@ class Store:
     # -- schema -------------------------------------------------------------------------------------
 
     def current_revision(self) -> str | None:
-        if self._missing():
-            return None
+        if not self.exists():
+            # As unavailable as an unreachable server (an unmounted volume comes back), not empty.
+            missing = f"database file {self.sqlite_path} does not exist"
+            raise StoreUnavailable(f"{missing}: run `responder db upgrade`")
         with self._guard("reading the schema version"), self.engine.connect() as conn:
             try:
                 return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -302,10 +305,6 @@ class Store:
     def check_schema(self) -> None:
         """Refuse to work on a schema other than the one this code was written for."""
         revision = self.current_revision()
-        if self._missing():
-            raise StoreUnavailable(
-                f"database file {self.sqlite_path} does not exist: run `responder db upgrade`"
-            )
         if revision != SCHEMA_REVISION:
             found = revision or "empty"
             raise StoreUnavailable(
@@ -316,7 +315,7 @@ class Store:
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
-        if self._missing():
+        if not self.exists():
             import sqlite3
 
             assert self.sqlite_path is not None
