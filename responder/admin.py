@@ -85,10 +85,17 @@ def _count(text: str) -> int:
 
 
 def print_table(headings: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
-    """``rows`` under ``headings``, each column as wide as its widest cell; ``empty`` when there are none."""
+    """``rows`` under ``headings``, each column as wide as its widest cell; ``empty`` when there are none.
+
+    Cells are printed with control characters escaped: audit rows written before they were escaped
+    there may still hold what a sender sent.
+    """
+    from responder.hooklog import printable
+
     if not rows:
         print(empty)
         return
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(heading), *(len(row[i]) for row in rows)) for i, heading in enumerate(headings)]
     for line in (headings, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
@@ -231,8 +238,8 @@ def _from_header(text: str) -> str:
         addresses = header.addresses
     except (ValueError, IndexError):
         addresses = ()
-    # RFC 5322's obsolete phrase syntax (an unquoted period, as in "Alice M. Example") is read as
-    # Pigeonhole and every mail reader read it; it is stored in today's syntax, quoted.
+    # RFC 5322's obsolete phrase syntax (an unquoted period, as in "Alice M. Example") is how people
+    # write names, and Pigeonhole and mail readers take it; it is stored in today's syntax, quoted.
     defects = [d for d in getattr(header, "defects", ()) if not isinstance(d, ObsoleteHeaderDefect)]
     if len(addresses) != 1 or not addresses[0].domain or defects:
         raise AdminError(f'--from needs one address, e.g. "Alice Example <alice@example.com>": {text!r}')

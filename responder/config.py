@@ -225,7 +225,8 @@ class SmtpSettings:
     starttls: bool = _opt(_bool, False)
     username: str = _opt(_str, "")
     password: str = _opt(_str, "")
-    # Name used in EHLO and in generated Message-IDs; empty means the responding address's domain.
+    # Name used in EHLO and in generated Message-IDs; empty: EHLO sends this host's name (it names the
+    # client host, RFC 5321 4.1.1.1), Message-IDs use the responding address's domain.
     hostname: str = _opt(_str, "")
 
 

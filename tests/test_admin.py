@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import logging
@@ -15,9 +16,12 @@ import pytest
 
 from responder.cli import main
 from responder.schema import SCHEMA_REVISION
+from responder.store import DecisionRecord, Store
 from tests.conftest import ConfigFactory
 from tests.helpers import MESSAGES, deliver_args, run_hook, sample
 from tests.sink import SmtpSink
+
+ALICE = "alice@example.com"
 
 
 def _ok(config: Path, *args: str) -> str:
@@ -370,3 +374,12 @@ def test_from_with_an_obsolete_phrase_is_taken(make_config: ConfigFactory, sink:
     [sender] = reply.message["From"].addresses
     assert (sender.display_name, sender.addr_spec) == ("Günther M. Karotte", "g@example.com")
     assert not reply.message["From"].defects
+
+
+def test_log_escapes_what_older_rows_hold(make_config: ConfigFactory, store: Store, in_process: Run) -> None:
+    """A row written before control characters were escaped on the way in is escaped on the way out."""
+    when = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    fields = {"queue_id": "Q1", "message_id": "<m@x>", "action": "suppress", "reason": "malformed"}
+    store.record(DecisionRecord(at=when, sender="bob\r\n\x1b[2J", recipient=ALICE, detail="", **fields))
+    out = in_process("--config", str(make_config()), "log")[1]
+    assert "bob\\x0d\\x0a\\x1b[2J" in out and len(out.splitlines()) == 2
