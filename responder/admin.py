@@ -15,6 +15,8 @@ from responder.config import Settings, format_duration, parse_duration
 from responder.message import normalize_address
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from responder.store import DecisionRecord, Store, Vacation
 
 EX_OK = 0
@@ -26,12 +28,14 @@ class AdminError(Exception):
 
 
 def add_admin_commands(commands: Any) -> None:
-    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True, metavar="COMMAND"
+    )
     db.add_parser("upgrade", help="migrate the database to the current schema")
     db.add_parser("current", help="print the schema revision of the database")
 
     vacation = commands.add_parser("vacation", help="manage vacations").add_subparsers(
-        dest="vacation_command", required=True
+        dest="vacation_command", required=True, metavar="COMMAND"
     )
     put = vacation.add_parser("set", help="create or update a vacation and switch it on")
     put.add_argument("address")
@@ -62,12 +66,39 @@ def add_admin_commands(commands: Any) -> None:
     audit.add_argument("--json", action="store_true")
     audit.add_argument("--sender")
     audit.add_argument("--recipient")
-    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--limit", type=_count, default=50, help="at most this many rows (default 50)")
 
     # Commands kept in their own modules set `admin_handler(args, store, settings)` on their parsers.
     from responder.admin_limits import add_limit_commands
 
     add_limit_commands(commands)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of rows, 0 or more: {text!r}")
+    return count
+
+
+def print_table(headings: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+    """``rows`` under ``headings``, each column as wide as its widest cell; ``empty`` when there are none.
+
+    Cells are printed with control characters escaped: audit rows written before they were escaped
+    there may still hold what a sender sent.
+    """
+    from responder.hooklog import printable
+
+    if not rows:
+        print(empty)
+        return
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(heading), *(len(row[i]) for row in rows)) for i, heading in enumerate(headings)]
+    for line in (headings, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 def run_admin(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,9 +128,21 @@ def run_admin(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db(args: argparse.Namespace, store: Store) -> int:
+    from responder.schema import SCHEMA_REVISION
+
+    before = store.current_revision() if store.exists() else None
     if args.db_command == "upgrade":
         store.upgrade()
-    print(store.current_revision() or "none (run `responder db upgrade`)")
+        after = store.current_revision()
+        if after == before:
+            print(f"database schema {after} is current: nothing to do")
+        else:
+            print(f"database schema upgraded from {before or 'empty'} to {after}")
+        return EX_OK
+    if before == SCHEMA_REVISION:
+        print(f"{before} (current)")
+    else:
+        print(f"{before or 'none'} (this responder needs {SCHEMA_REVISION}: run `responder db upgrade`)")
     return EX_OK
 
 
@@ -183,6 +226,8 @@ def schedule_options(args: argparse.Namespace, existing: _Scheduled | None) -> d
 
 
 def _from_header(text: str) -> str:
+    from email.errors import ObsoleteHeaderDefect
+    from email.headerregistry import Address
     from email.message import EmailMessage
     from email.policy import SMTP
 
@@ -193,9 +238,12 @@ def _from_header(text: str) -> str:
         addresses = header.addresses
     except (ValueError, IndexError):
         addresses = ()
-    if len(addresses) != 1 or not addresses[0].domain or header.defects:
+    # RFC 5322's obsolete phrase syntax (an unquoted period, as in "Alice M. Example") is how people
+    # write names, and Pigeonhole and mail readers take it; it is stored in today's syntax, quoted.
+    defects = [d for d in getattr(header, "defects", ()) if not isinstance(d, ObsoleteHeaderDefect)]
+    if len(addresses) != 1 or not addresses[0].domain or defects:
         raise AdminError(f'--from needs one address, e.g. "Alice Example <alice@example.com>": {text!r}')
-    return text
+    return str(Address(display_name=addresses[0].display_name, addr_spec=addresses[0].addr_spec))
 
 
 def _vacation_fields(
@@ -276,7 +324,25 @@ def _when(value: dt.datetime | None, zone: str) -> str | None:
     return None if value is None else value.astimezone(ZoneInfo(zone)).isoformat(timespec="minutes")
 
 
-def _as_json(vacation: Vacation, now: dt.datetime) -> dict[str, Any]:
+def _interval(vacation: Vacation, settings: Settings) -> tuple[str, str | None]:
+    """The interval that applies (as the engine keeps it between its bounds), and the one set, if any."""
+    reply = settings.reply
+    wanted = reply.default_interval if vacation.interval_seconds is None else vacation.interval_seconds
+    applies = format_duration(min(max(wanted, reply.min_interval), reply.max_interval))
+    return applies, None if vacation.interval_seconds is None else format_duration(vacation.interval_seconds)
+
+
+def _shown_interval(vacation: Vacation, settings: Settings) -> str:
+    applies, stored = _interval(vacation, settings)
+    if stored is None:
+        return f"{applies} (reply.default_interval)"
+    if stored != applies:
+        return f"{applies} (set to {stored}; kept between reply.min_interval and reply.max_interval)"
+    return applies
+
+
+def _as_json(vacation: Vacation, now: dt.datetime, settings: Settings) -> dict[str, Any]:
+    applies, stored = _interval(vacation, settings)
     return {
         "address": vacation.address,
         "status": vacation.state(now),
@@ -284,9 +350,8 @@ def _as_json(vacation: Vacation, now: dt.datetime) -> dict[str, Any]:
         "start": _when(vacation.starts_at, vacation.timezone),
         "end": _when(vacation.ends_at, vacation.timezone),
         "timezone": vacation.timezone,
-        "interval": format_duration(vacation.interval_seconds)
-        if vacation.interval_seconds is not None
-        else None,
+        "interval": applies,
+        "interval_set": stored,
         "subject": vacation.subject,
         "from": vacation.from_header,
         "template": vacation.template,
@@ -309,11 +374,20 @@ def _vacation(args: argparse.Namespace, store: Store, settings: Settings) -> int
     if command == "list":
         items = store.list_vacations()
         if args.json:
-            print(json.dumps([_as_json(v, now) for v in items], indent=2, ensure_ascii=False))
-        for v in [] if args.json else items:
-            start = _when(v.starts_at, v.timezone) or "-"
-            end = _when(v.ends_at, v.timezone) or "-"
-            print(f"{v.address:40} {v.state(now):9} {start:22} {end:22} {v.timezone}")
+            print(json.dumps([_as_json(v, now, settings) for v in items], indent=2, ensure_ascii=False))
+            return EX_OK
+        rows = [
+            [
+                v.address,
+                v.state(now),
+                _when(v.starts_at, v.timezone) or "-",
+                _when(v.ends_at, v.timezone) or "-",
+                v.timezone,
+                _interval(v, settings)[0],
+            ]
+            for v in items
+        ]
+        print_table(["ADDRESS", "STATUS", "START", "END", "TIMEZONE", "INTERVAL"], rows, "no vacations")
         return EX_OK
     address = _address(args.address)
     if command == "set":
@@ -333,12 +407,14 @@ def _vacation(args: argparse.Namespace, store: Store, settings: Settings) -> int
     if command == "show":
         vacation = _find(store, address)
         if args.json:
-            print(json.dumps(_as_json(vacation, now), indent=2, ensure_ascii=False))
+            print(json.dumps(_as_json(vacation, now, settings), indent=2, ensure_ascii=False))
             return EX_OK
-        for key, value in _as_json(vacation, now).items():
-            if key == "message":
+        for key, value in _as_json(vacation, now, settings).items():
+            if key in ("message", "interval_set"):
                 continue
             shown = ", ".join(value) if isinstance(value, list) else value
+            if key == "interval":
+                shown = _shown_interval(vacation, settings)
             print(f"{key + ':':10} {'-' if shown in (None, '') else shown}")
         print("message:")
         for line in vacation.message.splitlines():
@@ -362,13 +438,24 @@ def _record_json(record: DecisionRecord) -> dict[str, Any]:
 def _log(args: argparse.Namespace, store: Store) -> int:
     sender = _address(args.sender) if args.sender else None
     recipient = _address(args.recipient) if args.recipient else None
-    records = store.decisions(sender=sender, recipient=recipient, limit=max(1, args.limit))
+    records = store.decisions(sender=sender, recipient=recipient, limit=args.limit) if args.limit else []
     if args.json:
         print(json.dumps([_record_json(r) for r in records], indent=2, ensure_ascii=False))
         return EX_OK
-    for r in records:
-        when = r.at.strftime("%Y-%m-%d %H:%M:%S")
-        detail = f"  {r.detail}" if r.detail else ""
-        route = f"{r.sender} -> {r.recipient}"
-        print(f"{when}  {r.action:8} {r.reason or '-':22} {route}  {r.queue_id or '-'}{detail}")
+    if not args.limit:
+        return EX_OK  # asked for no rows
+    rows = [
+        [
+            r.at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.action,
+            r.reason or "-",
+            r.sender or "<>",
+            r.recipient,
+            r.queue_id or "-",
+            r.detail,
+        ]
+        for r in records
+    ]
+    empty = "no decisions recorded" + (" for the addresses given" if sender or recipient else "")
+    print_table(["TIME (UTC)", "ACTION", "REASON", "SENDER", "RECIPIENT", "QUEUE ID", "DETAIL"], rows, empty)
     return EX_OK

@@ -15,6 +15,7 @@ from responder.admin import (
     _when,
     add_schedule_arguments,
     message_option,
+    print_table,
     schedule_options,
 )
 from responder.config import Settings
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 def add_bounce_commands(commands: Any) -> None:
     bounce = commands.add_parser(
         "bounce", help="manage retired addresses (mail to them is bounced)"
-    ).add_subparsers(dest="bounce_command", required=True)
+    ).add_subparsers(dest="bounce_command", required=True, metavar="COMMAND")
     put = bounce.add_parser("set", help="retire an address, or change its retirement")
     put.add_argument("address")
     text = put.add_mutually_exclusive_group()
@@ -86,7 +87,9 @@ def _check_template(settings: Settings, address: str, message: str, status: str,
                 "subject": "Sample subject",
                 "status": status,
                 "date": dt.datetime.now(ZoneInfo(zone)),
-                "reporting_mta": settings.bounce.reporting_mta or settings.smtp.hostname or "localhost",
+                "reporting_mta": settings.bounce.reporting_mta
+                or settings.smtp.hostname
+                or address.rpartition("@")[2],
             },
         )
     except RenderError as exc:
@@ -122,10 +125,18 @@ def run_bounce(args: argparse.Namespace, store: Store, settings: Settings) -> in
         if args.json:
             print(json.dumps([_as_json(r, now) for r in items], indent=2, ensure_ascii=False))
             return EX_OK
-        for r in items:
-            start = _when(r.starts_at, r.timezone) or "-"
-            end = _when(r.ends_at, r.timezone) or "-"
-            print(f"{r.address:40} {r.state(now):9} {r.status:7} {start:22} {end:22} {r.timezone}")
+        rows = [
+            [
+                r.address,
+                r.state(now),
+                r.status,
+                _when(r.starts_at, r.timezone) or "-",
+                _when(r.ends_at, r.timezone) or "-",
+                r.timezone,
+            ]
+            for r in items
+        ]
+        print_table(["ADDRESS", "STATE", "STATUS", "START", "END", "TIMEZONE"], rows, "no retired addresses")
         return EX_OK
     address = _address(args.address)
     if command == "set":

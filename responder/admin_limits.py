@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from responder.addresses import sender_domain, sender_key
-from responder.admin import EX_OK, AdminError, _address
+from responder.admin import EX_OK, AdminError, _address, print_table
 from responder.config import Limit, Settings, format_duration, parse_duration
 from responder.limits import GLOBAL_KEY, SCOPES
 
@@ -29,7 +29,7 @@ def add_limit_commands(commands: Any) -> None:
     purge.set_defaults(admin_handler=_purge)
 
     limits = commands.add_parser("limits", help="rate-limit counters").add_subparsers(
-        dest="limits_command", required=True
+        dest="limits_command", required=True, metavar="COMMAND"
     )
     show = limits.add_parser("show", help="the counters of the current windows")
     show.add_argument("--sender", help="one sender: its own, its domain's and the global counter")
@@ -84,15 +84,21 @@ def _show(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     if args.json:
         print(json.dumps([_counter_json(c, limits[c.scope]) for c in counters], indent=2, ensure_ascii=False))
         return EX_OK
-    if not counters:
-        wanted = ", ".join(f"{scope} {key}" for scope, key in selectors) or "any key"
-        print(f"no responses counted in the open windows for {wanted}")
+    rows = []
     for c in counters:
         limit = limits[c.scope]
-        of = f"{c.count}/{limit.count}" if limit else f"{c.count}/off"
-        window = f"{c.window_start:%Y-%m-%d %H:%M:%S} - {c.window_end:%Y-%m-%d %H:%M:%S} UTC"
-        reached = "  reached" if limit and c.count >= limit.count else ""
-        print(f"{c.scope:14} {c.counter_key:40} {of:>12}  {window}{reached}")
+        rows.append(
+            [
+                c.scope,
+                c.counter_key,
+                f"{c.count}/{limit.count}" if limit else f"{c.count}/off",
+                f"{c.window_start:%Y-%m-%d %H:%M:%S} - {c.window_end:%Y-%m-%d %H:%M:%S}",
+                "reached" if limit and c.count >= limit.count else "",
+            ]
+        )
+    wanted = ", ".join(f"{scope} {key}" for scope, key in selectors) or "any key"
+    empty = f"no responses counted in the open windows for {wanted}"
+    print_table(["SCOPE", "KEY", "COUNT/LIMIT", "WINDOW (UTC)", "REACHED"], rows, empty)
     return EX_OK
 
 

@@ -12,6 +12,8 @@ import datetime as dt
 import re
 from typing import TYPE_CHECKING, Any
 
+from responder.hooklog import printable
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -51,18 +53,18 @@ def decision_message(inbound: Inbound, action: str, reason: str | None, detail: 
 
 
 def decision_row(ctx: Context, action: str, reason: str | None, detail: str) -> dict[str, Any]:
-    """The ``decisions`` row for one decision, cut to the column sizes."""
+    """The ``decisions`` row for one decision, control characters escaped, cut to the column sizes."""
     inbound = ctx.inbound
     env = inbound.envelope
     return {
         "at": ctx.now,
-        "queue_id": env.queue_id[:64],
-        "message_id": inbound.message_id,
-        "sender": (inbound.sender_address or env.sender)[:320],
-        "recipient": (ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
+        "queue_id": printable(env.queue_id)[:64],
+        "message_id": printable(inbound.message_id),
+        "sender": printable(inbound.sender_address or env.sender)[:320],
+        "recipient": printable(ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
         "action": action,
         "reason": reason,
-        "detail": detail,
+        "detail": printable(detail),
     }
 
 

@@ -44,7 +44,14 @@ def _logger() -> logging.Logger:
 
 
 class UsageError(Exception):
-    """Bad command line: argparse must not exit with its own status under an MTA."""
+    """Bad command line: argparse must not exit with its own status under an MTA.
+
+    ``usage`` is what an administrator at a terminal is shown with it; the hook only logs the message.
+    """
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 def _envelope_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
-            raise UsageError(message)
+            # A command without its subcommand gets the list of subcommands, as git and systemctl do.
+            missing_command = message.startswith("the following arguments are required: COMMAND")
+            raise UsageError(message, self.format_help() if missing_command else self.format_usage())
 
     parser = _Parser(prog="responder", description="RFC 3834 autoresponder for verified senders.")
     parser.add_argument(
@@ -271,6 +280,8 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
     from responder.logsetup import setup_logging
     from responder.message import Inbound
 
+    if stdin is not None and stdin.isatty():
+        print("responder: reading the message from standard input; end it with Ctrl-D", file=sys.stderr)
     raw = read_message(stdin)
     settings = _settings(args)
     setup_logging(settings.log)
@@ -359,7 +370,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
 
         return run_admin(args, _settings(args))
     except UsageError as exc:
-        print(f"responder: {exc}", file=sys.stderr)
+        print(f"{exc.usage}responder: error: {exc}", file=sys.stderr)
         return EX_USAGE
     except (ConfigError, TransientError) as exc:
         print(f"responder: error: {exc}", file=sys.stderr)

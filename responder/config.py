@@ -161,9 +161,39 @@ def parse_limit(value: object) -> Limit | None:
     return Limit(count, int(window))
 
 
+# URL schemes whose driver is not the one this package installs, and the URL to write instead.
+_DRIVERS = {
+    "postgresql": ("psycopg2", "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE", "responder[postgresql]"),
+    "mysql": ("MySQLdb", "mysql+pymysql://USER:PASSWORD@HOST/DATABASE", "responder[mysql]"),
+    "mariadb": ("MySQLdb", "mysql+pymysql://USER:PASSWORD@HOST/DATABASE", "responder[mysql]"),
+}
+_INSTALLED_DRIVERS = {"psycopg": "responder[postgresql]", "pymysql": "responder[mysql]"}
+
+
+def _database_url(value: object) -> str:
+    """A database URL whose driver is there: SQLAlchemy's own errors would not say what to write."""
+    from importlib.util import find_spec
+
+    url = _str(value)
+    scheme = url.partition("://")[0].lower()
+    backend, _, driver = scheme.partition("+")
+    if backend == "postgres":
+        raise ValueError(f"postgres:// is not a URL SQLAlchemy reads: write {_DRIVERS['postgresql'][1]}")
+    if backend in _DRIVERS and not driver:
+        module, instead, extra = _DRIVERS[backend]
+        if find_spec(module) is None:
+            raise ValueError(
+                f"{backend}:// means the {module} driver, which is not installed: write {instead} "
+                f"(pip install '{extra}')"
+            )
+    if driver in _INSTALLED_DRIVERS and find_spec(driver) is None:
+        raise ValueError(f"the {driver} driver is not installed: pip install '{_INSTALLED_DRIVERS[driver]}'")
+    return url
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = _opt(_str, "sqlite:////var/lib/responder/responder.sqlite3")
+    url: str = _opt(_database_url, "sqlite:////var/lib/responder/responder.sqlite3")
     # How long a writer waits for a lock (the SQLite file, a PostgreSQL or InnoDB row) before the hook
     # defers with 75.
     busy_timeout: float = _opt(_duration, 10.0)
@@ -195,7 +225,8 @@ class SmtpSettings:
     starttls: bool = _opt(_bool, False)
     username: str = _opt(_str, "")
     password: str = _opt(_str, "")
-    # Name used in EHLO and in generated Message-IDs; empty means this host's FQDN.
+    # Name used in EHLO and in generated Message-IDs; empty: EHLO sends this host's name (it names the
+    # client host, RFC 5321 4.1.1.1), Message-IDs use the responding address's domain.
     hostname: str = _opt(_str, "")
 
 
@@ -307,7 +338,7 @@ class BounceSettings:
     interval: float = _opt(_duration, 86400.0)
     # The human-readable part, looked up like the reply templates (reply.templates_dir first).
     template: str = _opt(_str, "bounce.txt.j2")
-    # Reporting-MTA of the DSN; empty means smtp.hostname, else this host's FQDN.
+    # Reporting-MTA of the DSN; empty means smtp.hostname, else the retired address's domain.
     reporting_mta: str = _opt(_str, "")
     # From of the DSN; empty means "Mail Delivery System <MAILER-DAEMON@domain of the retired address>".
     from_header: str = _opt(_str, "")

@@ -124,7 +124,15 @@ def compose_dsn(
 
 
 def reporting_mta(ctx: Context) -> str:
-    return ctx.settings.bounce.reporting_mta or ctx.settings.smtp.hostname or socket.getfqdn()
+    """bounce.reporting_mta, else smtp.hostname, else the retired address's domain.
+
+    Not this host's own name: inside a container or behind a relay that is often ``localhost``,
+    which tells the sender nothing ("This is the mail system at localhost").
+    """
+    settings = ctx.settings
+    retirement = ctx.retirement
+    domain = retirement.address.rpartition("@")[2] if retirement is not None else ""
+    return settings.bounce.reporting_mta or settings.smtp.hostname or domain or socket.getfqdn()
 
 
 def build_bounce(ctx: Context) -> Outgoing:

@@ -21,6 +21,38 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 # syslog(3) severities, and LOG_MAIL (2) shifted into the facility bits, as SysLogHandler encodes them.
 _SEVERITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3}
 _MAIL = 2 << 3
+# C0 controls, DEL, C1 controls and the Unicode line and paragraph separators: whatever a log reader,
+# str.splitlines or a terminal could take as the end of a line or as a command.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as ``\\xHH``, so that one entry stays one line."""
+    return text.translate(_CONTROLS)
+
+
+def syslog_unavailable(path: str, problem: BaseException | None) -> str:
+    """The one warning when syslog cannot take the lines; logsetup writes the same."""
+    return f"syslog unavailable at {path} ({problem}); logging to stderr"
+
+
+def connect_syslog(path: str) -> tuple[_socket.socket, bool]:
+    """A socket connected to the syslog daemon at ``path``, and whether it is a stream socket.
+
+    SysLogHandler's order: a datagram socket, else a stream socket (some syslogds listen so).
+    """
+    for kind in (_socket.SOCK_DGRAM, _socket.SOCK_STREAM):
+        sock = _socket.socket(_socket.AF_UNIX, kind)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            if kind == _socket.SOCK_STREAM:
+                raise
+            continue
+        return sock, kind == _socket.SOCK_STREAM
+    raise OSError(f"cannot connect to {path}")  # pragma: no cover - the loop returns or raises
 
 
 class HookLog:
@@ -31,33 +63,21 @@ class HookLog:
         self.console_level = self.level
         self.syslog: _socket.socket | None = None
         self.stream_socket = False
+        self.syslog_path = options.syslog_socket
         if options.syslog:
             try:
-                self.syslog = self._connect(options.syslog_socket)
+                self.syslog, self.stream_socket = connect_syslog(self.syslog_path)
             except OSError as exc:
-                self.warning(f"syslog unavailable at {options.syslog_socket} ({exc}); logging to stderr")
+                self.warning(syslog_unavailable(self.syslog_path, exc))
                 return
             self.console_level = LEVELS["WARNING"]
-
-    def _connect(self, path: str) -> _socket.socket:
-        # SysLogHandler's order: a datagram socket, else a stream socket (some syslogds listen so).
-        for kind in (_socket.SOCK_DGRAM, _socket.SOCK_STREAM):
-            sock = _socket.socket(_socket.AF_UNIX, kind)
-            try:
-                sock.connect(path)
-            except OSError:
-                sock.close()
-                if kind == _socket.SOCK_STREAM:
-                    raise
-                continue
-            self.stream_socket = kind == _socket.SOCK_STREAM
-            return sock
-        raise OSError(f"cannot connect to {path}")  # pragma: no cover - the loop returns or raises
 
     def emit(self, level: str, message: str) -> None:
         if LEVELS[level] < self.level:
             return
         pid = os.getpid()
+        message = printable(message)
+        to_console = LEVELS[level] >= self.console_level
         if self.syslog is not None:
             text = f"<{_MAIL | _SEVERITY[level]}>responder[{pid}]: {message}\x00"
             line = text.encode("utf-8", "backslashreplace")
@@ -66,9 +86,14 @@ class HookLog:
                     self.syslog.sendall(line)
                 else:
                     self.syslog.send(line)
-            except OSError:
-                pass  # as logging's handleError: a lost log line never fails the delivery
-        if LEVELS[level] >= self.console_level:
+            except OSError as exc:
+                # As logsetup: the line goes to stderr instead, after one warning; never a failed delivery.
+                self.syslog.close()
+                self.syslog = None
+                self.console_level = self.level
+                self.emit("WARNING", syslog_unavailable(self.syslog_path, exc))
+                to_console = True
+        if to_console:
             try:
                 sys.stderr.write(f"responder[{pid}]: {level} {message}\n")
                 sys.stderr.flush()

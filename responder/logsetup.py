@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from logging.handlers import SysLogHandler
 from typing import Protocol, TextIO
+
+from responder.hooklog import connect_syslog, printable, syslog_unavailable
 
 FORMAT = "responder[%(process)d]: %(levelname)s %(message)s"
 
@@ -20,8 +24,60 @@ class LogOptions(Protocol):
     def syslog_socket(self) -> str: ...
 
 
+class OneLineFormatter(logging.Formatter):
+    """Control characters from any input are written as ``\\xHH``: one entry is one line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:
+        # A traceback keeps its lines; an exception's own text (which may quote input) adds none.
+        text = super().formatException(ei)
+        exc, seen = ei[1], set()
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            for part in traceback.format_exception_only(type(exc), exc):
+                body = part.rstrip("\n")
+                text = text.replace(body, printable(body))
+            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        return "\n".join(printable(line) for line in text.split("\n"))
+
+
+class _MailSyslog(SysLogHandler):
+    """SysLogHandler whose lost lines go to stderr (with one warning) instead of a traceback there.
+
+    SysLogHandler tries to reconnect on every line and reports a failure through handleError, which
+    prints ``--- Logging error ---`` with a traceback and drops the line: the decision would be lost.
+    """
+
+    def __init__(self, path: str, console: logging.StreamHandler[TextIO]) -> None:
+        super().__init__(address=path, facility=SysLogHandler.LOG_MAIL)
+        self.path = path
+        self.console = console
+        self.warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.warned:
+            self.warned = True
+            problem = sys.exc_info()[1]
+            self.console.emit(
+                logging.makeLogRecord(
+                    {
+                        "levelname": "WARNING",
+                        "levelno": logging.WARNING,
+                        "msg": syslog_unavailable(self.path, problem),
+                    }
+                )
+            )
+        if record.levelno < self.console.level:
+            self.console.emit(record)  # the console took it already when at or above its level
+
+
 def setup_logging(settings: LogOptions | None = None, stream: TextIO | None = None) -> None:
-    """Send the ``responder`` logger to stderr, or to syslog (mail facility) with stderr for warnings."""
+    """Send the ``responder`` logger to stderr, or to syslog (mail facility) with stderr for warnings.
+
+    When the syslog socket is missing or refuses, everything goes to stderr after one warning.
+    """
     if settings is None:
         # Imported here: the pipe hook sets up logging before (and mostly without) loading the config.
         from responder.config import LogSettings
@@ -34,17 +90,17 @@ def setup_logging(settings: LogOptions | None = None, stream: TextIO | None = No
     logger.setLevel(settings.level.upper())
     logger.propagate = False
     console = logging.StreamHandler(stream or sys.stderr)
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(OneLineFormatter(FORMAT))
     logger.addHandler(console)
     if settings.syslog:
-        from logging.handlers import SysLogHandler
-
+        # SysLogHandler ignores a failed connect (Python 3.11) and fails on each line instead: try first.
         try:
-            syslog = SysLogHandler(address=settings.syslog_socket, facility=SysLogHandler.LOG_MAIL)
+            connect_syslog(settings.syslog_socket)[0].close()
         except OSError as exc:
-            logger.warning("syslog unavailable at %s (%s); logging to stderr", settings.syslog_socket, exc)
+            logger.warning("%s", syslog_unavailable(settings.syslog_socket, exc))
             return
-        syslog.setFormatter(logging.Formatter("responder[%(process)d]: %(message)s"))
+        syslog = _MailSyslog(settings.syslog_socket, console)
+        syslog.setFormatter(OneLineFormatter("responder[%(process)d]: %(message)s"))
         logger.addHandler(syslog)
         # With syslog on, stderr carries only what the MTA should show in its own log.
         console.setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -240,15 +241,40 @@ def alembic_config(connection: Connection) -> Any:
     return config
 
 
+def _sqlite_file(url: str) -> tuple[str, str] | None:
+    """(path, URL that opens the file only if it exists) for a SQLite file URL; None for anything else."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        return None  # make_engine reports it
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or path in (None, "", ":memory:") or "uri" in parsed.query:
+        return None  # in-memory databases and URI filenames are opened as written
+    assert path is not None
+    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    existing = parsed.set(database=f"file:{quoted}").update_query_dict({"mode": "rw", "uri": "true"})
+    return path, existing.render_as_string(hide_password=False)
+
+
 class Store:
     """All database access of the engine and the admin commands."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sqlite_path: str | None = None) -> None:
         self.engine = engine
+        self.sqlite_path = sqlite_path
 
     @classmethod
     def open(cls, url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Store:
-        return cls(make_engine(url, busy_timeout, pooled))
+        """A store on ``url``. A SQLite file is never created here (a command that only reads, or a
+        hook, would leave an empty file with its own owner): only ``upgrade`` creates it."""
+        sqlite = _sqlite_file(url)
+        if sqlite is None:
+            return cls(make_engine(url, busy_timeout, pooled))
+        return cls(make_engine(sqlite[1], busy_timeout, pooled), sqlite_path=sqlite[0])
+
+    def exists(self) -> bool:
+        """False for a SQLite file that is not there (yet: ``upgrade`` creates it)."""
+        return self.sqlite_path is None or os.path.exists(self.sqlite_path)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -270,6 +296,10 @@ class Store:
     # -- schema -------------------------------------------------------------------------------------
 
     def current_revision(self) -> str | None:
+        if not self.exists():
+            # As unavailable as an unreachable server (an unmounted volume comes back), not empty.
+            missing = f"database file {self.sqlite_path} does not exist"
+            raise StoreUnavailable(f"{missing}: run `responder db upgrade`")
         with self._guard("reading the schema version"), self.engine.connect() as conn:
             try:
                 return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -291,6 +321,14 @@ class Store:
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
+        if not self.exists():
+            import sqlite3
+
+            assert self.sqlite_path is not None
+            try:
+                sqlite3.connect(self.sqlite_path).close()  # the one place that creates the file
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot create the database file {self.sqlite_path}: {exc}") from None
         with self._begin("migrating") as conn:
             if conn.dialect.name == "sqlite":
                 # WAL lets the hook read while another process writes; it is a property of the file.

@@ -57,7 +57,8 @@ def test_set_show_list_delete(make_config: ConfigFactory) -> None:
         ("carol@example.com", "scheduled"),
     ]
     lines = _ok(config, "list").splitlines()
-    assert len(lines) == 2 and lines[1].startswith("carol@example.com") and "scheduled" in lines[1]
+    assert lines[0].split()[:3] == ["ADDRESS", "STATE", "STATUS"]
+    assert len(lines) == 3 and lines[2].startswith("carol@example.com") and "scheduled" in lines[2]
 
     assert _ok(config, "delete", ALICE) == f"{ALICE}: deleted\n"
     assert "is not retired" in _error(config, "show", ALICE)

@@ -208,3 +208,17 @@ def test_explain_shows_the_dsn_without_sending(make_config: ConfigFactory, sink:
     assert f"envelope: MAIL FROM:<> RCPT TO:<{SENDER}>" in out
     assert "Content-Type: message/delivery-status" in out
     assert sink.wait_for(1, timeout=0.3) == []
+
+
+def test_without_a_hostname_the_dsn_names_the_retired_address_domain(
+    make_config: ConfigFactory, sink: SmtpSink
+) -> None:
+    """Not this host's own name, which in a container or behind a relay is often "localhost"."""
+    config = make_config(smtp={"hostname": ""})
+    _retire(config)
+    _deliver(config, sample("personal.eml"))
+    [received] = sink.wait_for(1)
+    human, status, _headers = dsn_parts(received.message)
+    assert human.get_content().startswith("This is the mail system at example.com.\r\n")
+    assert str(status[0]["Reporting-MTA"]) == "dns; example.com"
+    assert str(received.message["Message-ID"]).endswith("@example.com>")

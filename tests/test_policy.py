@@ -343,6 +343,7 @@ def test_tcp_listener_with_a_system_chosen_port(store: Store, start: Start) -> N
 
 
 def test_refuses_to_start_on_an_unmigrated_database(make_config: ConfigFactory, short_dir: Path) -> None:
+    (short_dir / "empty.sqlite3").touch()  # an empty SQLite database; a missing file is an outage
     config = make_config(database={"url": f"sqlite:///{short_dir / 'empty.sqlite3'}"})
     server = PolicyProcess(config, f"unix:{short_dir / 'p.sock'}")
     assert server.proc.wait(timeout=20) == 1
