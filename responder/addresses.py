@@ -20,6 +20,21 @@ _SRS0 = re.compile(r"^srs0[=+\-][^=]*=[^=]*=(?P<domain>[^=]+)=(?P<local>.+)$", r
 _SRS1 = re.compile(r"^srs1[=+\-][^=]*=[^=]+=(?P<srs0>[=+\-].+)$", re.IGNORECASE)
 
 
+# Mail routing through the local part, still honoured by MTAs (Postfix: resolve_dequoted_address,
+# allow_percent_hack, swap_bangpath): "a@b"@relay, a%b@relay and b!a@relay all reach a@b from relay.
+ROUTING_OPERATORS = "@%!"
+
+
+def routing_operator(address: str) -> str | None:
+    """Which routing operator the local part of ``address`` holds (quoted or not), or None.
+
+    A source route (``@relay:user@domain``) shows as an ``@`` before the last one.
+    """
+    local, at, _domain = address.strip().strip("<>").strip().rpartition("@")
+    found = [operator for operator in ROUTING_OPERATORS if operator in local]
+    return f"{found[0]} in the local part" if at and found else None
+
+
 def strip_batv(local: str) -> str:
     """The local part without a BATV signature tag."""
     match = _BATV.match(local)
