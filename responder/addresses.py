@@ -60,13 +60,8 @@ def strip_subaddress(local: str) -> str:
     return base if plus and base else local
 
 
-def sender_key(address: str) -> str:
-    """The key under which replies to ``address`` are counted.
-
-    BATV tags are stripped, SRS0/SRS1 addresses stand for the original sender they encode, the
-    ``+tag`` extension is dropped and the domain is lower-case ASCII (IDNA), so that every variant of
-    one mailbox counts against the same intervals and limits.
-    """
+def mailbox(address: str) -> str:
+    """The mailbox ``address`` stands for: normalized, without a BATV tag, SRS unwrapped."""
     normalized = normalize_address(address) or address
     local, _, domain = normalized.rpartition("@")
     local = strip_batv(local)
@@ -76,6 +71,17 @@ def sender_key(address: str) -> str:
         if inner is not None:
             local, _, domain = inner.rpartition("@")
             local = strip_batv(local)
+    return f"{local}@{domain}"
+
+
+def sender_key(address: str) -> str:
+    """The key under which replies to ``address`` are counted.
+
+    BATV tags are stripped, SRS0/SRS1 addresses stand for the original sender they encode, the
+    ``+tag`` extension is dropped and the domain is lower-case ASCII (IDNA), so that every variant of
+    one mailbox counts against the same intervals and limits.
+    """
+    local, _, domain = mailbox(address).rpartition("@")
     return f"{strip_subaddress(local)}@{domain}"
 
 

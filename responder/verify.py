@@ -56,6 +56,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from responder.addresses import mailbox
 from responder.config import VerifySettings, parse_dns_server
 
 __all__ = [
@@ -456,6 +457,7 @@ class _Check:
         self._dkim: dict[int, str] = {}
         self._notes: list[str] = []
         self._dns: _Dns | None = None
+        self._from_problem: str | None = None
 
     # results, readable from the calling thread while the worker is still busy
 
@@ -495,6 +497,7 @@ class _Check:
         local, rpd = split
         block = _header_block(self.raw)
         headers = _top_headers(block[:_MAX_HEADER_BYTES])
+        self._from_problem = self._signed_from_problem(headers)
         upstream = trusted_results(headers, self.settings.trusted_authserv_ids)
         if isinstance(upstream, str):
             self._note(upstream)
@@ -548,6 +551,28 @@ class _Check:
             message, signatures = self._signatures(rpd)
             return bool(signatures) and self._dkim_route(message, signatures)
         return False
+
+    def _signed_from_problem(self, headers: Sequence[tuple[str, str]]) -> str | None:
+        """Why a DKIM signature cannot speak for this envelope sender, or None when it can.
+
+        A signature proves its d= domain, not the mailbox: any message the domain signed, replayed
+        with another envelope sender of the domain, would verify that sender. So the signed From
+        must name the envelope sender (both BATV-untagged, SRS-unwrapped, case-folded), unless
+        ``dkim_identity = "domain"``. One From field, as dkimpy then signs that one field.
+        """
+        if self.settings.dkim_identity == "domain":
+            return None
+        from email.utils import getaddresses
+
+        values = [value for name, value in headers if name.strip().lower() == "from"]
+        if len(values) != 1:
+            return f"{len(values)} From fields"
+        found = [addr for _name, addr in getaddresses(values) if addr]
+        if len(found) != 1:
+            return "From is not one mailbox"
+        if mailbox(found[0]) != mailbox(self.sender.strip().strip("<>")):
+            return "From is not the sender"
+        return None
 
     # SPF
 
@@ -618,6 +643,8 @@ class _Check:
                 outcome, notes = "policy", [alignment]
             elif result == "pass" and alignment == "not aligned":
                 notes = [alignment]
+            elif result == "pass" and self._from_problem:
+                outcome, notes = "policy", [self._from_problem]
             self._set_dkim(index, f"dkim={outcome}({', '.join([f'd={signer}', *notes, via])})")
             if outcome == "pass" and alignment in _ALIGNED:
                 return True
@@ -653,6 +680,9 @@ class _Check:
         others = [s for s in signatures if s.alignment not in _ALIGNED]
         looked_up = 0
         for signature in aligned:
+            if self._from_problem:
+                self._set_dkim(signature.index, _dkim_token("policy", signature, self._from_problem))
+                continue
             if looked_up >= MAX_SIGNATURES:
                 self._set_dkim(signature.index, _dkim_token("unchecked", signature, "limit"))
                 continue

@@ -12,7 +12,7 @@ from tests.dnsserver import DNSServer
 
 TRUSTED = "mx.example.net"
 BODY = b"\r\nHello.\r\n"
-ORIGINAL = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n"
+ORIGINAL = b"From: Bounce <bounce@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n"
 
 
 def message(*fields: str, body: bytes = BODY) -> bytes:
@@ -280,3 +280,9 @@ def test_trusted_results_reads_only_the_topmost_trusted_field() -> None:
     )
     assert trusted_results(headers, []) is None
     assert trusted_results(headers, ["nobody.example"]) is None
+
+
+def test_trusted_dkim_pass_verifies_only_the_signed_mailbox(server: DNSServer) -> None:
+    replayed = message(ar(DKIM_PASS)).replace(b"<bounce@example.com>", b"<carol@example.com>")
+    result = verify_sender(replayed, "bounce@example.com", None, None, settings(server, "dkim"))
+    assert result == Verification(False, f"dkim=policy(d=example.com, From is not the sender, via {TRUSTED})")
