@@ -366,7 +366,9 @@ class Upstream:
     dkim: tuple[tuple[str, str | None, str | None], ...]  # (result, header.d or i= domain, header.a)
 
 
-def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) -> Upstream | str | None:
+def trusted_results(
+    headers: Sequence[tuple[str, str]], trusted: Sequence[str], helo: str | None = None
+) -> Upstream | str | None:
     """The topmost top-level Authentication-Results field whose authserv-id is trusted.
 
     Only the single topmost field with a trusted authserv-id is believed; every field below it
@@ -378,6 +380,10 @@ def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) 
     the gap. The cost is that a site writing spf and dkim into two separate fields gets only the
     top one used; the other route then falls back to DNS, which is safe. Fields inside attached
     messages are never seen, because only the top-level header block is passed in.
+
+    Within the field, the client's HELO name is the one text the client chose; an MTA that writes
+    it unquoted lets ``x smtp.mailfrom=bob@example.org`` or ``x; spf=pass ...`` become results of
+    its own. See :func:`_believed` for what is kept of a field that names a HELO.
 
     What remains trusted: that the MTA strips forged fields (if it adds none for a message and
     does not strip, a forged field becomes the topmost one), and its checks of key size,
@@ -397,22 +403,63 @@ def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) 
         if len(value) > _MAX_AR_LENGTH:
             return f"ar=ignored(field too long, via {authserv_id})"
         try:
-            parsed = authres.AuthenticationResultsHeader.parse_value(value)
+            parsed = authres.AuthenticationResultsHeader.parse_value(_before_helo(value, helo))
         except Exception:
             return f"ar=ignored(unparseable, via {authserv_id})"
         spf_results: list[tuple[str, str | None, str | None]] = []
         dkim_results: list[tuple[str, str | None, str | None]] = []
-        for result in parsed.results:
-            method = getattr(result, "method", "")
+        for method, result, properties in _believed(parsed.results, helo):
             if method == "spf":
-                spf_results.append((result.result.lower(), result.smtp_mailfrom, result.smtp_helo))
+                spf_results.append((result, properties.get("smtp.mailfrom"), properties.get("smtp.helo")))
             elif method == "dkim":
-                domain = result.header_d
-                if not domain and result.header_i:
-                    domain = str(result.header_i).rpartition("@")[2]
-                dkim_results.append((result.result.lower(), domain, result.header_a))
+                domain = properties.get("header.d")
+                if not domain and properties.get("header.i"):
+                    domain = properties["header.i"].rpartition("@")[2]
+                dkim_results.append((result, domain, properties.get("header.a")))
         return Upstream(authserv_id, tuple(spf_results), tuple(dkim_results))
     return None
+
+
+# authres's <ptext>: a property value made of these needs no quoting, so it cannot hold other results.
+_PTEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+")
+
+
+def _before_helo(value: str, helo: str | None) -> str:
+    """The field up to the client's HELO name, when that name could read as more of the field.
+
+    Wherever the MTA wrote it (a property, a comment), what follows may be the client's text.
+    """
+    if helo and not _PTEXT.fullmatch(helo):
+        at = value.find(helo)
+        if at >= 0:
+            return value[:at]
+    return value
+
+
+def _believed(results: Sequence[Any], helo: str | None) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, result, properties) of the parsed results, up to a HELO value that may run on.
+
+    An ``smtp.helo`` value is known to end where the parser ended it only when it is the HELO
+    name the MTA reported to us and that name needs no quoting. Any other (our HELO unknown, a
+    different one, a name cut short by the parser) may be followed by the client's own text: the
+    properties after it and the results after its result are dropped, and the route they would
+    have decided falls back to DNS.
+    """
+    believed: list[tuple[str, str, dict[str, str]]] = []
+    clean = helo.strip() if helo and _PTEXT.fullmatch(helo.strip()) else None
+    for result in results:
+        properties: dict[str, str] = {}
+        ended = False
+        for prop in getattr(result, "properties", []):
+            key = f"{prop.type}.{prop.name}".lower()
+            properties.setdefault(key, str(prop.value))
+            if key == "smtp.helo" and (clean is None or str(prop.value).lower() != clean.lower()):
+                ended = True
+                break
+        believed.append((str(getattr(result, "method", "")).lower(), str(result.result).lower(), properties))
+        if ended:
+            break
+    return believed
 
 
 # --- the check of one message ------------------------------------------------------------------
@@ -498,7 +545,7 @@ class _Check:
         block = _header_block(self.raw)
         headers = _top_headers(block[:_MAX_HEADER_BYTES])
         self._from_problem = self._signed_from_problem(headers)
-        upstream = trusted_results(headers, self.settings.trusted_authserv_ids)
+        upstream = trusted_results(headers, self.settings.trusted_authserv_ids, self.helo)
         if isinstance(upstream, str):
             self._note(upstream)
             upstream = None
