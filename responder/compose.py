@@ -37,7 +37,7 @@ def cut_text(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _literal(text: str) -> str:
+def literal_text(text: str) -> str:
     """``text`` as an unstructured header value that EmailMessage keeps as it is.
 
     EmailMessage decodes encoded words in the values it is given, so text that only looks like
@@ -70,7 +70,7 @@ def _display_name_for(inbound: Inbound, address: str) -> str:
 
 def _address(display_name: str, addr_spec: str) -> Address | str:
     try:
-        return Address(display_name=_literal(display_name), addr_spec=addr_spec)
+        return Address(display_name=literal_text(display_name), addr_spec=addr_spec)
     except (ValueError, IndexError):
         return addr_spec
 
@@ -104,7 +104,7 @@ def compose_reply(
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = from_header
     msg["To"] = _address(_display_name_for(inbound, normalized), sender)
-    msg["Subject"] = _literal(reply_subject(subject, inbound.subject))
+    msg["Subject"] = literal_text(reply_subject(subject, inbound.subject))
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = make_msgid(domain=hostname)
     if inbound.message_id:
