@@ -20,6 +20,21 @@ _SRS0 = re.compile(r"^srs0[=+\-][^=]*=[^=]*=(?P<domain>[^=]+)=(?P<local>.+)$", r
 _SRS1 = re.compile(r"^srs1[=+\-][^=]*=[^=]+=(?P<srs0>[=+\-].+)$", re.IGNORECASE)
 
 
+# Mail routing through the local part, still honoured by MTAs (Postfix: resolve_dequoted_address,
+# allow_percent_hack, swap_bangpath): "a@b"@relay, a%b@relay and b!a@relay all reach a@b from relay.
+ROUTING_OPERATORS = "@%!"
+
+
+def routing_operator(address: str) -> str | None:
+    """Which routing operator the local part of ``address`` holds (quoted or not), or None.
+
+    A source route (``@relay:user@domain``) shows as an ``@`` before the last one.
+    """
+    local, at, _domain = address.strip().strip("<>").strip().rpartition("@")
+    found = [operator for operator in ROUTING_OPERATORS if operator in local]
+    return f"{found[0]} in the local part" if at and found else None
+
+
 def strip_batv(local: str) -> str:
     """The local part without a BATV signature tag."""
     match = _BATV.match(local)
@@ -45,13 +60,8 @@ def strip_subaddress(local: str) -> str:
     return base if plus and base else local
 
 
-def sender_key(address: str) -> str:
-    """The key under which replies to ``address`` are counted.
-
-    BATV tags are stripped, SRS0/SRS1 addresses stand for the original sender they encode, the
-    ``+tag`` extension is dropped and the domain is lower-case ASCII (IDNA), so that every variant of
-    one mailbox counts against the same intervals and limits.
-    """
+def mailbox(address: str) -> str:
+    """The mailbox ``address`` stands for: normalized, without a BATV tag, SRS unwrapped."""
     normalized = normalize_address(address) or address
     local, _, domain = normalized.rpartition("@")
     local = strip_batv(local)
@@ -61,6 +71,17 @@ def sender_key(address: str) -> str:
         if inner is not None:
             local, _, domain = inner.rpartition("@")
             local = strip_batv(local)
+    return f"{local}@{domain}"
+
+
+def sender_key(address: str) -> str:
+    """The key under which replies to ``address`` are counted.
+
+    BATV tags are stripped, SRS0/SRS1 addresses stand for the original sender they encode, the
+    ``+tag`` extension is dropped and the domain is lower-case ASCII (IDNA), so that every variant of
+    one mailbox counts against the same intervals and limits.
+    """
+    local, _, domain = mailbox(address).rpartition("@")
     return f"{strip_subaddress(local)}@{domain}"
 
 

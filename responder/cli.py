@@ -128,13 +128,13 @@ def read_message(stream: BinaryIO | None) -> bytes:
     """Read standard input to the end, keeping at most MAX_MESSAGE bytes."""
     if stream is None:
         return b""
-    chunks: list[bytes] = []
-    kept = 0
-    while chunk := stream.read(1 << 20):
-        if kept < MAX_MESSAGE:
-            chunks.append(chunk[: MAX_MESSAGE - kept])
-            kept += len(chunks[-1])
-    return b"".join(chunks)
+    # One sized read fills one buffer (a buffered stream reads until it is full or at EOF): chunks
+    # joined at the end would hold the message twice. A stream that returns less is topped up.
+    kept = stream.read(MAX_MESSAGE)
+    while more := stream.read(1 << 20):
+        if len(kept) < MAX_MESSAGE:
+            kept += more[: MAX_MESSAGE - len(kept)]
+    return kept
 
 
 def envelope_from(args: argparse.Namespace) -> Envelope:

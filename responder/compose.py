@@ -11,12 +11,13 @@ from email.utils import format_datetime, getaddresses, make_msgid
 
 # LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
 from responder.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
-from responder.message import Inbound, clean_text, decode_text, normalize_address
+from responder.message import Inbound, canonical_address, clean_text, decode_text, normalize_address
 
 SUBJECT_PREFIX = "Auto: "
 DEFAULT_SUBJECT = "Automated reply"
 MAX_SUBJECT = 256
 MAX_REFERENCES = 20
+MAX_DISPLAY_NAME = 128
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ def cut_text(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def literal_text(text: str) -> str:
+    """``text`` as an unstructured header value that EmailMessage keeps as it is.
+
+    EmailMessage decodes encoded words in the values it is given, so text that only looks like
+    one (an encoded word that failed to decode the first time) would be decoded a second time,
+    into anything, lone surrogates included. Wrapped in one encoded word it is decoded once.
+    """
+    if "=?" not in text:
+        return text
+    import base64
+
+    return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
+
+
 def reply_subject(configured: str | None, original: str) -> str:
     if configured:
         return cut_text(clean_text(configured), MAX_SUBJECT)
@@ -49,13 +64,13 @@ def _display_name_for(inbound: Inbound, address: str) -> str:
     for field in ("Sender", "Resent-From", "From"):
         for name, addr in getaddresses([decode_text(v) for v in inbound.values(field)]):
             if name and normalize_address(addr) == address:
-                return clean_text(name)
+                return cut_text(clean_text(name), MAX_DISPLAY_NAME)
     return ""
 
 
 def _address(display_name: str, addr_spec: str) -> Address | str:
     try:
-        return Address(display_name=display_name, addr_spec=addr_spec)
+        return Address(display_name=literal_text(display_name), addr_spec=addr_spec)
     except (ValueError, IndexError):
         return addr_spec
 
@@ -84,11 +99,12 @@ def compose_reply(
 ) -> Outgoing:
     """The reply to ``inbound``: To the envelope sender only, never Reply-To or From (RFC 3834 section 4)."""
     sender = inbound.envelope.sender.strip().strip("<>")
+    sender = canonical_address(sender) or sender
     normalized = inbound.sender_address or sender
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = from_header
     msg["To"] = _address(_display_name_for(inbound, normalized), sender)
-    msg["Subject"] = reply_subject(subject, inbound.subject)
+    msg["Subject"] = literal_text(reply_subject(subject, inbound.subject))
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = make_msgid(domain=hostname)
     if inbound.message_id:

@@ -262,6 +262,7 @@ class VerifySettings:
     dns_servers: tuple[str, ...] = _opt(_dns_servers, ())
     dns_timeout: float = _opt(_duration, 3.0)
     budget: float = _opt(_duration, 8.0)
+    dkim_identity: str = _opt(_choice("mailbox", "domain"), "mailbox")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from responder.compose import LOOP_HEADER, MAX_SUBJECT, Outgoing, cut_text
-from responder.message import Inbound
+from responder.compose import LOOP_HEADER, MAX_SUBJECT, Outgoing, cut_text, literal_text
+from responder.message import Inbound, canonical_address
 
 if TYPE_CHECKING:
     from responder.context import Context
@@ -79,10 +79,11 @@ def compose_dsn(
 ) -> Outgoing:
     """A multipart/report DSN to the envelope sender only, from the null sender (RFC 3464, RFC 6522)."""
     sender = inbound.envelope.sender.strip().strip("<>")
+    sender = canonical_address(sender) or sender
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = from_header
     msg["To"] = sender
-    msg["Subject"] = bounce_subject(inbound.subject)
+    msg["Subject"] = literal_text(bounce_subject(inbound.subject))
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = make_msgid(domain=hostname)
     if inbound.message_id:

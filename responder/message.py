@@ -22,13 +22,27 @@ _CONTROL = re.compile(r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029]+[ ]*")
 _FOLD = re.compile(r"\r?\n[ \t]*")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[^"\\\r\n]|\\.)+"$')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+# Lone surrogates: what an undecodable byte or a broken encoded word leaves in a str; no codec writes them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def clean_text(value: str) -> str:
-    """Unfold a header value and replace control characters (CR and LF included) by one space."""
-    return _CONTROL.sub(" ", value).strip()
+    """Unfold a header value, replace control characters (CR and LF included) by one space and lone
+    surrogates by U+FFFD, so that the text can be written in any header, log line or database."""
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", value)).strip()
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def printable(value: str) -> str:
+    """``value`` with lone surrogates (undecodable bytes) written as backslash escapes."""
+    return _SURROGATE.sub(_escape, value)
 
 
 def _undo_surrogates(value: str) -> str:
@@ -64,20 +78,44 @@ def _ascii_domain(domain: str) -> str | None:
     return ascii_domain
 
 
-def normalize_address(address: str) -> str | None:
-    """A comparable form of an addr-spec (domain in lower-case ASCII, local part lower-cased), or None."""
+def _dot_atom(local: str) -> bool:
+    return bool(_LOCAL_ATOM.match(local)) and not (
+        local.startswith(".") or local.endswith(".") or ".." in local
+    )
+
+
+def _split(address: str) -> tuple[str, str, str] | None:
+    """(local part, domain as given without a final dot, lower-case ASCII domain) of an addr-spec.
+
+    A quoted local part that says what a dot-atom says (``"bob"``, ``"b\\ob"``) comes back as that
+    dot-atom: RFC 5321 section 4.1.2 makes them one mailbox.
+    """
     address = address.strip().strip("<>").strip()
     if len(address) > 320 or "@" not in address:
         return None
     local, _, domain = address.rpartition("@")
-    if not local or not (_LOCAL_ATOM.match(local) or _QUOTED_LOCAL.match(local)):
-        return None
-    if local.startswith(".") or local.endswith(".") or (".." in local and not local.startswith('"')):
+    if _QUOTED_LOCAL.match(local):
+        unquoted = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+        if _dot_atom(unquoted):
+            local = unquoted
+    elif not _dot_atom(local):
         return None
     ascii_domain = _ascii_domain(domain)
     if ascii_domain is None:
         return None
-    return f"{local.lower()}@{ascii_domain}"
+    return local, domain.rstrip("."), ascii_domain
+
+
+def normalize_address(address: str) -> str | None:
+    """A comparable form of an addr-spec (domain in lower-case ASCII, local part lower-cased), or None."""
+    parts = _split(address)
+    return f"{parts[0].lower()}@{parts[2]}" if parts else None
+
+
+def canonical_address(address: str) -> str | None:
+    """The addr-spec to send to: without angle brackets, a needless quoting or the domain's final dot."""
+    parts = _split(address)
+    return f"{parts[0]}@{parts[1]}" if parts else None
 
 
 def is_null_sender(sender: str) -> bool:
@@ -124,6 +162,12 @@ class Inbound:
     """One message as received, with lazily parsed headers that never raise on access."""
 
     def __init__(self, envelope: Envelope, raw: bytes) -> None:
+        # Bytes that are not UTF-8 (in argv, in an LMTP command) arrive as surrogate escapes, which no
+        # database, log handler or SMTP client can write: the envelope keeps them as backslash escapes,
+        # and a sender spelt with them is no address to answer.
+        self.damaged_sender = bool(_SURROGATE.search(envelope.sender))
+        if any(_SURROGATE.search(value) for value in envelope):
+            envelope = Envelope(*map(printable, envelope))
         self.envelope = envelope
         self.raw = raw
 
@@ -177,7 +221,7 @@ class Inbound:
 
     @cached_property
     def sender_address(self) -> str | None:
-        return normalize_address(self.envelope.sender)
+        return None if self.damaged_sender else normalize_address(self.envelope.sender)
 
     @cached_property
     def content_type(self) -> str:

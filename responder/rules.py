@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from responder.addresses import strip_batv
+from responder.addresses import routing_operator, strip_batv
 from responder.context import BOUNCE, REPLY, RESPONSES, Context
 from responder.message import LOOP_HEADER, clean_text, decode_text, is_null_sender, normalize_address
 
@@ -184,6 +184,11 @@ def malformed(ctx: Context) -> str | None:
     if not ctx.inbound.parseable:
         return "no header fields"
     return None
+
+
+def routed_sender(ctx: Context) -> str | None:
+    operator = routing_operator(ctx.inbound.envelope.sender)
+    return f"sender address routes elsewhere: {operator}" if operator else None
 
 
 def system_sender(ctx: Context) -> str | None:
@@ -422,6 +427,12 @@ RULES: tuple[Rule, ...] = (
     # Envelope and header rules: no database, no DNS, no heavy imports.
     Rule("null-sender", SUPPRESS, "the envelope sender is null (<>, empty or MAILER-DAEMON)", null_sender),
     Rule("malformed", SUPPRESS, "invalid envelope sender or recipient, or no header at all", malformed),
+    Rule(
+        "routed-sender",
+        SUPPRESS,
+        "the sender's local part holds a routing operator (@, % or !) or a source route",
+        routed_sender,
+    ),
     Rule("system-sender", SUPPRESS, "the sender is a list manager, daemon or no-reply robot", system_sender),
     Rule("auto-submitted", SUPPRESS, "Auto-Submitted is present with a value other than no", auto_submitted),
     Rule(

@@ -13,8 +13,10 @@ with the envelope sender domain (RPD) in place of the From domain:
 
 ``verify_sender`` never raises and returns within ``settings.budget`` (plus a fraction of a
 second) whatever DNS does. One dnspython resolver serves every lookup; pyspf reaches it through
-its module-level DNS hook and dkimpy through ``dnsfunc``. Importing this module also replaces
-one quadratic helper of dkimpy's relaxed body canonicalization with a linear equivalent.
+its module-level DNS hook and dkimpy through ``dnsfunc``. dkimpy is given the header block
+only and checks the header signature; the body hash is computed here, a slice at a time, so
+that a large message is held once. Importing this module also replaces one quadratic helper
+of dkimpy's relaxed body canonicalization with a linear equivalent.
 
 Summary format (for the audit table, the log line and ``explain``): space-separated
 ``method=result`` tokens, each optionally followed by ``(detail, detail)``; ``spf`` first, then
@@ -33,6 +35,7 @@ d= a public suffix) and ``unchecked`` (not looked up: limit or budget). Notes ar
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import functools
 import ipaddress
@@ -56,6 +59,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from responder.addresses import mailbox
 from responder.config import VerifySettings, parse_dns_server
 
 __all__ = [
@@ -263,6 +267,66 @@ def _strip_trailing_whitespace(content: bytes) -> bytes:
 dkim.canonicalization.strip_trailing_whitespace = _strip_trailing_whitespace
 
 
+# The body is hashed in slices of about this size; a line longer than that is one slice.
+_BODY_SLICE = 1 << 20
+_WSP_RUN = re.compile(rb"[\t ]+")
+
+
+def _body_hash(raw: bytes, start: int, tags: dict[bytes, bytes], piece: int = _BODY_SLICE) -> bytes:
+    """The c= canonicalized body hash of ``raw[start:]``, as dkimpy computes it, in bounded memory.
+
+    dkimpy splits the whole message into lines and joins the body again, then makes up to four
+    more whole copies while it canonicalizes: for a 60 MB message several hundred MB. Here the
+    body goes through the same steps a slice of whole lines at a time (every step is line-local),
+    except the removal of empty lines at the end, which holds back a trailing run of empty lines
+    until more text follows: dkimpy's strip_trailing_lines keeps exactly one CRLF after the last
+    text, and the relaxed algorithm turns a body of nothing but CRLF into nothing.
+    """
+    relaxed = tags.get(b"c", b"simple/simple").partition(b"/")[2].strip().lower() == b"relaxed"
+    hasher = dkim.HASH_ALGORITHMS[tags[b"a"]]()
+    limit = int(tags[b"l"]) if b"l" in tags else None
+    fed = 0
+    held = 0  # empty lines seen since the last text
+    text_seen = False
+
+    def feed(data: bytes) -> None:
+        nonlocal fed
+        if limit is not None:
+            data = data[: max(0, limit - fed)]
+        fed += len(data)
+        hasher.update(data)
+
+    view = memoryview(raw)
+    position = start
+    while position < len(raw):
+        end = raw.rfind(b"\n", position, position + piece) + 1
+        if end <= position:  # one line longer than a slice
+            end = raw.find(b"\n", position + piece) + 1 or len(raw)
+        text = bytes(view[position:end]).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        position = end
+        if relaxed:
+            text = _WSP_RUN.sub(b" ", _strip_trailing_whitespace(text))
+        empty = _trailing_empty_lines(text)
+        if empty * 2 < len(text):
+            feed(b"\r\n" * held)
+            feed(text[: len(text) - empty * 2] if empty else text)
+            held, text_seen = empty, True
+        else:
+            held += empty
+    if text_seen or not relaxed:
+        feed(b"\r\n")
+    return bytes(hasher.digest())
+
+
+def _trailing_empty_lines(text: bytes) -> int:
+    """How many CRLF pairs end ``text`` (line ends already CRLF; a CR may stand alone)."""
+    tail = text[len(text.rstrip(b"\r\n")) :]
+    if tail.endswith(b"\r"):
+        return 0
+    lone = tail.rfind(b"\r\r")  # a lone CR, then only pairs
+    return (len(tail) - lone - 1) // 2 if lone >= 0 else len(tail) // 2
+
+
 # --- domains and alignment ---------------------------------------------------------------------
 
 
@@ -365,7 +429,9 @@ class Upstream:
     dkim: tuple[tuple[str, str | None, str | None], ...]  # (result, header.d or i= domain, header.a)
 
 
-def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) -> Upstream | str | None:
+def trusted_results(
+    headers: Sequence[tuple[str, str]], trusted: Sequence[str], helo: str | None = None
+) -> Upstream | str | None:
     """The topmost top-level Authentication-Results field whose authserv-id is trusted.
 
     Only the single topmost field with a trusted authserv-id is believed; every field below it
@@ -377,6 +443,10 @@ def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) 
     the gap. The cost is that a site writing spf and dkim into two separate fields gets only the
     top one used; the other route then falls back to DNS, which is safe. Fields inside attached
     messages are never seen, because only the top-level header block is passed in.
+
+    Within the field, the client's HELO name is the one text the client chose; an MTA that writes
+    it unquoted lets ``x smtp.mailfrom=bob@example.org`` or ``x; spf=pass ...`` become results of
+    its own. See :func:`_believed` for what is kept of a field that names a HELO.
 
     What remains trusted: that the MTA strips forged fields (if it adds none for a message and
     does not strip, a forged field becomes the topmost one), and its checks of key size,
@@ -396,22 +466,63 @@ def trusted_results(headers: Sequence[tuple[str, str]], trusted: Sequence[str]) 
         if len(value) > _MAX_AR_LENGTH:
             return f"ar=ignored(field too long, via {authserv_id})"
         try:
-            parsed = authres.AuthenticationResultsHeader.parse_value(value)
+            parsed = authres.AuthenticationResultsHeader.parse_value(_before_helo(value, helo))
         except Exception:
             return f"ar=ignored(unparseable, via {authserv_id})"
         spf_results: list[tuple[str, str | None, str | None]] = []
         dkim_results: list[tuple[str, str | None, str | None]] = []
-        for result in parsed.results:
-            method = getattr(result, "method", "")
+        for method, result, properties in _believed(parsed.results, helo):
             if method == "spf":
-                spf_results.append((result.result.lower(), result.smtp_mailfrom, result.smtp_helo))
+                spf_results.append((result, properties.get("smtp.mailfrom"), properties.get("smtp.helo")))
             elif method == "dkim":
-                domain = result.header_d
-                if not domain and result.header_i:
-                    domain = str(result.header_i).rpartition("@")[2]
-                dkim_results.append((result.result.lower(), domain, result.header_a))
+                domain = properties.get("header.d")
+                if not domain and properties.get("header.i"):
+                    domain = properties["header.i"].rpartition("@")[2]
+                dkim_results.append((result, domain, properties.get("header.a")))
         return Upstream(authserv_id, tuple(spf_results), tuple(dkim_results))
     return None
+
+
+# authres's <ptext>: a property value made of these needs no quoting, so it cannot hold other results.
+_PTEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+")
+
+
+def _before_helo(value: str, helo: str | None) -> str:
+    """The field up to the client's HELO name, when that name could read as more of the field.
+
+    Wherever the MTA wrote it (a property, a comment), what follows may be the client's text.
+    """
+    if helo and not _PTEXT.fullmatch(helo):
+        at = value.find(helo)
+        if at >= 0:
+            return value[:at]
+    return value
+
+
+def _believed(results: Sequence[Any], helo: str | None) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, result, properties) of the parsed results, up to a HELO value that may run on.
+
+    An ``smtp.helo`` value is known to end where the parser ended it only when it is the HELO
+    name the MTA reported to us and that name needs no quoting. Any other (our HELO unknown, a
+    different one, a name cut short by the parser) may be followed by the client's own text: the
+    properties after it and the results after its result are dropped, and the route they would
+    have decided falls back to DNS.
+    """
+    believed: list[tuple[str, str, dict[str, str]]] = []
+    clean = helo.strip() if helo and _PTEXT.fullmatch(helo.strip()) else None
+    for result in results:
+        properties: dict[str, str] = {}
+        ended = False
+        for prop in getattr(result, "properties", []):
+            key = f"{prop.type}.{prop.name}".lower()
+            properties.setdefault(key, str(prop.value))
+            if key == "smtp.helo" and (clean is None or str(prop.value).lower() != clean.lower()):
+                ended = True
+                break
+        believed.append((str(getattr(result, "method", "")).lower(), str(result.result).lower(), properties))
+        if ended:
+            break
+    return believed
 
 
 # --- the check of one message ------------------------------------------------------------------
@@ -421,6 +532,26 @@ _DKIM_LOG = logging.Logger("responder.verify.dkimpy")
 # dkimpy logs missing keys at ERROR level; the summary already carries every reason, and a
 # detached, disabled logger keeps those lines out of the site's logs.
 _DKIM_LOG.disabled = True
+
+
+class _HeaderDKIM(dkim.DKIM):  # type: ignore[misc]
+    """dkimpy over the header block alone; the body hash is checked here, streaming ``raw``."""
+
+    def __init__(self, raw: bytes, header_end: int, body_start: int) -> None:
+        super().__init__(raw[:header_end] + b"\r\n\r\n", logger=_DKIM_LOG, minkey=0)
+        self.raw = raw
+        self.body_start = body_start
+
+    def verify_sig_process(
+        self, sig: dict[bytes, bytes], include_headers: list[bytes], sig_header: Any, dnsfunc: Any
+    ) -> bool:
+        if b"bh" in sig:
+            expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+            if _body_hash(self.raw, self.body_start, sig) != expected:
+                raise dkim.ValidationError("body hash mismatch")
+            # What dkimpy would hash instead is the empty body it was given.
+            sig = {tag: value for tag, value in sig.items() if tag != b"bh"}
+        return bool(super().verify_sig_process(sig, include_headers, sig_header, dnsfunc))
 
 
 @dataclass
@@ -456,6 +587,7 @@ class _Check:
         self._dkim: dict[int, str] = {}
         self._notes: list[str] = []
         self._dns: _Dns | None = None
+        self._from_problem: str | None = None
 
     # results, readable from the calling thread while the worker is still busy
 
@@ -495,7 +627,8 @@ class _Check:
         local, rpd = split
         block = _header_block(self.raw)
         headers = _top_headers(block[:_MAX_HEADER_BYTES])
-        upstream = trusted_results(headers, self.settings.trusted_authserv_ids)
+        self._from_problem = self._signed_from_problem(headers)
+        upstream = trusted_results(headers, self.settings.trusted_authserv_ids, self.helo)
         if isinstance(upstream, str):
             self._note(upstream)
             upstream = None
@@ -548,6 +681,28 @@ class _Check:
             message, signatures = self._signatures(rpd)
             return bool(signatures) and self._dkim_route(message, signatures)
         return False
+
+    def _signed_from_problem(self, headers: Sequence[tuple[str, str]]) -> str | None:
+        """Why a DKIM signature cannot speak for this envelope sender, or None when it can.
+
+        A signature proves its d= domain, not the mailbox: any message the domain signed, replayed
+        with another envelope sender of the domain, would verify that sender. So the signed From
+        must name the envelope sender (both BATV-untagged, SRS-unwrapped, case-folded), unless
+        ``dkim_identity = "domain"``. One From field, as dkimpy then signs that one field.
+        """
+        if self.settings.dkim_identity == "domain":
+            return None
+        from email.utils import getaddresses
+
+        values = [value for name, value in headers if name.strip().lower() == "from"]
+        if len(values) != 1:
+            return f"{len(values)} From fields"
+        found = [addr for _name, addr in getaddresses(values) if addr]
+        if len(found) != 1:
+            return "From is not one mailbox"
+        if mailbox(found[0]) != mailbox(self.sender.strip().strip("<>")):
+            return "From is not the sender"
+        return None
 
     # SPF
 
@@ -618,14 +773,17 @@ class _Check:
                 outcome, notes = "policy", [alignment]
             elif result == "pass" and alignment == "not aligned":
                 notes = [alignment]
+            elif result == "pass" and self._from_problem:
+                outcome, notes = "policy", [self._from_problem]
             self._set_dkim(index, f"dkim={outcome}({', '.join([f'd={signer}', *notes, via])})")
             if outcome == "pass" and alignment in _ALIGNED:
                 return True
         return False
 
     def _signatures(self, rpd: str) -> tuple[Any, list[_Signature]]:
+        end = _END_OF_HEADER.search(self.raw)
         try:
-            message = dkim.DKIM(self.raw, logger=_DKIM_LOG, minkey=0)
+            message = _HeaderDKIM(self.raw, *(end.span() if end else (len(self.raw), len(self.raw))))
         except Exception:
             self._set_dkim(0, "dkim=permerror(malformed message)")
             return None, []
@@ -653,6 +811,9 @@ class _Check:
         others = [s for s in signatures if s.alignment not in _ALIGNED]
         looked_up = 0
         for signature in aligned:
+            if self._from_problem:
+                self._set_dkim(signature.index, _dkim_token("policy", signature, self._from_problem))
+                continue
             if looked_up >= MAX_SIGNATURES:
                 self._set_dkim(signature.index, _dkim_token("unchecked", signature, "limit"))
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from responder.addresses import sender_domain, sender_key
+from responder.addresses import routing_operator, sender_domain, sender_key
 
 CASES = [
     # (envelope sender as given, key)
@@ -38,9 +38,16 @@ CASES = [
     ("bob@BÜCHER.example", "bob@xn--bcher-kva.example"),
     ("bob@XN--BCHER-KVA.example", "bob@xn--bcher-kva.example"),
     ("SRS0=HHH=TT=bücher.example=bob@forwarder.example", "bob@xn--bcher-kva.example"),
+    # quoted local parts that say what a dot-atom says are that dot-atom (RFC 5321 section 4.1.2)
+    ('"bob"@example.org', "bob@example.org"),
+    ('"Bob"@Example.org', "bob@example.org"),
+    ('"b\\ob"@example.org', "bob@example.org"),
+    ('"bob+tag"@example.org', "bob@example.org"),
+    ('"prvs=1234abcdef=bob"@example.org', "bob@example.org"),
     # not what they look like: kept whole
+    ('"bob smith"@example.org', '"bob smith"@example.org'),
+    ('"bob..smith"@example.org', '"bob..smith"@example.org'),
     ("+tag@example.org", "+tag@example.org"),
-    ('"bob+tag"@example.org', '"bob+tag"@example.org'),
     ("srs0=broken@forwarder.example", "srs0=broken@forwarder.example"),
     ("prvs@example.org", "prvs@example.org"),
     ("bob-tag@example.org", "bob-tag@example.org"),
@@ -54,3 +61,22 @@ def test_sender_key(address: str, key: str) -> None:
 
 def test_sender_domain_is_the_key_domain() -> None:
     assert sender_domain(sender_key("SRS0=HHH=TT=Example.ORG=bob@forwarder.example")) == "example.org"
+
+
+@pytest.mark.parametrize(
+    ("address", "operator"),
+    [
+        ('"victim@victim.example"@mx.example.net', "@ in the local part"),
+        ('"victim\\@victim.example"@mx.example.net', "@ in the local part"),
+        ("victim%victim.example@mx.example.net", "% in the local part"),
+        ('"victim%victim.example"@mx.example.net', "% in the local part"),
+        ("victim.example!victim@mx.example.net", "! in the local part"),
+        ("<@mx.example.net:victim@victim.example>", "@ in the local part"),
+        ("bob@example.org", None),
+        ('"bob"@example.org', None),
+        ("bob@ex%ample.org", None),
+        ("no-at-sign", None),
+    ],
+)
+def test_routing_operator(address: str, operator: str | None) -> None:
+    assert routing_operator(address) == operator

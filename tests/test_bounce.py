@@ -13,7 +13,7 @@ from responder.config import Settings, settings_from_mapping
 from responder.context import Services
 from responder.engine import respond
 from responder.errors import RelayUnavailable
-from responder.message import Envelope, Inbound
+from responder.message import Envelope, Inbound, canonical_address
 from responder.store import Store
 from responder.transport import SmtpTransport
 from tests.helpers import Case, FakeClock, sample
@@ -84,6 +84,19 @@ CASES: dict[str, Case] = {
     "ended": Case("personal.eml", "suppress", "no-vacation", recipient="ended@example.com"),
     "starts-now": Case("personal.eml", "bounce", None, recipient="starts-now@example.com"),
     "neither": Case("personal.eml", "suppress", "no-vacation", recipient="nobody@example.com"),
+    # routed return paths and crafted input, as for replies
+    "routed-quoted-at": Case(
+        "personal.eml", "suppress", "routed-sender", sender='"v@victim.example"@mx.example.net'
+    ),
+    "routed-percent": Case(
+        "personal.eml", "suppress", "routed-sender", sender="v%victim.example@mx.example.net"
+    ),
+    "quoted-but-plain-sender": Case("personal.eml", "bounce", None, sender='"bob"@example.org'),
+    "sender-domain-trailing-dot": Case("personal.eml", "bounce", None, sender="bob@example.org."),
+    "sender-invalid-utf8": Case("personal.eml", "suppress", "malformed", sender="b\udcffob@example.org"),
+    "subject-utf16-lone-surrogate": Case("subject-utf16-lone-surrogate.eml", "bounce", None),
+    "subject-raw-unicode-escape": Case("subject-raw-unicode-escape.eml", "bounce", None),
+    "display-name-10000-characters": Case("display-name-10000.eml", "bounce", None),
 }
 
 
@@ -129,7 +142,7 @@ def test_corpus(case: Case, services: Services, sink: SmtpSink) -> None:
     assert len(sent) == (1 if case.action == "bounce" else 0)
     if sent:
         assert sent[0].mail_from == "<>"
-        assert sent[0].rcpt_tos == [case.sender]
+        assert sent[0].rcpt_tos == [canonical_address(case.sender)]
         assert sent[0].message.get_content_type() == "multipart/report"
     [row] = services.store.decisions()
     assert (row.action, row.reason, row.queue_id) == (case.action, case.reason, "Q1")

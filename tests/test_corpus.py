@@ -153,6 +153,48 @@ CASES: dict[str, Case] = {
     "no-subject-no-message-id": Case("no-subject-no-message-id.eml", "reply", None),
     "broken-mime": Case("broken-mime.eml", "reply", None),
     "headers-only-crlf": Case("header-only.eml", "reply", None),
+    # routed-sender: every spelling that MTAs route on to victim@victim.example, and the one that is not
+    "routed-quoted-at": Case(
+        "personal.eml", "suppress", "routed-sender", sender='"victim@victim.example"@mx.example.net'
+    ),
+    "routed-escaped-at": Case(
+        "personal.eml", "suppress", "routed-sender", sender='"victim\\@victim.example"@mx.example.net'
+    ),
+    "routed-unquoted-at": Case(
+        "personal.eml", "suppress", "malformed", sender="victim@victim.example@mx.example.net"
+    ),
+    "routed-percent": Case(
+        "personal.eml", "suppress", "routed-sender", sender="victim%victim.example@mx.example.net"
+    ),
+    "routed-quoted-percent": Case(
+        "personal.eml", "suppress", "routed-sender", sender='"victim%victim.example"@mx.example.net'
+    ),
+    "routed-bang": Case(
+        "personal.eml", "suppress", "routed-sender", sender="victim.example!victim@mx.example.net"
+    ),
+    "routed-source-route": Case(
+        "personal.eml", "suppress", "malformed", sender="<@mx.example.net:victim@victim.example>"
+    ),
+    "routed-through-srs": Case(
+        "personal.eml",
+        "suppress",
+        "routed-sender",
+        sender="SRS0=HH=TT=mx.example.net=victim%victim.example@fwd.example",
+    ),
+    "quoted-but-plain-sender": Case("personal.eml", "reply", None, sender='"bob"@example.org'),
+    # crafted input that once ended in internal-error: each is an ordinary decision
+    "subject-utf16-lone-surrogate": Case("subject-utf16-lone-surrogate.eml", "reply", None),
+    "subject-raw-unicode-escape": Case("subject-raw-unicode-escape.eml", "reply", None),
+    "display-name-lone-surrogate": Case("display-name-lone-surrogate.eml", "reply", None),
+    "display-name-10000-characters": Case("display-name-10000.eml", "reply", None),
+    "sender-domain-trailing-dot": Case("personal.eml", "reply", None, sender="bob@example.org."),
+    "sender-invalid-utf8": Case("personal.eml", "suppress", "malformed", sender="b\udcffob@example.org"),
+    "sender-quoted-invalid-utf8": Case(
+        "personal.eml", "suppress", "malformed", sender='"b\udcffob"@example.org'
+    ),
+    "recipient-invalid-utf8": Case(
+        "personal.eml", "suppress", "malformed", recipient="alice\udcff@example.com"
+    ),
 }
 
 

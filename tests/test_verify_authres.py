@@ -12,7 +12,7 @@ from tests.dnsserver import DNSServer
 
 TRUSTED = "mx.example.net"
 BODY = b"\r\nHello.\r\n"
-ORIGINAL = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n"
+ORIGINAL = b"From: Bounce <bounce@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n"
 
 
 def message(*fields: str, body: bytes = BODY) -> bytes:
@@ -280,3 +280,96 @@ def test_trusted_results_reads_only_the_topmost_trusted_field() -> None:
     )
     assert trusted_results(headers, []) is None
     assert trusted_results(headers, ["nobody.example"]) is None
+
+
+def test_trusted_dkim_pass_verifies_only_the_signed_mailbox(server: DNSServer) -> None:
+    replayed = message(ar(DKIM_PASS)).replace(b"<bounce@example.com>", b"<carol@example.com>")
+    result = verify_sender(replayed, "bounce@example.com", None, None, settings(server, "dkim"))
+    assert result == Verification(False, f"dkim=policy(d=example.com, From is not the sender, via {TRUSTED})")
+
+
+# The trusted MTA writes the client's HELO name unquoted; a client chooses that name to add results.
+HELO_CASES: list[tuple[str, str, str | None, bool, str]] = [
+    # id, field value, HELO name the MTA reports to us, verified, summary (client 198.51.100.1 fails SPF)
+    (
+        "semicolon-adds-a-result",
+        f"{TRUSTED}; spf=fail smtp.helo=evil;spf=pass smtp.mailfrom=bounce@example.com",
+        None,
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "semicolon-adds-a-result-helo-known",
+        f"{TRUSTED}; spf=fail smtp.helo=evil;spf=pass smtp.mailfrom=bounce@example.com",
+        "evil;spf=pass",
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "space-adds-a-property",
+        f"{TRUSTED}; spf=pass smtp.helo=evil smtp.mailfrom=bounce@example.com",
+        None,
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "space-adds-a-property-helo-known",
+        f"{TRUSTED}; spf=pass smtp.helo=evil smtp.mailfrom=bounce@example.com",
+        "evil smtp.mailfrom=bounce@example.com",
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "adds-a-dkim-result",
+        f"{TRUSTED}; spf=none smtp.helo=evil; dkim=pass header.d=example.com",
+        None,
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "closes-a-comment-helo-known",
+        f"{TRUSTED}; spf=fail (client helo=x); spf=pass smtp.mailfrom=bounce@example.com ()"
+        " smtp.mailfrom=bounce@example.com",
+        "x); spf=pass smtp.mailfrom=bounce@example.com (",
+        False,
+        f"spf=fail dkim=none ar=ignored(unparseable, via {TRUSTED})",
+    ),
+    (
+        "helo-reported-and-plain-the-rest-is-believed",
+        f"{TRUSTED}; spf=none smtp.helo=mail.example.com; spf=pass smtp.mailfrom=bounce@example.com",
+        "mail.example.com",
+        True,
+        f"spf=pass(via {TRUSTED})",
+    ),
+    (
+        "helo-not-reported-the-rest-falls-back-to-dns",
+        f"{TRUSTED}; spf=none smtp.helo=mail.example.com; spf=pass smtp.mailfrom=bounce@example.com",
+        None,
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "another-helo-than-reported",
+        f"{TRUSTED}; spf=none smtp.helo=filter.example.com; spf=pass smtp.mailfrom=bounce@example.com",
+        "mail.example.com",
+        False,
+        "spf=fail dkim=none",
+    ),
+    (
+        "mailfrom-before-the-helo-is-believed",
+        f"{TRUSTED}; spf=pass smtp.mailfrom=bounce@example.com smtp.helo=mail.example.com",
+        None,
+        True,
+        f"spf=pass(via {TRUSTED})",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "helo", "verified", "summary"), [c[1:] for c in HELO_CASES], ids=[c[0] for c in HELO_CASES]
+)
+def test_a_helo_name_cannot_add_results(
+    server: DNSServer, value: str, helo: str | None, verified: bool, summary: str
+) -> None:
+    result = verify_sender(message(ar(value)), "bounce@example.com", "198.51.100.1", helo, settings(server))
+    assert result == Verification(verified, summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import random
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from responder.config import VerifySettings
-from responder.verify import Verification, verify_sender
+from responder.verify import Verification, _body_hash, verify_sender
 from tests.dnsserver import DNSServer
 
 MESSAGE = (
@@ -31,6 +32,11 @@ MESSAGE = (
     b"Hello Bob,\r\n\r\nthe numbers are attached.\r\n"
 )
 SIGNED_HEADERS = [b"from", b"to", b"subject", b"date", b"message-id"]
+
+
+def from_(message: bytes, address: str) -> bytes:
+    """``message`` with another From mailbox (before signing)."""
+    return message.replace(b"<alice@example.com>", f"<{address}>".encode(), 1)
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,14 @@ def keys() -> Keys:
 @pytest.fixture(scope="module")
 def server(keys: Keys) -> Iterator[DNSServer]:
     with DNSServer() as running:
-        for domain in ("example.com", "mail.example.com", "co.uk", "bob.github.io", "slow.example"):
+        for domain in (
+            "example.com",
+            "mail.example.com",
+            "co.uk",
+            "bob.github.io",
+            "slow.example",
+            "fwd.example",
+        ):
             running.add_txt(f"sel._domainkey.{domain}", keys.main.record)
         running.add_txt("sha1._domainkey.example.com", keys.main.record)
         running.add_txt("sel._domainkey.esp.example", keys.other.record)
@@ -190,8 +203,8 @@ def sign_without_from(message: bytes, domain: str, key: Key) -> bytes:
     return b"DKIM-Signature: " + bytes(value) + message
 
 
-def settings(server: DNSServer, require: str = "dkim", **overrides: float) -> VerifySettings:
-    values: dict[str, float] = {"dns_timeout": 0.3, "budget": 3.0, **overrides}
+def settings(server: DNSServer, require: str = "dkim", **overrides: float | str) -> VerifySettings:
+    values: dict[str, float | str] = {"dns_timeout": 0.3, "budget": 3.0, **overrides}
     return VerifySettings(require=require, dns_servers=(server.address,), **values)  # type: ignore[arg-type]
 
 
@@ -200,28 +213,28 @@ Build = Callable[[Keys], bytes]
 CASES: list[tuple[str, str, Build, bool, str]] = [
     (
         "strict",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main),
         True,
         "dkim=pass(d=example.com)",
     ),
     (
         "relaxed-subdomain-signer",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "mail.example.com", k.main),
         True,
         "dkim=pass(d=mail.example.com)",
     ),
     (
         "relaxed-subdomain-sender",
-        "bounce@lists.example.com",
-        lambda k: sign(MESSAGE, "example.com", k.main),
+        "alice@lists.example.com",
+        lambda k: sign(from_(MESSAGE, "alice@lists.example.com"), "example.com", k.main),
         True,
         "dkim=pass(d=example.com)",
     ),
     (
         "other-organization",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "esp.example", k.other),
         False,
         "dkim=pass(d=esp.example, not aligned)",
@@ -242,133 +255,133 @@ CASES: list[tuple[str, str, Build, bool, str]] = [
     ),
     (
         "body-modified",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main).replace(b"attached", b"not attached"),
         False,
         "dkim=fail(d=example.com, body hash mismatch)",
     ),
     (
         "signed-header-modified",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main).replace(b"quarterly", b"urgent"),
         False,
         "dkim=fail(d=example.com, signature mismatch)",
     ),
     (
         "missing-key",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="nokey"),
         False,
         "dkim=permerror(d=example.com, no key)",
     ),
     (
         "unparseable-key",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="bad"),
         False,
         "dkim=permerror(d=example.com, bad key)",
     ),
     (
         "revoked-key",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="revoked"),
         False,
         "dkim=permerror(d=example.com, bad key)",
     ),
     (
         "key-from-a-truncated-udp-answer",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="padded"),
         True,
         "dkim=pass(d=example.com)",
     ),
     (
         "only-second-signature-aligned",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(sign(MESSAGE, "example.com", k.main), "esp.example", k.other),
         True,
         "dkim=pass(d=example.com)",
     ),
     (
         "first-aligned-broken-second-good",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(sign(MESSAGE, "mail.example.com", k.main), "example.com", k.main, selector="nokey"),
         True,
         "dkim=permerror(d=example.com, no key) dkim=pass(d=mail.example.com)",
     ),
     (
         "rsa-sha1",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="sha1", algorithm=b"rsa-sha1"),
         False,
         "dkim=policy(d=example.com, rsa-sha1)",
     ),
     (
         "512-bit-key",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.weak, selector="weak"),
         False,
         "dkim=policy(d=example.com, key 512 bits)",
     ),
     (
         "from-not-signed",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign_without_from(MESSAGE, "example.com", k.main),
         False,
         "dkim=policy(d=example.com, From not signed)",
     ),
     (
         "key-too-large-to-be-worth-it",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="huge"),
         False,
         "dkim=policy(d=example.com, key 16384 bits)",
     ),
     (
         "absurd-exponent",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="exponent"),
         False,
         "dkim=policy(d=example.com, RSA exponent too large)",
     ),
     (
         "key-record-too-large",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE, "example.com", k.main, selector="padding"),
         False,
         "dkim=policy(d=example.com, key record too large)",
     ),
     (
         "dns-timeout-is-not-a-failure",
-        "bounce@slow.example",
-        lambda k: sign(MESSAGE, "slow.example", k.main),
+        "alice@slow.example",
+        lambda k: sign(from_(MESSAGE, "alice@slow.example"), "slow.example", k.main),
         False,
         "dkim=temperror(d=slow.example, timeout)",
     ),
     (
         "dns-servfail-is-not-a-failure",
-        "bounce@broken.example",
-        lambda k: sign(MESSAGE, "broken.example", k.main),
+        "alice@broken.example",
+        lambda k: sign(from_(MESSAGE, "alice@broken.example"), "broken.example", k.main),
         False,
         "dkim=temperror(d=broken.example, servfail)",
     ),
     (
         "unsigned",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: MESSAGE,
         False,
         "dkim=none",
     ),
     (
         "malformed-signature",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: b"DKIM-Signature: v=1; a=rsa-sha256; d=; b=\r\n" + MESSAGE,
         False,
         "dkim=permerror(malformed signature)",
     ),
     (
         "lf-line-endings",
-        "bounce@example.com",
+        "alice@example.com",
         lambda k: sign(MESSAGE.replace(b"\r\n", b"\n"), "example.com", k.main),
         True,
         "dkim=pass(d=example.com)",
@@ -403,13 +416,13 @@ def test_weak_key_signature_is_otherwise_valid(keys: Keys) -> None:
 
 def test_policy_refusals_cost_no_dns(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="sha1", algorithm=b"rsa-sha1")
-    assert not verify_sender(message, "bounce@example.com", None, None, settings(server)).verified
+    assert not verify_sender(message, "alice@example.com", None, None, settings(server)).verified
     assert not server.queried("sha1._domainkey.example.com")
 
 
 def test_key_too_long_for_udp_came_over_tcp(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="padded")
-    assert verify_sender(message, "bounce@example.com", None, None, settings(server)).verified
+    assert verify_sender(message, "alice@example.com", None, None, settings(server)).verified
     assert "tcp" in {q.transport for q in server.queried("padded._domainkey.example.com")}
 
 
@@ -421,20 +434,20 @@ def test_readme_example_summary(server: DNSServer, keys: Keys) -> None:
 
 def test_aligned_mode_dkim_rescues_spf_fail(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main)
-    result = verify_sender(message, "bounce@example.com", "198.51.100.1", None, settings(server, "aligned"))
+    result = verify_sender(message, "alice@example.com", "198.51.100.1", None, settings(server, "aligned"))
     assert result == Verification(True, "spf=fail dkim=pass(d=example.com)")
 
 
 def test_aligned_mode_stops_at_spf_pass(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="untouched")
-    result = verify_sender(message, "bounce@example.com", "192.0.2.1", None, settings(server, "aligned"))
+    result = verify_sender(message, "alice@example.com", "192.0.2.1", None, settings(server, "aligned"))
     assert result == Verification(True, "spf=pass")
     assert not server.queried("untouched._domainkey.example.com")
 
 
 def test_spf_mode_ignores_dkim(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main)
-    result = verify_sender(message, "bounce@example.com", None, None, settings(server, "spf"))
+    result = verify_sender(message, "alice@example.com", None, None, settings(server, "spf"))
     assert result == Verification(False, "spf=skipped(no client address)")
 
 
@@ -442,7 +455,7 @@ def test_signature_count_is_limited(server: DNSServer, keys: Keys) -> None:
     message = MESSAGE
     for number in range(8):
         message = sign(message, "example.com", keys.main, selector=f"none{number}")
-    result = verify_sender(message, "bounce@example.com", None, None, settings(server))
+    result = verify_sender(message, "alice@example.com", None, None, settings(server))
     assert not result.verified
     assert result.summary.count("no key") == 5
     assert result.summary.count("dkim=unchecked(d=example.com, limit)") == 3
@@ -453,6 +466,106 @@ def test_long_whitespace_runs_are_cheap(server: DNSServer, keys: Keys) -> None:
     body = (b" " * 997 + b"x\r\n") * 2000 + b"\t" * 300_000 + b"end\r\n"
     message = sign(MESSAGE + body, "example.com", keys.main)
     started = time.monotonic()
-    result = verify_sender(message, "bounce@example.com", None, None, settings(server))
+    result = verify_sender(message, "alice@example.com", None, None, settings(server))
     assert time.monotonic() - started < 2.0
+    assert result == Verification(True, "dkim=pass(d=example.com)")
+
+
+# --- the signed From names the envelope sender ----------------------------------------------------
+
+REPLAYED = [
+    # id, envelope sender, From of the signed message, verified, summary
+    ("from-is-the-sender", "alice@example.com", "alice@example.com", True, "dkim=pass(d=example.com)"),
+    ("case-folded", "ALICE@Example.COM", "Alice@example.com", True, "dkim=pass(d=example.com)"),
+    (
+        "batv-sender",
+        "prvs=1234abcdef=alice@example.com",
+        "alice@example.com",
+        True,
+        "dkim=pass(d=example.com)",
+    ),
+    ("quoted-sender", '"alice"@example.com', "alice@example.com", True, "dkim=pass(d=example.com)"),
+    (
+        "another-mailbox-of-the-domain",
+        "dave@example.com",
+        "carol@example.com",
+        False,
+        "dkim=policy(d=example.com, From is not the sender)",
+    ),
+    (
+        "sub-address-is-another-mailbox",
+        "alice+x@example.com",
+        "alice@example.com",
+        False,
+        "dkim=policy(d=example.com, From is not the sender)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("sender", "author", "verified", "summary"), [r[1:] for r in REPLAYED], ids=[r[0] for r in REPLAYED]
+)
+def test_a_signature_verifies_the_mailbox_it_signed(
+    server: DNSServer, keys: Keys, sender: str, author: str, verified: bool, summary: str
+) -> None:
+    message = sign(from_(MESSAGE, author), "example.com", keys.main)
+    assert verify_sender(message, sender, None, None, settings(server)) == Verification(verified, summary)
+
+
+def test_a_replayed_signature_costs_no_key_lookup(server: DNSServer, keys: Keys) -> None:
+    message = sign(from_(MESSAGE, "carol@example.com"), "example.com", keys.main, selector="replayed")
+    assert not verify_sender(message, "dave@example.com", None, None, settings(server)).verified
+    assert not server.queried("replayed._domainkey.example.com")
+
+
+def test_srs_sender_is_the_original_author(server: DNSServer, keys: Keys) -> None:
+    # The forwarder signs with its own domain; the envelope sender is its SRS address.
+    message = sign(MESSAGE, "fwd.example", keys.main)
+    sender = "SRS0=HHH=TT=example.com=alice@fwd.example"
+    assert verify_sender(message, sender, None, None, settings(server)) == Verification(
+        True, "dkim=pass(d=fwd.example)"
+    )
+
+
+def test_a_second_from_field_is_refused(server: DNSServer, keys: Keys) -> None:
+    message = b"From: alice@example.com\r\n" + sign(MESSAGE, "example.com", keys.main)
+    assert verify_sender(message, "alice@example.com", None, None, settings(server)) == Verification(
+        False, "dkim=policy(d=example.com, 2 From fields)"
+    )
+
+
+def test_domain_identity_lets_any_mailbox_of_the_domain_through(server: DNSServer, keys: Keys) -> None:
+    message = sign(from_(MESSAGE, "carol@example.com"), "example.com", keys.main)
+    result = verify_sender(message, "dave@example.com", None, None, settings(server, dkim_identity="domain"))
+    assert result == Verification(True, "dkim=pass(d=example.com)")
+
+
+# --- the body hash, streamed -----------------------------------------------------------------------
+
+
+def test_streamed_body_hash_is_dkimpys() -> None:
+    # Every canonicalization, l= and slice size (down to one byte) against dkimpy's whole-body steps.
+    noise = random.Random(6376)
+    pieces = [b"a", b"b", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\r\n", b"\n\n", b"  \r\n", b"\r\r\n"]
+    for _ in range(3000):
+        body = b"".join(noise.choice(pieces) for _ in range(noise.randrange(0, 30)))
+        head = noise.choice([b"From: a@example.com\r\n\r\n", b"From: a@example.com\n\n"])
+        raw = head + body
+        _headers, whole = dkim.rfc822_parse(raw)
+        for c in (b"simple/simple", b"relaxed/relaxed", b"simple/relaxed", b"relaxed/simple"):
+            tags = {b"a": b"rsa-sha256", b"c": c}
+            canonical = dkim.canonicalization.CanonicalizationPolicy.from_c_value(c).canonicalize_body(whole)
+            if noise.random() < 0.3:
+                tags[b"l"] = str(noise.randrange(0, 40)).encode()
+                canonical = canonical[: int(tags[b"l"])]
+            expected = hashlib.sha256(canonical).digest()
+            for piece in (1, 2, 3, 7, 1 << 20):
+                assert _body_hash(raw, len(head), tags, piece) == expected, (raw, tags, piece)
+
+
+def test_body_length_tag_ignores_what_was_appended(server: DNSServer, keys: Keys) -> None:
+    field = dkim.sign(MESSAGE, b"sel", b"example.com", keys.main.pem, canonicalize=(b"relaxed", b"relaxed"),
+                      include_headers=SIGNED_HEADERS, length=True)  # fmt: skip
+    message = bytes(field) + MESSAGE + b"-- \r\nappended by a list\r\n"
+    result = verify_sender(message, "alice@example.com", None, None, settings(server))
     assert result == Verification(True, "dkim=pass(d=example.com)")

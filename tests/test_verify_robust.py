@@ -16,7 +16,7 @@ from responder.verify import Verification, _within, verify_sender
 from tests.dnsserver import DNSServer
 
 TRUSTED = "mx.example.net"
-PLAIN = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
+PLAIN = b"From: Bounce <bounce@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
 def signature(domain: str, selector: str = "sel") -> bytes:
@@ -205,7 +205,8 @@ def test_bytearray_and_memoryview_are_accepted(server: DNSServer) -> None:
 
 def test_every_lookup_times_out_within_budget(server: DNSServer) -> None:
     # Per-query timeout above the whole budget: only the budget can end this.
-    raw = signature("slow.example") + signature("mail.slow.example") + signature("other.slow.example") + PLAIN
+    plain = PLAIN.replace(b"@example.com", b"@slow.example")
+    raw = signature("slow.example") + signature("mail.slow.example") + signature("other.slow.example") + plain
     result, elapsed = timed(
         raw,
         "bounce@slow.example",
@@ -222,7 +223,8 @@ def test_every_lookup_times_out_within_budget(server: DNSServer) -> None:
 
 
 def test_many_slow_lookups_within_budget(server: DNSServer) -> None:
-    raw = b"".join(signature("slowinclude.example", f"s{i}") for i in range(20)) + PLAIN
+    plain = PLAIN.replace(b"@example.com", b"@slowinclude.example")
+    raw = b"".join(signature("slowinclude.example", f"s{i}") for i in range(20)) + plain
     result, elapsed = timed(
         raw, "bounce@slowinclude.example", "192.0.2.1", None, settings(server, budget=1.0)
     )
