@@ -1,0 +1,220 @@
+"""Relay faults around the end of DATA, as the hook meets them: never a second reply, never a bounce.
+
+Once the final dot is written the relay may have queued the reply, so a lost or late answer counts
+as sent; before it, and on a 4xx answer, the claim is given back and the hook exits 75 for the MTA's
+retry. Every relay step ends before the hook's deadline, QUIT included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ConfigFactory
+from tests.helpers import deliver_args, run_hook, sample, vacation_set
+
+SENDER = "bob@example.org"
+RCPT = "alice@example.com"
+DEADLINE = 2.0
+
+
+class FaultyRelay:
+    """An SMTP relay on loopback that fails at the end of DATA as told by ``mode``.
+
+    ``accept`` answers 250; ``drop`` closes the connection right after the final dot; ``hang``
+    never answers it; ``late`` answers 250 after ``delay`` seconds; ``4xx`` / ``5xx`` refuse the
+    data; ``drop-at-data`` closes the connection on the DATA command, before any data. Every final
+    dot that arrives is counted in ``received`` before anything is answered (a real relay has
+    queued the message by then); ``accepted`` counts the 250s. ``quit_hangs`` never answers QUIT.
+    """
+
+    def __init__(self, mode: str = "accept", delay: float = 0.0, quit_hangs: bool = False) -> None:
+        self.mode = mode
+        self.delay = delay
+        self.quit_hangs = quit_hangs
+        self.received: list[bytes] = []
+        self.accepted = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port: int = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            worker = threading.Thread(target=self._session, args=(conn,), daemon=True)
+            worker.start()
+            self.threads.append(worker)
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError), conn.makefile("rb") as file:
+            conn.sendall(b"220 faulty.test ESMTP\r\n")
+            while line := file.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250-faulty.test\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    if self.mode == "drop-at-data":
+                        return
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = b""
+                    while (part := file.readline()) not in (b".\r\n", b""):
+                        data += part
+                    with self.lock:
+                        self.received.append(data)
+                    if not self._answer_data(conn):
+                        return
+                elif verb == b"QUIT":
+                    if self.quit_hangs:
+                        self.stopping.wait()
+                        return
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def _answer_data(self, conn: socket.socket) -> bool:
+        """Answer the final dot as ``mode`` says; False when the session ends here."""
+        if self.mode == "drop":
+            return False
+        if self.mode == "hang":
+            self.stopping.wait()
+            return False
+        if self.mode == "4xx":
+            conn.sendall(b"451 4.3.0 queue file write error\r\n")
+            return True
+        if self.mode == "5xx":
+            conn.sendall(b"554 5.6.0 message content rejected\r\n")
+            return True
+        if self.mode == "late" and self.stopping.wait(self.delay):
+            return False
+        conn.sendall(b"250 2.0.0 queued\r\n")
+        with self.lock:
+            self.accepted += 1
+        return True
+
+    def close(self) -> None:
+        self.stopping.set()
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it there.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+@pytest.fixture
+def relay() -> Iterator[FaultyRelay]:
+    server = FaultyRelay()
+    yield server
+    server.close()
+
+
+def _config(make_config: ConfigFactory, relay: FaultyRelay, deadline: float = DEADLINE) -> Path:
+    # smtp.timeout far beyond the deadline: the deadline alone must end the wait.
+    config = make_config(smtp={"port": relay.port, "timeout": "30s"}, deliver={"deadline": f"{deadline:g}s"})
+    vacation_set(config, RCPT, "--message", "I am away.")
+    return config
+
+
+def _deliver(config: Path) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    """One delivery attempt of the same message, as the MTA's first try and each retry; its wall time."""
+    started = time.monotonic()
+    result = run_hook(config, *deliver_args(SENDER, RCPT, queue_id="4ABC"), stdin=sample("personal.eml"))
+    return result, time.monotonic() - started
+
+
+def _log_line(result: subprocess.CompletedProcess[bytes], needle: str) -> str:
+    lines = [line for line in result.stderr.decode().splitlines() if needle in line]
+    assert lines, result.stderr.decode()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "delay"),
+    [("drop", 0.0), ("hang", 0.0), ("late", DEADLINE + 3)],
+    ids=["dropped-after-the-dot", "never-answered", "answered-after-the-deadline"],
+)
+def test_lost_answer_after_the_final_dot_counts_as_sent(
+    make_config: ConfigFactory, relay: FaultyRelay, mode: str, delay: float
+) -> None:
+    relay.mode, relay.delay = mode, delay
+    config = _config(make_config, relay)
+    first, elapsed = _deliver(config)
+    assert first.returncode == 0, first.stderr.decode()
+    line = _log_line(first, "action=reply")
+    assert ": WARNING " in line and "counted as sent" in line
+    # The whole run ends within the deadline and a second, however long the relay holds on.
+    assert elapsed < DEADLINE + 1, f"{elapsed:.1f}s"
+    # The MTA would not retry after 0; were it to deliver the message again, nothing goes out again.
+    for _ in range(2):
+        again, _elapsed = _deliver(config)
+        assert again.returncode == 0, again.stderr.decode()
+        assert b"reason=interval" in again.stderr
+    assert len(relay.received) == 1
+
+
+def test_4xx_to_the_data_defers_and_the_retry_answers_once(
+    make_config: ConfigFactory, relay: FaultyRelay
+) -> None:
+    relay.mode = "4xx"
+    config = _config(make_config, relay)
+    codes = [_deliver(config)[0].returncode for _ in range(3)]
+    assert codes == [75, 75, 75]
+    assert (len(relay.received), relay.accepted) == (3, 0)
+    relay.mode = "accept"
+    assert [_deliver(config)[0].returncode for _ in range(2)] == [0, 0]
+    assert (len(relay.received), relay.accepted) == (4, 1)
+
+
+def test_connection_lost_before_the_data_defers_and_the_retry_answers(
+    make_config: ConfigFactory, relay: FaultyRelay
+) -> None:
+    relay.mode = "drop-at-data"
+    config = _config(make_config, relay)
+    first, _elapsed = _deliver(config)
+    assert first.returncode == 75, first.stderr.decode()
+    assert relay.received == []
+    relay.mode = "accept"
+    assert _deliver(config)[0].returncode == 0
+    assert relay.accepted == 1
+
+
+def test_5xx_to_the_data_is_an_error_and_sends_nothing(
+    make_config: ConfigFactory, relay: FaultyRelay
+) -> None:
+    relay.mode = "5xx"
+    config = _config(make_config, relay)
+    result, _elapsed = _deliver(config)
+    assert result.returncode == 0
+    line = _log_line(result, "reason=relay-refused")
+    assert ": ERROR " in line and "at end of data" in line and "content filters" in line
+    relay.mode = "accept"
+    # Nothing went out, so nothing was used up: the same message delivered again is answered.
+    assert _deliver(config)[0].returncode == 0
+    assert relay.accepted == 1
+
+
+def test_quit_that_hangs_does_not_hold_the_hook(make_config: ConfigFactory, relay: FaultyRelay) -> None:
+    relay.quit_hangs = True
+    config = _config(make_config, relay, deadline=60)
+    result, elapsed = _deliver(config)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"action=reply" in result.stderr and b"counted as sent" not in result.stderr
+    assert relay.accepted == 1
+    # QUIT gets one second; smtp.timeout (30 s) and the deadline (60 s) are far off.
+    assert elapsed < 5, f"{elapsed:.1f}s"
