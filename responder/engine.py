@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from responder.audit import decision_message, decision_row
 from responder.compose import Outgoing, compose_reply
 from responder.config import format_duration
-from responder.context import BOUNCE, Context, Services
+from responder.context import BOUNCE, Claim, Context, Services
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.message import Inbound
 from responder.rules import DROP, RULES
@@ -95,8 +95,11 @@ def _release(ctx: Context) -> None:
     ctx.claims.clear()
 
 
-def _confirm(ctx: Context) -> None:
+def _confirm(ctx: Context, done: list[Claim]) -> None:
+    """Keep the claims of a response that went out; those in ``done`` were marked sent already."""
     for claim in ctx.claims:
+        if claim in done:
+            continue
         try:
             claim.confirm()
         except TransientError as exc:
@@ -137,8 +140,17 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
 
 def _send(ctx: Context, decision: Decision) -> Decision:
     assert decision.outgoing is not None
+    marked: list[Claim] = []
+
+    def before_final_dot() -> None:
+        # Marked sent before the relay can have the response: a hook killed while the relay holds
+        # it leaves a sent claim, which the MTA's retry never takes over. A fault here defers.
+        for claim in ctx.claims:
+            claim.confirm()
+            marked.append(claim)
+
     try:
-        ctx.services.transport.send(decision.outgoing)
+        ctx.services.transport.send(decision.outgoing, before_final_dot)
     except RelayRefused as exc:
         # Nothing went out, so respond() gives the claims back: a refusal by the site's own relay is
         # a setup fault, and the sender's interval must not be used up by a reply never sent.
@@ -146,12 +158,12 @@ def _send(ctx: Context, decision: Decision) -> Decision:
     except RelayUnconfirmed as exc:
         # The relay may have queued it: sending again could mail the sender twice, so count it as
         # sent. The price is a rare reply lost with the relay's answer.
-        _confirm(ctx)
+        _confirm(ctx, marked)
         detail = f"relay's answer to the data lost, counted as sent: {exc}"
         return Decision(
             decision.action, None, _join(detail, decision.detail), decision.outgoing, logging.WARNING
         )
-    _confirm(ctx)
+    _confirm(ctx, marked)
     return decision
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol, TypeVar
 
 import aiosmtplib
@@ -29,13 +29,20 @@ _RECIPIENT_STATUS = re.compile(r"5\.1\.\d{1,3}\b")
 
 
 class Transport(Protocol):
-    def send(self, outgoing: Outgoing) -> None: ...
+    def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None: ...
 
 
 class _Handover:
-    """Whether the final dot of one response was written: the line between "retry" and "count as sent"."""
+    """The line between "retry" and "count as sent" of one response: the final dot.
 
-    done = False
+    ``before`` runs just before the final dot is written (the engine marks the claims sent there, so
+    that a hook killed afterwards cannot make the retry send again); a fault it raises ends the
+    conversation with nothing handed over. ``done`` tells whether the final dot was written.
+    """
+
+    def __init__(self, before: Callable[[], None] | None = None) -> None:
+        self.before = before
+        self.done = False
 
 
 class SmtpTransport:
@@ -49,13 +56,13 @@ class SmtpTransport:
         self.settings = settings
         self.deadline = deadline
 
-    def send(self, outgoing: Outgoing) -> None:
-        """Deliver ``outgoing`` to the relay.
+    def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None:
+        """Deliver ``outgoing`` to the relay, calling ``before_final_dot`` just before the final dot.
 
         RelayUnavailable (4xx, network fault, timeout) and RelayRefused (5xx) mean the relay does not
         have it; RelayUnconfirmed means it got the final dot but its answer was lost or came too late.
         """
-        handover = _Handover()
+        handover = _Handover(before_final_dot)
         try:
             asyncio.run(self._send_once(outgoing, handover))
         except DeadlineExceeded as exc:
@@ -103,17 +110,25 @@ class SmtpTransport:
         budget = self._budget(self.settings.timeout)
         try:
             return await asyncio.wait_for(step, budget)
-        except aiosmtplib.SMTPResponseException as exc:
-            _raise_for(exc.code, exc.message, stage, exc)
         except TimeoutError as exc:
+            if isinstance(exc, aiosmtplib.SMTPException):
+                raise RelayUnavailable(f"{self._name()}: {stage}: {exc}") from exc
             limit = "smtp.timeout" if budget >= self.settings.timeout else "the hook's deadline"
             raise RelayUnavailable(f"{self._name()}: no answer to {stage} within {limit}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise RelayUnavailable(f"{self._name()}: {stage}: {exc}") from exc
+            self._map(stage, exc)
 
     async def _mapped(self, step: Awaitable[object]) -> None:
-        """Run a step without a stage name (kept for the pooled transport of the service)."""
-        await self._bounded("the conversation", step)
+        """A step of the pooled transport of the service: faults mapped, each command has its timeout."""
+        try:
+            await step
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._map("the conversation", exc)
+
+    def _map(self, stage: str, exc: BaseException) -> NoReturn:
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            _raise_for(exc.code, exc.message, stage, exc)
+        raise RelayUnavailable(f"{self._name()}: {stage}: {exc}") from exc
 
     async def _transaction(
         self, client: aiosmtplib.SMTP, outgoing: Outgoing, handover: _Handover | None = None
@@ -145,6 +160,8 @@ class SmtpTransport:
         protocol = client.protocol
         if protocol is None:
             raise RelayUnavailable(f"{self._name()}: connection lost after DATA")
+        if handover.before is not None:
+            handover.before()
         try:
             protocol.write(_dot_stuffed(message))
         except aiosmtplib.SMTPException as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ConfigFactory
-from tests.helpers import deliver_args, run_hook, sample, vacation_set
+from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 
 SENDER = "bob@example.org"
 RCPT = "alice@example.com"
@@ -165,6 +166,34 @@ def test_lost_answer_after_the_final_dot_counts_as_sent(
         again, _elapsed = _deliver(config)
         assert again.returncode == 0, again.stderr.decode()
         assert b"reason=interval" in again.stderr
+    assert len(relay.received) == 1
+
+
+def test_hook_killed_while_the_relay_holds_the_data_never_sends_twice(
+    make_config: ConfigFactory, relay: FaultyRelay
+) -> None:
+    """Killed (by the MTA's time limit, the OOM killer) after the final dot: the retry must not send."""
+    relay.mode = "hang"
+    config = _config(make_config, relay)
+    command = [sys.executable, "-m", "responder", "--config", str(config), *deliver_args(SENDER, RCPT)]
+    hook = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=hook_env()
+    )
+    assert hook.stdin is not None
+    hook.stdin.write(sample("personal.eml"))
+    hook.stdin.close()
+    give_up = time.monotonic() + 30
+    while not relay.received and time.monotonic() < give_up:
+        time.sleep(0.01)
+    hook.kill()
+    assert hook.wait(timeout=30) == -9
+    assert len(relay.received) == 1
+    # A claim whose attempt died may be taken over once the deadline has passed: wait that long.
+    time.sleep(DEADLINE + 0.5)
+    relay.mode = "accept"
+    retry, _elapsed = _deliver(config)
+    assert retry.returncode == 0, retry.stderr.decode()
+    assert b"reason=interval" in retry.stderr
     assert len(relay.received) == 1
 
 
