@@ -183,3 +183,15 @@ def test_dsn_of_the_fallback_passes_the_policy_restriction(
     assert dsn.message.get_content_type() == "multipart/report"
     assert decision(responder, queue_id, ROUTED)["action"] == "bounce"
     assert "Relay access denied" not in postfix.maillog()
+
+
+def test_reply_to_a_retired_address_is_refused_by_the_policy_and_sends_nothing(
+    postfix: PolicyPostfix, policy: PolicyProcess, sink: SmtpSink, responder: ResponderInstance
+) -> None:
+    """A refusal of the recipient itself (5.1.x at RCPT) is a warning, not a setup fault; no bounce."""
+    queue_id = postfix.send(RETIRED, [ALICE], message(RETIRED))
+    _settle(postfix, queue_id, ALICE)
+    record = decision(responder, queue_id, ALICE)
+    assert (record["action"], record["reason"]) == ("drop", "relay-refused")
+    assert "at RCPT TO: 554 5.1.6" in record["detail"] and "recipient address itself" in record["detail"]
+    assert sink.messages == []
