@@ -8,16 +8,22 @@ retry. Every relay step ends before the hook's deadline, QUIT included.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from responder.compose import Outgoing
+from responder.config import settings_from_mapping
+from responder.errors import DeadlineExceeded, RelayUnconfirmed
+from responder.transport import SmtpTransport
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 
@@ -31,7 +37,8 @@ class FaultyRelay:
 
     ``accept`` answers 250; ``drop`` closes the connection right after the final dot; ``hang``
     never answers it; ``late`` answers 250 after ``delay`` seconds; ``4xx`` / ``5xx`` refuse the
-    data; ``drop-at-data`` closes the connection on the DATA command, before any data. Every final
+    data; ``drop-at-data`` closes the connection on the DATA command, before any data, and
+    ``stall-at-data`` never answers the DATA command. Every final
     dot that arrives is counted in ``received`` before anything is answered (a real relay has
     queued the message by then); ``accepted`` counts the 250s. ``quit_hangs`` never answers QUIT.
     """
@@ -70,6 +77,9 @@ class FaultyRelay:
                     conn.sendall(b"250-faulty.test\r\n250 8BITMIME\r\n")
                 elif verb == b"DATA":
                     if self.mode == "drop-at-data":
+                        return
+                    if self.mode == "stall-at-data":
+                        self.stopping.wait()
                         return
                     conn.sendall(b"354 go ahead\r\n")
                     data = b""
@@ -137,6 +147,22 @@ def _deliver(config: Path) -> tuple[subprocess.CompletedProcess[bytes], float]:
     started = time.monotonic()
     result = run_hook(config, *deliver_args(SENDER, RCPT, queue_id="4ABC"), stdin=sample("personal.eml"))
     return result, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """The hook's deadline as it fires: DeadlineExceeded raised in the main thread by SIGALRM."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise DeadlineExceeded(f"deadline of {seconds:g}s passed")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _log_line(result: subprocess.CompletedProcess[bytes], needle: str) -> str:
@@ -247,3 +273,24 @@ def test_quit_that_hangs_does_not_hold_the_hook(make_config: ConfigFactory, rela
     assert relay.accepted == 1
     # QUIT gets one second; smtp.timeout (30 s) and the deadline (60 s) are far off.
     assert elapsed < 5, f"{elapsed:.1f}s"
+
+
+@pytest.mark.parametrize(
+    ("mode", "raised"),
+    [("hang", RelayUnconfirmed), ("stall-at-data", DeadlineExceeded)],
+    ids=["after-the-final-dot", "before-the-data"],
+)
+def test_the_hooks_alarm_during_the_conversation(
+    relay: FaultyRelay, mode: str, raised: type[Exception]
+) -> None:
+    """The hook's own alarm, were the relay steps to overrun: counted as sent only after the final dot."""
+    relay.mode = mode
+    settings = settings_from_mapping({"smtp": {"port": relay.port, "timeout": "30s"}})
+    message = EmailMessage()
+    message["Subject"] = "Auto: hello"
+    message.set_content("I am away.")
+    started = time.monotonic()
+    with pytest.raises(raised, match="deadline of 1s passed"), _alarm(1.0):
+        SmtpTransport(settings.smtp).send(Outgoing("", SENDER, message))
+    assert time.monotonic() - started < 2
+    assert len(relay.received) == (1 if mode == "hang" else 0)
