@@ -26,6 +26,7 @@ from responder.errors import DeadlineExceeded, RelayUnconfirmed
 from responder.transport import SmtpTransport
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
+from tests.sink import SmtpSink
 
 SENDER = "bob@example.org"
 RCPT = "alice@example.com"
@@ -294,3 +295,19 @@ def test_the_hooks_alarm_during_the_conversation(
         SmtpTransport(settings.smtp).send(Outgoing("", SENDER, message))
     assert time.monotonic() - started < 2
     assert len(relay.received) == (1 if mode == "hang" else 0)
+
+
+def test_the_data_is_dot_stuffed_and_arrives_unchanged(sink: SmtpSink) -> None:
+    """DATA is written here, not by aiosmtplib: lines of dots and the last line must survive."""
+    settings = settings_from_mapping({"smtp": {"port": sink.port}})
+    message = EmailMessage()
+    message["Subject"] = "Auto: dots"
+    body = ".\n..\n.leading dot\nmiddle . dot\n.\nno newline at the end"
+    message.set_content(body)
+    outgoing = Outgoing("", SENDER, message)
+    # Unstuffed, this line alone would end the data early.
+    assert b"\r\n.\r\n" in outgoing.as_bytes()
+    SmtpTransport(settings.smtp).send(outgoing)
+    [received] = sink.wait_for(1)
+    content = received.message.get_content()
+    assert content.replace("\r\n", "\n") == body + "\n"
