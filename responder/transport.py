@@ -78,8 +78,13 @@ class SmtpTransport:
         try:
             await self._bounded("connect", client.connect())
             await self._transaction(client, outgoing, handover)
+        except (RelayRefused, RelayUnavailable) as exc:
+            # A relay that answered gets its QUIT (bounded like the rest); one that went silent does not.
+            if isinstance(exc, RelayRefused) or isinstance(exc.__cause__, aiosmtplib.SMTPResponseException):
+                await self._quit(client)
+            client.close()
+            raise
         except BaseException:
-            # Never QUIT here: a relay that stopped answering would hold the hook once more.
             client.close()
             raise
         await self._quit(client)

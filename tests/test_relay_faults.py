@@ -31,6 +31,7 @@ from tests.sink import SmtpSink
 SENDER = "bob@example.org"
 RCPT = "alice@example.com"
 DEADLINE = 2.0
+KILL_DEADLINE = 5.0
 
 
 class FaultyRelay:
@@ -201,7 +202,8 @@ def test_hook_killed_while_the_relay_holds_the_data_never_sends_twice(
 ) -> None:
     """Killed (by the MTA's time limit, the OOM killer) after the final dot: the retry must not send."""
     relay.mode = "hang"
-    config = _config(make_config, relay)
+    # Room to reach DATA on a loaded machine; the kill comes long before the deadline.
+    config = _config(make_config, relay, deadline=KILL_DEADLINE)
     command = [sys.executable, "-m", "responder", "--config", str(config), *deliver_args(SENDER, RCPT)]
     hook = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=hook_env()
@@ -216,7 +218,7 @@ def test_hook_killed_while_the_relay_holds_the_data_never_sends_twice(
     assert hook.wait(timeout=30) == -9
     assert len(relay.received) == 1
     # A claim whose attempt died may be taken over once the deadline has passed: wait that long.
-    time.sleep(DEADLINE + 0.5)
+    time.sleep(KILL_DEADLINE + 0.5)
     relay.mode = "accept"
     retry, _elapsed = _deliver(config)
     assert retry.returncode == 0, retry.stderr.decode()
