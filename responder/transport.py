@@ -80,7 +80,7 @@ class SmtpTransport:
             await self._transaction(client, outgoing, handover)
         except (RelayRefused, RelayUnavailable) as exc:
             # A relay that answered gets its QUIT (bounded like the rest); one that went silent does not.
-            if isinstance(exc, RelayRefused) or isinstance(exc.__cause__, aiosmtplib.SMTPResponseException):
+            if isinstance(exc.__cause__, aiosmtplib.SMTPResponseException) or exc.__cause__ is None:
                 await self._quit(client)
             client.close()
             raise
@@ -199,9 +199,11 @@ def _dot_stuffed(message: bytes) -> bytes:
 
 
 def _raise_for(code: int, message: str, stage: str, cause: BaseException | None) -> NoReturn:
+    # The answer is the cause either way: _send_once tells a relay that answered by it.
+    answer = cause or aiosmtplib.SMTPResponseException(code, message)
     if 500 <= code < 600:
-        raise RelayRefused(code, message, stage) from cause
-    raise RelayUnavailable(f"relay answered {code} {message} to {stage}") from cause
+        raise RelayRefused(code, message, stage) from answer
+    raise RelayUnavailable(f"relay answered {code} {message} to {stage}") from answer
 
 
 def refusal_advice(exc: RelayRefused) -> tuple[bool, str]:

@@ -30,7 +30,8 @@ from tests.sink import SmtpSink
 
 SENDER = "bob@example.org"
 RCPT = "alice@example.com"
-DEADLINE = 2.0
+# Short, yet room for the hook to reach DATA on a loaded machine.
+DEADLINE = 3.0
 KILL_DEADLINE = 5.0
 
 
@@ -137,7 +138,7 @@ def relay() -> Iterator[FaultyRelay]:
     server.close()
 
 
-def _config(make_config: ConfigFactory, relay: FaultyRelay, deadline: float = DEADLINE) -> Path:
+def _config(make_config: ConfigFactory, relay: FaultyRelay, deadline: float = 30) -> Path:
     # smtp.timeout far beyond the deadline: the deadline alone must end the wait.
     config = make_config(smtp={"port": relay.port, "timeout": "30s"}, deliver={"deadline": f"{deadline:g}s"})
     vacation_set(config, RCPT, "--message", "I am away.")
@@ -182,7 +183,7 @@ def test_lost_answer_after_the_final_dot_counts_as_sent(
     make_config: ConfigFactory, relay: FaultyRelay, mode: str, delay: float
 ) -> None:
     relay.mode, relay.delay = mode, delay
-    config = _config(make_config, relay)
+    config = _config(make_config, relay, deadline=DEADLINE)
     first, elapsed = _deliver(config)
     assert first.returncode == 0, first.stderr.decode()
     line = _log_line(first, "action=reply")
