@@ -26,6 +26,7 @@ from responder.errors import DeadlineExceeded, RelayUnconfirmed
 from responder.transport import SmtpTransport
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
+from tests.lmtp_support import LmtpClient, ServiceProcess
 from tests.sink import SmtpSink
 
 SENDER = "bob@example.org"
@@ -314,3 +315,30 @@ def test_the_data_is_dot_stuffed_and_arrives_unchanged(sink: SmtpSink) -> None:
     [received] = sink.wait_for(1)
     content = received.message.get_content()
     assert content.replace("\r\n", "\n") == body + "\n"
+
+
+def test_service_never_sends_twice_when_a_reused_connection_drops_after_the_dot(
+    make_config: ConfigFactory, relay: FaultyRelay, tmp_path: Path
+) -> None:
+    """The service keeps relay connections open; one lost after the final dot is not sent again."""
+    socket_path = tmp_path / "lmtp.sock"
+    config = make_config(smtp={"port": relay.port}, server={"socket": f"unix:{socket_path}"})
+    vacation_set(config, RCPT, "--message", "I am away.")
+    service = ServiceProcess(config, socket_path, tmp_path / "service.log").start()
+    try:
+        client = LmtpClient(socket_path)
+        client.greet()
+        for number, mode in enumerate(["accept", "drop"]):
+            relay.mode = mode
+            sender = f"s{number}@example.org"
+            data = (
+                f"From: {sender}\nTo: {RCPT}\nSubject: q{number}\nMessage-ID: <{number}@example.org>\n\nHi.\n"
+            )
+            [(code, text)] = client.send_message(sender, [RCPT], data.encode())
+            assert (code, "reply" in text) == (250, True), text
+        client.close()
+    finally:
+        service.stop()
+    # The second reply went over the connection the first one left open; it was not sent again.
+    assert len(relay.received) == 2
+    assert "counted as sent" in service.log()
