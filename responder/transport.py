@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol, TypeVar
@@ -74,7 +75,7 @@ class SmtpTransport:
             raise
 
     async def _send_once(self, outgoing: Outgoing, handover: _Handover) -> None:
-        client = self._client()
+        client = self._client(_ehlo_name(outgoing))
         try:
             await self._bounded("connect", client.connect())
             await self._transaction(client, outgoing, handover)
@@ -89,7 +90,7 @@ class SmtpTransport:
             raise
         await self._quit(client)
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self, ehlo: str | None = None) -> aiosmtplib.SMTP:
         s = self.settings
         return aiosmtplib.SMTP(
             hostname=s.host,
@@ -98,7 +99,8 @@ class SmtpTransport:
             start_tls=s.starttls,
             username=s.username or None,
             password=s.password or None,
-            local_hostname=s.hostname or None,
+            # Without a name aiosmtplib asks socket.getfqdn() in a thread, which no timeout can stop.
+            local_hostname=s.hostname or ehlo,
         )
 
     def _name(self) -> str:
@@ -187,6 +189,12 @@ class SmtpTransport:
             pass
         finally:
             client.close()
+
+
+def _ehlo_name(outgoing: Outgoing) -> str:
+    """The Message-ID's domain (smtp.hostname or the responding address's domain), else this host's name."""
+    domain = str(outgoing.message.get("Message-ID", "")).strip().strip("<>").rpartition("@")[2]
+    return domain if domain and domain.isascii() else socket.gethostname()
 
 
 def _dot_stuffed(message: bytes) -> bytes:

@@ -52,6 +52,7 @@ class FaultyRelay:
         self.delay = delay
         self.quit_hangs = quit_hangs
         self.received: list[bytes] = []
+        self.ehlo: list[str] = []
         self.accepted = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -78,6 +79,7 @@ class FaultyRelay:
             while line := file.readline():
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
+                    self.ehlo.append(line[5:].strip().decode())
                     conn.sendall(b"250-faulty.test\r\n250 8BITMIME\r\n")
                 elif verb == b"DATA":
                     if self.mode == "drop-at-data":
@@ -342,3 +344,14 @@ def test_service_never_sends_twice_when_a_reused_connection_drops_after_the_dot(
     # The second reply went over the connection the first one left open; it was not sent again.
     assert len(relay.received) == 2
     assert "counted as sent" in service.log()
+
+
+def test_ehlo_names_the_responding_domain_without_asking_dns(
+    make_config: ConfigFactory, relay: FaultyRelay
+) -> None:
+    """smtp.hostname empty: the responding address's domain, as for the Message-ID (no getfqdn lookup)."""
+    config = make_config(smtp={"port": relay.port, "hostname": ""})
+    vacation_set(config, RCPT, "--message", "I am away.")
+    result, _elapsed = _deliver(config)
+    assert result.returncode == 0, result.stderr.decode()
+    assert relay.ehlo == ["example.com"]
