@@ -245,10 +245,12 @@ def deliver_in_process(argv: Sequence[str], raw: bytes) -> int:
         log.error("%s; deferring", exc)
         return EX_TEMPFAIL
     setup_logging(settings.log)
+    import time
+
     from responder.context import Services
     from responder.engine import respond
 
-    services = Services(settings)
+    services = Services(settings, deadline=time.monotonic() + settings.deliver.deadline)
     try:
         with deadline(settings.deliver.deadline):
             respond(Inbound(envelope, raw), services)

@@ -80,11 +80,14 @@ class Services:
         clock: Callable[[], dt.datetime] = utcnow,
         store: Store | None = None,
         transport: Transport | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self._store = store
         self._transport = transport
+        # The hook's whole-run deadline as a time.monotonic() instant; the relay steps end before it.
+        self.deadline = deadline
         self._renderer: Renderer | None = None
 
     @property
@@ -102,7 +105,7 @@ class Services:
         if self._transport is None:
             from responder.transport import SmtpTransport
 
-            self._transport = SmtpTransport(self.settings.smtp)
+            self._transport = SmtpTransport(self.settings.smtp, self.deadline)
         return self._transport
 
     @property

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from responder.audit import decision_message, decision_row
 from responder.compose import Outgoing, compose_reply
 from responder.config import format_duration
-from responder.context import BOUNCE, Context, Services
-from responder.errors import RelayRefused, RelayUnavailable, TransientError
+from responder.context import BOUNCE, Claim, Context, Services
+from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.message import Inbound
 from responder.rules import DROP, RULES
 
@@ -26,6 +26,8 @@ class Decision:
     reason: str | None
     detail: str = ""
     outgoing: Outgoing | None = None
+    # Of the log line: a refusal by the site's own relay is a setup fault the admin must see.
+    level: int = logging.INFO
 
 
 def decide(ctx: Context) -> Decision:
@@ -93,8 +95,11 @@ def _release(ctx: Context) -> None:
     ctx.claims.clear()
 
 
-def _confirm(ctx: Context) -> None:
+def _confirm(ctx: Context, done: list[Claim]) -> None:
+    """Keep the claims of a response that went out; those in ``done`` were marked sent already."""
     for claim in ctx.claims:
+        if claim in done:
+            continue
         try:
             claim.confirm()
         except TransientError as exc:
@@ -106,8 +111,9 @@ def _confirm(ctx: Context) -> None:
 def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Decision:
     """Decide and act on one delivery; raises TransientError when the MTA should retry.
 
-    Claims taken while deciding are kept only when the response went out (or was refused for
-    good); on every other path they are given back so that the retry can still answer.
+    Claims taken while deciding are kept only when the response went out, or may have (the relay
+    got the final dot but its answer was lost); on every other path, a refusal by the relay
+    included, they are given back so that the retry or the sender's next message can still answer.
     """
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
@@ -134,19 +140,48 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
 
 def _send(ctx: Context, decision: Decision) -> Decision:
     assert decision.outgoing is not None
+    marked: list[Claim] = []
+
+    def before_final_dot() -> None:
+        # Marked sent before the relay can have the response: a hook killed while the relay holds
+        # it leaves a sent claim, which the MTA's retry never takes over. A fault here defers.
+        for claim in ctx.claims:
+            claim.confirm()
+            marked.append(claim)
+
     try:
-        ctx.services.transport.send(decision.outgoing)
+        ctx.services.transport.send(decision.outgoing, before_final_dot)
     except RelayRefused as exc:
-        # Retrying would be refused again; keep the claim so the interval still applies.
-        _confirm(ctx)
-        return Decision(DROP, "relay-refused", _join(str(exc), decision.detail))
-    _confirm(ctx)
+        # Nothing went out, so respond() gives the claims back: a refusal by the site's own relay is
+        # a setup fault, and the sender's interval must not be used up by a reply never sent.
+        return _refused(exc, decision)
+    except RelayUnconfirmed as exc:
+        # The relay may have queued it: sending again could mail the sender twice, so count it as
+        # sent. The price is a rare reply lost with the relay's answer.
+        _confirm(ctx, marked)
+        detail = f"relay's answer to the data lost, counted as sent: {exc}"
+        return Decision(
+            decision.action, None, _join(detail, decision.detail), decision.outgoing, logging.WARNING
+        )
+    _confirm(ctx, marked)
     return decision
+
+
+def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+    from responder.transport import refusal_advice
+
+    setup_fault, advice = refusal_advice(exc)
+    stage = f" at {exc.stage}" if exc.stage else ""
+    detail = f"relay refused the {decision.action}{stage}: {exc}; nothing was sent; {advice}"
+    level = logging.ERROR if setup_fault else logging.WARNING
+    return Decision(DROP, "relay-refused", _join(detail, decision.detail), None, level)
 
 
 def log_decision(inbound: Inbound, decision: Decision) -> None:
     # The text is shared with the pipe hook's fast path, which logs without the logging module.
-    log.info("%s", decision_message(inbound, decision.action, decision.reason, decision.detail))
+    log.log(
+        decision.level, "%s", decision_message(inbound, decision.action, decision.reason, decision.detail)
+    )
 
 
 def record(ctx: Context, decision: Decision) -> None:

@@ -18,9 +18,14 @@ class DeadlineExceeded(TransientError, TimeoutError):
 
 
 class RelayRefused(Exception):
-    """The SMTP relay refused the response permanently (5xx); retrying would not help."""
+    """The SMTP relay refused the response permanently (5xx) at ``stage``; retrying would not help."""
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str, stage: str = "") -> None:
         super().__init__(f"{code} {text}")
         self.code = code
         self.text = text
+        self.stage = stage
+
+
+class RelayUnconfirmed(Exception):
+    """The relay got the whole response (the final dot was sent) but its answer was lost or late."""

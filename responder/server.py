@@ -34,6 +34,7 @@ from responder.transport import SmtpTransport
 from responder.unixsocket import clear_stale_socket
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from responder.compose import Outgoing
@@ -63,7 +64,9 @@ class PooledSmtpTransport(SmtpTransport):
         self.keep = keep
         self.idle: list[aiosmtplib.SMTP] = []
 
-    def send(self, outgoing: Outgoing) -> None:
+    def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None:
+        # before_final_dot is not called: its database write would stall the loop; the engine then
+        # keeps the claims after the answer, as it does for any transport that does not call it.
         asyncio.run_coroutine_threadsafe(self.send_pooled(outgoing), self.loop).result()
 
     async def send_pooled(self, outgoing: Outgoing) -> None:

@@ -219,12 +219,13 @@ def test_rate_limits_cover_bounces(store: Store, db_url: str, sink: SmtpSink, cl
     assert len(sink.wait_for(2, timeout=0.5)) == 1
 
 
-def test_relay_refusal_drops_and_keeps_the_interval(services: Services, sink: SmtpSink) -> None:
-    sink.rcpt_reply = "550 5.1.1 no such user"
+def test_relay_refusal_drops_and_gives_the_interval_back(services: Services, sink: SmtpSink) -> None:
+    sink.rcpt_reply = "550 5.7.1 relaying denied"
     refused = _respond(services, _numbered(1))
     assert (refused.action, refused.reason) == ("drop", "relay-refused")
     sink.rcpt_reply = ""
-    assert _respond(services, _numbered(2)).reason == "interval"
+    assert _respond(services, _numbered(2)).action == "bounce"
+    assert len(sink.wait_for(1)) == 1
 
 
 def test_relay_outage_defers_and_gives_the_claim_back(services: Services, sink: SmtpSink) -> None:

@@ -117,16 +117,24 @@ def test_relay_down_defers(make_config: ConfigFactory) -> None:
     assert b"deferring" in result.stderr
 
 
-def test_relay_5xx_is_logged_and_final(make_config: ConfigFactory, sink: SmtpSink) -> None:
+def test_relay_5xx_is_an_error_with_advice_and_leaves_the_interval_free(
+    make_config: ConfigFactory, sink: SmtpSink
+) -> None:
+    """Postfix's answer to a relay it does not trust: the admin's to fix, never the sender's loss."""
     config = make_config()
     vacation_set(config, RCPT, "--message", "I am away.")
-    sink.rcpt_reply = "550 5.7.1 null senders not accepted"
+    sink.rcpt_reply = "554 5.7.1 <bob@example.org>: Relay access denied"
     result = _deliver(config, sample("personal.eml"))
     assert result.returncode == 0
-    assert b"reason=relay-refused" in result.stderr
+    [line] = [line for line in result.stderr.decode().splitlines() if "reason=relay-refused" in line]
+    assert ": ERROR " in line and "at RCPT TO" in line and "nothing was sent" in line
+    assert "mynetworks" in line
+    assert sink.messages == []
     sink.rcpt_reply = ""
-    assert _deliver(config, sample("personal.eml")).returncode == 0
-    assert sink.wait_for(1, timeout=0.3) == []
+    # Once the relay is fixed, the sender's next message is answered: the refusal used up nothing.
+    again = sample("personal.eml").replace(b"<abc123@example.org>", b"<abc124@example.org>")
+    assert _deliver(config, again).returncode == 0
+    assert len(sink.wait_for(1)) == 1
 
 
 def test_database_missing_defers(make_config: ConfigFactory, tmp_path: Path) -> None:

@@ -123,16 +123,23 @@ def test_transient_failure_gives_the_claim_back(
     assert _decide(services, 1) == ("suppress", "interval")
 
 
-def test_permanent_refusal_keeps_the_claim(
-    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+@pytest.mark.parametrize(
+    "rcpt_reply",
+    ["554 5.7.1 <bob@example.org>: Relay access denied", "550 5.1.1 <bob@example.org>: no such user"],
+    ids=["setup-fault", "recipient-refused"],
+)
+def test_permanent_refusal_gives_the_claim_back(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock, rcpt_reply: str
 ) -> None:
+    """Nothing went out, so nothing is used up: neither the interval nor the rate-limit counts."""
     services = _services(store, db_url, sink, clock)
     _vacation(store, clock)
-    sink.rcpt_reply = "550 5.1.1 no such user"
+    sink.rcpt_reply = rcpt_reply
     assert _decide(services, 1) == ("drop", "relay-refused")
+    assert store.last_claim(REPLIES, store.list_vacations()[0].id, "bob@example.org") is None
     sink.rcpt_reply = ""
-    assert _decide(services, 2) == ("suppress", "interval")
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert _decide(services, 2) == ("reply", None)
+    assert len(sink.wait_for(1)) == 1
 
 
 def test_dead_attempt_of_the_same_message_can_be_taken_over(
