@@ -66,19 +66,24 @@ class Services:
         clock: Callable[[], dt.datetime] = utcnow,
         store: Store | None = None,
         transport: Transport | None = None,
+        on_settled: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self._store = store
         self._transport = transport
         self._renderer: Renderer | None = None
+        self._on_settled = on_settled
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            from responder.store import Store
+            from responder.store import Store, answer_timeout
 
-            store = Store.open(self.settings.database.url, self.settings.database.busy_timeout)
+            database = self.settings.database
+            store = Store.open(
+                database.url, database.busy_timeout, statement_timeout=answer_timeout(database.busy_timeout)
+            )
             store.check_schema()
             self._store = store
         return self._store
@@ -98,6 +103,11 @@ class Services:
 
             self._renderer = Renderer(self.settings.reply.templates_dir)
         return self._renderer
+
+    def settle(self, action: str, reason: str | None) -> None:
+        """The decision is made and nothing it owes is left undone (the pipe hook may now end with 0)."""
+        if self._on_settled is not None:
+            self._on_settled(action, reason)
 
     def close(self) -> None:
         if self._store is not None:

@@ -112,6 +112,8 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
         decision = decide(ctx)
+        if decision.outgoing is None:
+            services.settle(decision.action, decision.reason)
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
     except TransientError as exc:
@@ -137,9 +139,12 @@ def _send(ctx: Context, decision: Decision) -> Decision:
     try:
         ctx.services.transport.send(decision.outgoing)
     except RelayRefused as exc:
+        ctx.services.settle(DROP, "relay-refused")
         # Retrying would be refused again; keep the claim so the interval still applies.
         _confirm(ctx)
         return Decision(DROP, "relay-refused", _join(str(exc), decision.detail))
+    # The response is out: a retry must not send it again, whatever happens to the confirmation.
+    ctx.services.settle(decision.action, decision.reason)
     _confirm(ctx)
     return decision
 
