@@ -9,6 +9,7 @@ confirmation is lost, with a warning); anything still owed ends with 75 (the MTA
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import sqlite3
 import subprocess
 import time
@@ -248,3 +249,17 @@ def test_sqlite_lock_longer_than_the_deadline_meets_the_backstop(
     for elapsed in (owed, suppressed_took):
         assert 2 + MARGIN - 0.5 < elapsed < 2 + MARGIN + STARTUP
     assert sink.messages == []
+
+
+def test_service_that_never_answers_is_given_up_before_the_backstop(make_config: ConfigFactory) -> None:
+    """The thin client waits for the service only as long as the hook may live, then defers itself."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        config = make_config(server={"socket": f"127.0.0.1:{port}"}, deliver={"deadline": "2s"})
+        started = time.monotonic()
+        result = run_hook(config, *deliver_args(SENDER, RCPT), stdin=sample("personal.eml"), timeout=60)
+        elapsed = time.monotonic() - started
+    print(f"silent service: exit {result.returncode} after {elapsed:.2f}s (2s + {MARGIN:g}s)")
+    assert result.returncode == 75, result.stderr.decode()
+    assert b"ERROR deferring" in result.stderr and b"still running" not in result.stderr
+    assert elapsed < 2 + MARGIN + STARTUP
