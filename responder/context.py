@@ -64,16 +64,17 @@ class Services:
         self,
         settings: Settings,
         clock: Callable[[], dt.datetime] = utcnow,
+        on_settled: Callable[[str, str | None], None] | None = None,
         store: Store | None = None,
         transport: Transport | None = None,
-        on_settled: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # Told when the decision is made and nothing it owes is left undone (the hook's deadline).
+        self._on_settled = on_settled
         self._store = store
         self._transport = transport
         self._renderer: Renderer | None = None
-        self._on_settled = on_settled
 
     @property
     def store(self) -> Store:

@@ -112,10 +112,10 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
         decision = decide(ctx)
-        if decision.outgoing is None:
-            services.settle(decision.action, decision.reason)
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
+        # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
+        services.settle(decision.action, decision.reason)
     except TransientError as exc:
         _release(ctx)
         deferred = Decision(DEFER, "tempfail", str(exc))
@@ -139,12 +139,9 @@ def _send(ctx: Context, decision: Decision) -> Decision:
     try:
         ctx.services.transport.send(decision.outgoing)
     except RelayRefused as exc:
-        ctx.services.settle(DROP, "relay-refused")
         # Retrying would be refused again; keep the claim so the interval still applies.
         _confirm(ctx)
         return Decision(DROP, "relay-refused", _join(str(exc), decision.detail))
-    # The response is out: a retry must not send it again, whatever happens to the confirmation.
-    ctx.services.settle(decision.action, decision.reason)
     _confirm(ctx)
     return decision
 
