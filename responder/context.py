@@ -79,12 +79,11 @@ class Services:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from responder.store import Store, answer_timeout
+            from responder.store import Store, limit_statements
 
             database = self.settings.database
-            store = Store.open(
-                database.url, database.busy_timeout, statement_timeout=answer_timeout(database.busy_timeout)
-            )
+            store = Store.open(database.url, database.busy_timeout)
+            limit_statements(store.engine, database.busy_timeout)
             store.check_schema()
             self._store = store
         return self._store

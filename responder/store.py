@@ -180,31 +180,13 @@ def _sqlite_pragmas(busy_timeout: float) -> Any:
     return on_connect
 
 
-# A statement of the hook may wait busy_timeout for a lock and then needs time to run.
-STATEMENT_SLACK = 2.0
-
-
-def answer_timeout(busy_timeout: float) -> float:
-    """The hook's longest wait for one answer of the database server: a lock wait, then the statement."""
-    return busy_timeout + STATEMENT_SLACK
-
-
-def make_engine(
-    url: str, busy_timeout: float = 10.0, pooled: bool = False, statement_timeout: float | None = None
-) -> Engine:
+def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Engine:
     """An engine for ``url``: SQLite (busy timeout, foreign keys), PostgreSQL or MySQL/MariaDB.
 
     A hook process lives for one delivery: it keeps one connection for all its statements (a TCP
     connect and login to PostgreSQL or MariaDB costs more than the statements) and needs no pre-ping;
     long-running callers ask for ``pooled`` and get connections checked before use. ``busy_timeout``
-    bounds every wait for a lock and for the connection: the SQLite file, PostgreSQL's lock_timeout,
-    InnoDB's lock wait and MariaDB's metadata lock wait. ``statement_timeout`` bounds each statement
-    for the hook: on MySQL the wait for every answer (PyMySQL's read and write timeouts, without
-    which a server that accepted the connection and went silent holds the caller forever); on
-    PostgreSQL the server's statement_timeout, and TCP keepalives and tcp_user_timeout for a server
-    host that vanished (libpq has no read timeout: a peer that keeps the connection up and never
-    answers is left to the hook's deadline). None means no limit, for migrations and other admin work
-    that may legitimately run long.
+    bounds every wait for a lock: the SQLite file, PostgreSQL's lock_timeout, InnoDB's lock wait.
     MySQL connections speak utf8mb4 (4-byte UTF-8 survives) and run READ COMMITTED like PostgreSQL,
     so that a purge's range DELETE takes no gap locks that would hold up the hook's INSERTs.
     """
@@ -223,25 +205,10 @@ def make_engine(
         connect_args["connect_timeout"] = max(1, int(busy_timeout))
         connect_args["application_name"] = "responder"
         # A row or table lock held past busy_timeout is a fault (exit 75), as a locked SQLite file is.
-        options = [f"-c lock_timeout={max(1, int(busy_timeout * 1000))}"]
-        if statement_timeout is not None:
-            milliseconds = max(1, int(statement_timeout * 1000))
-            options.append(f"-c statement_timeout={milliseconds}")
-            # A server host that vanished leaves no error behind: the kernel's timers find out.
-            connect_args.update(
-                keepalives=1,
-                keepalives_idle=max(1, int(statement_timeout)),
-                keepalives_interval=1,
-                keepalives_count=3,
-                tcp_user_timeout=milliseconds,
-            )
         if "options" not in query:
-            connect_args["options"] = " ".join(options)
+            connect_args["options"] = f"-c lock_timeout={max(1, int(busy_timeout * 1000))}"
     elif backend in ("mysql", "mariadb"):
         connect_args["connect_timeout"] = max(1, int(busy_timeout))
-        if statement_timeout is not None:
-            # Without these PyMySQL waits forever for an answer, the server's greeting included.
-            connect_args["read_timeout"] = connect_args["write_timeout"] = statement_timeout
         if "charset" not in query:
             connect_args["charset"] = "utf8mb4"
         wait = max(1, round(busy_timeout))
@@ -256,6 +223,43 @@ def make_engine(
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     return engine
+
+
+# A statement of the hook may wait busy_timeout for a lock and then needs time to run.
+STATEMENT_SLACK = 2.0
+
+
+def limit_statements(engine: Engine, busy_timeout: float) -> None:
+    """Bound each statement on ``engine`` by busy_timeout + STATEMENT_SLACK: for the hook, not for admin work.
+
+    On MySQL the wait for every answer: PyMySQL's read and write timeouts, without which a server
+    that accepted the connection and went silent holds the caller forever, its greeting included. On
+    PostgreSQL the server's statement_timeout, and TCP keepalives and tcp_user_timeout for a server
+    host that vanished; libpq has no read timeout, so a peer that keeps the connection up and never
+    answers is left to the hook's deadline. Migrations and purges may rightly run longer.
+    """
+    seconds = busy_timeout + STATEMENT_SLACK
+    milliseconds = max(1, int(seconds * 1000))
+    backend = engine.dialect.name
+
+    def bound(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        if backend == "postgresql":
+            options = params.get("options", "")
+            if "statement_timeout" not in options:
+                params["options"] = f"{options} -c statement_timeout={milliseconds}".strip()
+            for key, value in (
+                ("keepalives", 1),
+                ("keepalives_idle", max(1, int(seconds))),
+                ("keepalives_interval", 1),
+                ("keepalives_count", 3),
+                ("tcp_user_timeout", milliseconds),
+            ):
+                params.setdefault(key, value)
+        elif backend in ("mysql", "mariadb"):
+            params.setdefault("read_timeout", seconds)
+            params.setdefault("write_timeout", seconds)
+
+    event.listen(engine, "do_connect", bound)
 
 
 def alembic_config(connection: Connection) -> Any:
@@ -274,14 +278,8 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(
-        cls,
-        url: str,
-        busy_timeout: float = 10.0,
-        pooled: bool = False,
-        statement_timeout: float | None = None,
-    ) -> Store:
-        return cls(make_engine(url, busy_timeout, pooled, statement_timeout))
+    def open(cls, url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Store:
+        return cls(make_engine(url, busy_timeout, pooled))
 
     def close(self) -> None:
         self.engine.dispose()
