@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 
 from responder import __version__
-from responder.errors import DeadlineExceeded, TransientError
+from responder.errors import TransientError
 
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     import logging
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from typing import BinaryIO, NoReturn
 
     from responder.config import Listen, Settings
+    from responder.deadline import HookDeadline
     from responder.message import Envelope
 
 # Nothing heavy at module level: ``deliver`` runs once per message, and responder.fastpath settles most
@@ -173,24 +174,6 @@ def resolve_envelope(flags: Mapping[str, str | None]) -> dict[str, str]:
     }
 
 
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise DeadlineExceeded in the main thread when ``seconds`` pass."""
-
-    import signal
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise DeadlineExceeded(f"deadline of {seconds:g}s passed")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     from responder.config import config_path, load
 
@@ -198,7 +181,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
-    """The MTA hook. Returns 0 or 75 and nothing else, whatever happens."""
+    """The MTA hook. Returns 0 or 75 and nothing else, whatever happens, within deadline + margin."""
+    from responder.deadline import HookDeadline
+
+    # First of all: reading the message, the configuration and the database all run under it.
+    hook = HookDeadline()
+    try:
+        return _deliver(argv, stdin, hook)
+    finally:
+        hook.cancel()
+
+
+def _deliver(argv: Sequence[str], stdin: BinaryIO | None, hook: HookDeadline) -> int:
     raw = b""
     try:
         raw = read_message(stdin)
@@ -208,18 +202,18 @@ def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
         setup_logging()
         _logger().error("cannot read the message: %s; deferring", exc)
         return EX_TEMPFAIL
-    status = _deliver_fast(argv, raw)
+    status = _deliver_fast(argv, raw, hook)
     if status is not None:
         return status
-    return deliver_in_process(argv, raw)
+    return deliver_in_process(argv, raw, hook)
 
 
-def _deliver_fast(argv: Sequence[str], raw: bytes) -> int | None:
+def _deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline) -> int | None:
     """The exit status when responder.fastpath settled the message (service or header rules), else None."""
     try:
         from responder.fastpath import DECIDED, deliver_fast
 
-        outcome = deliver_fast(argv, raw)
+        outcome = deliver_fast(argv, raw, hook)
     except Exception:
         # A fault there must not cost the message; the full path decides it (and meets any real bug).
         return None
@@ -228,12 +222,18 @@ def _deliver_fast(argv: Sequence[str], raw: bytes) -> int | None:
     return EX_OK if outcome == DECIDED else EX_TEMPFAIL
 
 
-def deliver_in_process(argv: Sequence[str], raw: bytes) -> int:
-    """The full path: the validated configuration and the whole rule table. Returns 0 or 75."""
+def deliver_in_process(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> int:
+    """The full path: the validated configuration and the whole rule table. Returns 0 or 75.
+
+    Without ``hook`` (a caller in a process of its own making) only the soft deadline applies.
+    """
     from responder.config import ConfigError
+    from responder.deadline import HookDeadline
     from responder.logsetup import setup_logging
     from responder.message import Inbound
 
+    if hook is None:
+        hook = HookDeadline(backstop=False)
     log = _logger()
     try:
         args = build_parser().parse_args(argv)
@@ -244,15 +244,18 @@ def deliver_in_process(argv: Sequence[str], raw: bytes) -> int:
         setup_logging()
         log.error("%s; deferring", exc)
         return EX_TEMPFAIL
+    hook.arm(settings.deliver.deadline)
     setup_logging(settings.log)
-    import time
-
+    hook.say = log.error
+    hook.name(envelope._asdict())
     from responder.context import Services
     from responder.engine import respond
 
-    services = Services(settings, deadline=time.monotonic() + settings.deliver.deadline)
+    services = Services(
+        settings, on_settled=hook.settle, deadline=hook.started + settings.deliver.deadline
+    )
     try:
-        with deadline(settings.deliver.deadline):
+        with hook.soft():
             respond(Inbound(envelope, raw), services)
     except TransientError as exc:
         log.error("deferring: %s", exc)

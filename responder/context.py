@@ -78,12 +78,15 @@ class Services:
         self,
         settings: Settings,
         clock: Callable[[], dt.datetime] = utcnow,
+        on_settled: Callable[[str, str | None], None] | None = None,
         store: Store | None = None,
         transport: Transport | None = None,
         deadline: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # Told when the decision is made and nothing it owes is left undone (the hook's deadline).
+        self._on_settled = on_settled
         self._store = store
         self._transport = transport
         # The hook's whole-run deadline as a time.monotonic() instant; the relay steps end before it.
@@ -93,9 +96,11 @@ class Services:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from responder.store import Store
+            from responder.store import Store, limit_statements
 
-            store = Store.open(self.settings.database.url, self.settings.database.busy_timeout)
+            database = self.settings.database
+            store = Store.open(database.url, database.busy_timeout)
+            limit_statements(store.engine, database.busy_timeout)
             store.check_schema()
             self._store = store
         return self._store
@@ -115,6 +120,11 @@ class Services:
 
             self._renderer = Renderer(self.settings.reply.templates_dir)
         return self._renderer
+
+    def settle(self, action: str, reason: str | None) -> None:
+        """The decision is made and nothing it owes is left undone (the pipe hook may now end with 0)."""
+        if self._on_settled is not None:
+            self._on_settled(action, reason)
 
     def close(self) -> None:
         if self._store is not None:

@@ -120,6 +120,8 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
         decision = decide(ctx)
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
+        # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
+        services.settle(decision.action, decision.reason)
     except TransientError as exc:
         _release(ctx)
         deferred = Decision(DEFER, "tempfail", str(exc))

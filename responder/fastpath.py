@@ -1,10 +1,11 @@
 """The pipe hook's first steps, before anything heavy is imported: hand over to the service, or decide.
 
 ``responder deliver`` runs once per message. When ``[server] socket`` is set and the service answers,
-the message goes there (responder.lmtpclient). Otherwise the header rules, the part of the rule table
-before ``no-vacation``, run here on the raw header fields; a message one of them suppresses is logged
-and audited through the database driver alone (responder.audit). Everything else returns None and the
-caller takes the full path: the validated configuration, SQLAlchemy, templates, DNS and SMTP.
+the message goes there (responder.lmtpclient). Otherwise, with a SQLite database, the header rules, the
+part of the rule table before ``no-vacation``, run here on the raw header fields; a message one of them
+suppresses is logged and audited through ``sqlite3`` alone (responder.audit). Everything else returns
+None and the caller takes the full path: the validated configuration, SQLAlchemy, templates, DNS and SMTP.
+All of it runs under the hook's deadline (responder.deadline), armed here once ``deliver.deadline`` is read.
 
 This path reads only the configuration keys it needs, with the same rules as responder.config; a
 value it cannot take as the full loader would sends the message down the full path, which reports it.
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from responder.context import Context
+    from responder.deadline import HookDeadline
 
 DECIDED = "decided"
 DEFER = "defer"
@@ -39,8 +41,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULT_CONFIG = "/etc/responder/responder.toml"
 CONFIG_VARIABLE = "RESPONDER_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# The service answers 451 at deliver.deadline; the client waits a little longer for that answer.
-ANSWER_MARGIN = 15.0
+# The service answers 451 at its deliver.deadline; the client waits for that answer until this long
+# before the backstop ends the process, so that it logs the deferral itself.
+LAST_WORD = 0.5
 
 _ENVELOPE_FLAGS = {
     "--sender": "sender",
@@ -164,8 +167,11 @@ class _Blocked:
         raise NeedsFullPath(f"{self.__dict__['_name']}.{attribute}")
 
 
-def deliver_fast(argv: Sequence[str], raw: bytes) -> str | None:
-    """DECIDED or DEFER when settled here, None when the full path must decide."""
+def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | None:
+    """DECIDED or DEFER when settled here, None when the full path must decide.
+
+    ``hook`` is the process's deadline; without one (an in-process caller) nothing is armed.
+    """
     import os
 
     args = hook_arguments(argv)
@@ -181,25 +187,34 @@ def deliver_fast(argv: Sequence[str], raw: bytes) -> str | None:
     if document is None:
         return None
     try:
+        if hook is not None:
+            hook.arm(_Options(document, "deliver").duration("deadline"))
+            hook.name(envelope)
         server = _Options(document, "server")
         socket = server.text("socket")
         if socket:
-            outcome = _through_service(socket, server, document, envelope, raw)
+            outcome = _through_service(socket, server, envelope, raw, hook)
             if outcome is not None:
                 return outcome
-        return _decide_on_headers(document, envelope, raw)
+        return _decide_on_headers(document, envelope, raw, hook)
     except (_Invalid, NeedsFullPath):
         return None
 
 
 def _through_service(
-    socket: str, server: _Options, document: Mapping[str, object], envelope: dict[str, str], raw: bytes
+    socket: str, server: _Options, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
 ) -> str | None:
     from responder import lmtpclient
+    from responder.deadline import DEFAULT_DEADLINE, MARGIN
 
-    timeout = _Options(document, "deliver").duration("deadline") + ANSWER_MARGIN
+    left = DEFAULT_DEADLINE + MARGIN if hook is None else hook.until_end()
+    timeout = max(left - LAST_WORD, LAST_WORD)
     outcome, problem = lmtpclient.deliver(
-        socket, raw=raw, connect_timeout=server.duration("connect_timeout"), timeout=timeout, **envelope
+        socket,
+        raw=raw,
+        connect_timeout=min(server.duration("connect_timeout"), timeout),
+        timeout=timeout,
+        **envelope,
     )
     if outcome == lmtpclient.DECIDED:
         return DECIDED
@@ -223,7 +238,9 @@ def _stderr(line: str) -> None:
         pass  # a lost line must not turn into deciding the message a second time
 
 
-def _decide_on_headers(document: Mapping[str, object], envelope: dict[str, str], raw: bytes) -> str | None:
+def _decide_on_headers(
+    document: Mapping[str, object], envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
+) -> str | None:
     from responder.audit import direct_supported
 
     database = _Options(document, "database")
@@ -257,6 +274,10 @@ def _decide_on_headers(document: Mapping[str, object], envelope: dict[str, str],
     from responder.hooklog import HookLog
 
     log = HookLog(log_options)
+    if hook is not None:
+        # Nothing is owed past this point: a backstop from here on loses the audit row, not the decision.
+        hook.settle(action, reason)
+        hook.say = lambda line: log.emit("ERROR", line)
     log.info(decision_message(ctx.inbound, action, reason, detail))
     problem = record_direct(url, busy_timeout, decision_row(ctx, action, reason, detail))
     if problem is not None:

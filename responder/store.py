@@ -232,6 +232,43 @@ def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> E
     return engine
 
 
+# A statement of the hook may wait busy_timeout for a lock and then needs time to run.
+STATEMENT_SLACK = 2.0
+
+
+def limit_statements(engine: Engine, busy_timeout: float) -> None:
+    """Bound each statement on ``engine`` by busy_timeout + STATEMENT_SLACK: for the hook, not for admin work.
+
+    On MySQL the wait for every answer: PyMySQL's read and write timeouts, without which a server
+    that accepted the connection and went silent holds the caller forever, its greeting included. On
+    PostgreSQL the server's statement_timeout, and TCP keepalives and tcp_user_timeout for a server
+    host that vanished; libpq has no read timeout, so a peer that keeps the connection up and never
+    answers is left to the hook's deadline. Migrations and purges may rightly run longer.
+    """
+    seconds = busy_timeout + STATEMENT_SLACK
+    milliseconds = max(1, int(seconds * 1000))
+    backend = engine.dialect.name
+
+    def bound(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        if backend == "postgresql":
+            options = params.get("options", "")
+            if "statement_timeout" not in options:
+                params["options"] = f"{options} -c statement_timeout={milliseconds}".strip()
+            for key, value in (
+                ("keepalives", 1),
+                ("keepalives_idle", max(1, int(seconds))),
+                ("keepalives_interval", 1),
+                ("keepalives_count", 3),
+                ("tcp_user_timeout", milliseconds),
+            ):
+                params.setdefault(key, value)
+        elif backend in ("mysql", "mariadb"):
+            params.setdefault("read_timeout", seconds)
+            params.setdefault("write_timeout", seconds)
+
+    event.listen(engine, "do_connect", bound)
+
+
 def alembic_config(connection: Connection) -> Any:
     from alembic.config import Config
 

@@ -255,8 +255,8 @@ def test_audit_failure_is_logged_and_the_message_still_accepted(
     assert not (tmp_path / "missing").exists()
 
 
-def test_direct_audit_writes_rows_the_store_reads(backend_url: str) -> None:
-    """SQLite, PostgreSQL and MariaDB: the driver's row equals the store's own."""
+def test_direct_audit_writes_rows_the_store_reads(db_url: str) -> None:
+    """The row sqlite3 writes is the one the store writes and reads."""
     import datetime as dt
 
     record = DecisionRecord(
@@ -269,9 +269,26 @@ def test_direct_audit_writes_rows_the_store_reads(backend_url: str) -> None:
         reason="list-header",
         detail="List-Id \U0001f600",
     )
-    assert record_direct(backend_url, 5.0, vars(record)) is None
-    [stored] = _rows(backend_url)
+    assert record_direct(db_url, 5.0, vars(record)) is None
+    [stored] = _rows(db_url)
     assert stored == record
+
+
+def test_database_servers_take_the_full_path_with_its_timeouts(
+    backend_url: str, make_config: ConfigFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL and MariaDB: a header-suppressed message is decided and audited by the engine."""
+    config = make_config(database={"url": backend_url})
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com", queue_id="QS")]
+    outcome = fastpath.deliver_fast(argv, sample("list-id.eml"))
+    if backend_url.startswith("sqlite"):
+        assert outcome == fastpath.DECIDED
+        assert "reason=list-header" in capsys.readouterr().err
+    else:
+        assert outcome is None
+        assert capsys.readouterr().err == ""
+        assert deliver_in_process(argv, sample("list-id.eml")) == 0
+    assert [(r.reason, r.queue_id) for r in _rows(backend_url)] == [("list-header", "QS")]
 
 
 def test_unsupported_urls_are_left_to_the_full_path(make_config: ConfigFactory) -> None:

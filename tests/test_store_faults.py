@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from responder.config import settings_from_mapping
+from responder.context import Services
 from responder.errors import StoreUnavailable
 from responder.store import Store
 from tests.backends import Databases
@@ -30,3 +34,23 @@ def test_permission_denied_is_transient(databases: Databases) -> None:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP ROLE {role}")
         admin.dispose()
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_the_hooks_statements_are_bounded_and_admin_work_is_not(kind: str, databases: Databases) -> None:
+    """A statement of the hook ends after busy_timeout + STATEMENT_SLACK; a migration may take longer."""
+    url = databases.migrated(kind)
+    sleep = "SELECT pg_sleep(3)" if kind == "postgresql" else "SELECT SLEEP(3)"
+    services = Services(settings_from_mapping({"database": {"url": url, "busy_timeout": "0.5s"}}))
+    admin = Store.open(url, 0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError), services.store.engine.connect() as conn:
+            conn.exec_driver_sql(sleep)
+        assert time.monotonic() - started < 3
+        with admin.engine.connect() as conn:
+            conn.exec_driver_sql(sleep)
+    finally:
+        services.close()
+        admin.close()
