@@ -251,9 +251,7 @@ def deliver_in_process(argv: Sequence[str], raw: bytes, hook: HookDeadline | Non
     from responder.context import Services
     from responder.engine import respond
 
-    services = Services(
-        settings, on_settled=hook.settle, deadline=hook.started + settings.deliver.deadline
-    )
+    services = Services(settings, on_settled=hook.settle, deadline=hook.started + settings.deliver.deadline)
     try:
         with hook.soft():
             respond(Inbound(envelope, raw), services)
