@@ -40,10 +40,27 @@ _DRIVERS = {
 }
 
 
+# Control characters (a CR in MAIL FROM, a LF in Dovecot's SENDER) and the surrogate escapes of
+# undecodable bytes: never written raw into a log line or an audit row.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        code -= 0xDC00  # surrogateescape: the byte that could not be decoded
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character and undecodable byte written as ``\\xHH`` (or ``\\uHHHH``)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def decision_message(inbound: Inbound, action: str, reason: str | None, detail: str) -> str:
     """The text of the one INFO line per message."""
     env = inbound.envelope
-    return (
+    return printable(
         f"queue_id={env.queue_id or '-'} message_id={inbound.message_id or '-'} sender=<{env.sender}> "
         f"recipient=<{env.recipient}> action={action} reason={reason or '-'}"
         + (f' detail="{detail}"' if detail else "")
@@ -56,13 +73,13 @@ def decision_row(ctx: Context, action: str, reason: str | None, detail: str) -> 
     env = inbound.envelope
     return {
         "at": ctx.now,
-        "queue_id": env.queue_id[:64],
-        "message_id": inbound.message_id,
-        "sender": (inbound.sender_address or env.sender)[:320],
-        "recipient": (ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
+        "queue_id": printable(env.queue_id)[:64],
+        "message_id": inbound.message_id and printable(inbound.message_id),
+        "sender": printable(inbound.sender_address or env.sender)[:320],
+        "recipient": printable(ctx.recipients[0] if ctx.recipients else env.recipient)[:320],
         "action": action,
         "reason": reason,
-        "detail": detail,
+        "detail": printable(detail),
     }
 
 

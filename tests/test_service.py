@@ -180,12 +180,13 @@ def test_a_huge_message_with_huge_lines_is_cut_never_refused(
 @pytest.mark.parametrize(
     ("wire", "message"),
     [
-        (b"Subject: x\r\n\r\n..leading dot\r\n.\r\nNOOP\r\n", b"Subject: x\r\n\r\n.leading dot\r\n"),
-        (b"..first line\r\nsecond\r\n.\r\nNOOP\r\n", b".first line\r\nsecond\r\n"),
+        (b"Subject: x\r\n\r\n..leading dot\r\n.\r\nNOOP\r\n", b"Subject: x\n\n.leading dot\n"),
+        (b"..first line\r\nsecond\r\n.\r\nNOOP\r\n", b".first line\nsecond\n"),
+        (b"a\r\n" + b"b" * 300000 + b"\r\n..c\r\n.\r\nNOOP\r\n", b"a\n" + b"b" * 300000 + b"\n.c\n"),
         (b".\r\nNOOP\r\n", b""),
     ],
 )
-def test_data_is_unstuffed_and_what_follows_kept(wire: bytes, message: bytes) -> None:
+def test_data_is_unstuffed_with_lf_line_ends_and_what_follows_kept(wire: bytes, message: bytes) -> None:
     """The DATA reader on a real socket pair, fed three bytes at a time."""
 
     async def run() -> tuple[bytes, bytes]:
