@@ -197,8 +197,8 @@ class Session:
             raise SessionClosed
         try:
             chunk = read.result()
-        except (ConnectionError, OSError):
-            raise SessionClosed from None
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
         if not chunk:
             raise SessionClosed
         self.buffer += chunk
@@ -274,8 +274,8 @@ class Session:
         except TimeoutError:
             await self._close_with("421 4.4.2 Timeout while reading the message, closing")
             raise SessionClosed from None
-        except (ConnectionError, OSError):
-            raise SessionClosed from None
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
         if not chunk:
             raise SessionClosed
         return chunk
@@ -286,8 +286,8 @@ class Session:
         self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape"))
         try:
             await self.writer.drain()
-        except (ConnectionError, OSError):
-            raise SessionClosed from None
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
 
     async def _close_with(self, line: str) -> None:
         with contextlib.suppress(SessionClosed):
@@ -302,7 +302,9 @@ class Session:
                 line = await self.read_command()
                 if not await self.command(line):
                     return
-        except SessionClosed:
+        except SessionClosed as exc:
+            if str(exc):
+                log.info("LMTP client went away: %s", exc)
             return
         finally:
             self.writer.close()

@@ -133,6 +133,8 @@ class PolicyServer:
         self.server: asyncio.Server | None = None
         self.listen: Listen | None = None
         self.connections: dict[asyncio.Task[None], bool] = {}  # task -> busy with a request
+        # When each connection last finished a request (or opened): the longest idle makes room.
+        self.idle_since: dict[asyncio.Task[None], float] = {}
         self.stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -142,7 +144,12 @@ class PolicyServer:
         self.listen = listen
         if listen.path:
             clear_stale_socket(listen.path)
-            self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
+            # Until the chmod below, only the owner may connect.
+            previous = os.umask(0o077)
+            try:
+                self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
+            finally:
+                os.umask(previous)
             os.chmod(listen.path, self.settings.socket_mode)
             return f"unix:{listen.path}"
         self.server = await asyncio.start_server(
@@ -177,16 +184,32 @@ class PolicyServer:
 
     # -- one connection -------------------------------------------------------------------------------
 
+    def _make_room(self) -> bool:
+        """At max_connections, close the longest idle connection; False when every one is busy.
+
+        Idle connections (a client that connected and sends nothing) must not lock smtpd out.
+        """
+        if len(self.connections) < self.settings.max_connections:
+            return True
+        idle = [task for task, busy in self.connections.items() if not busy and not task.done()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda task: self.idle_since.get(task, 0.0))
+        self.connections.pop(oldest, None)
+        oldest.cancel()
+        return True
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self.stopping.is_set() or len(self.connections) >= self.settings.max_connections:
+        if self.stopping.is_set() or not self._make_room():
             self.throttle.warn(
                 "connections", "policy: %d connections open, refusing another", len(self.connections)
             )
             writer.close()
             return
         self.connections[task] = False
+        self.idle_since[task] = time.monotonic()
         lines = _Lines(reader)
         try:
             while not self.stopping.is_set():
@@ -198,6 +221,7 @@ class PolicyServer:
                 async with asyncio.timeout(self.settings.request_timeout):
                     await writer.drain()
                 self.connections[task] = False
+                self.idle_since[task] = time.monotonic()
         except _Closed as exc:
             if str(exc):
                 self.throttle.warn("closed", "policy: dropping a connection: %s", exc)
@@ -205,8 +229,13 @@ class PolicyServer:
             self.throttle.warn("timeout", "policy: a client was too slow; connection closed")
         except (ConnectionError, OSError) as exc:
             log.debug("policy: connection lost: %s", exc)
+        except asyncio.CancelledError:
+            if self.stopping.is_set():
+                raise
+            log.debug("policy: idle connection closed to make room")
         finally:
             self.connections.pop(task, None)
+            self.idle_since.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -316,6 +345,10 @@ async def _serve(server: PolicyServer, listen: Listen) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
+    # Sent by service managers to reload; the lookups read the database, so there is nothing to reload.
+    loop.add_signal_handler(
+        signal.SIGHUP, log.info, "policy: SIGHUP: nothing to reload (restart to apply configuration changes)"
+    )
     log.info("policy: listening on %s (on database errors: %s)", where, server.settings.on_error)
     await server.serve()
     log.info("policy: stopped")
