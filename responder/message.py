@@ -74,11 +74,6 @@ def normalize_address(address: str) -> str | None:
         return None
     if local.startswith(".") or local.endswith(".") or (".." in local and not local.startswith('"')):
         return None
-    if local.startswith('"'):
-        # "carol"@example.com is carol@example.com: quotes a dot-atom does not need are dropped.
-        bare = re.sub(r"\\(.)", r"\1", local[1:-1])
-        if _LOCAL_ATOM.match(bare) and not (bare.startswith(".") or bare.endswith(".") or ".." in bare):
-            local = bare
     ascii_domain = _ascii_domain(domain)
     if ascii_domain is None:
         return None
