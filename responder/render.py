@@ -114,6 +114,12 @@ class Renderer:
         )
         self.child: _Child | None = _Child(templates_dir) if isolated else None
 
+    def warm(self) -> None:
+        """Start the render child now rather than at the first render."""
+        if self.child is not None:
+            with self.child.lock:
+                self.child.start()
+
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         if self.child is not None:
             return self.child.render(name, variables)
@@ -196,7 +202,7 @@ class _Child:
         self.lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def start(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", "from responder.render import child_main; child_main()"],
@@ -209,7 +215,7 @@ class _Child:
 
     def render(self, name: str, variables: Mapping[str, Any]) -> str:
         with self.lock:
-            process = self._start()
+            process = self.start()
             assert process.stdin is not None and process.stdout is not None
             answer: list[Any] = []
             # The child's answer is read in a thread of its own: a render that does not end in time
@@ -241,13 +247,21 @@ class _Child:
             self.process = None
 
     def close(self) -> None:
-        with self.lock:
+        if not self.lock.acquire(timeout=0.1):
+            # A render is in flight: ending the child ends it (as a render error).
+            process = self.process
+            if process is not None:
+                process.kill()
+            return
+        try:
             if self.process is not None and self.process.poll() is None:
                 assert self.process.stdin is not None
                 self.process.stdin.close()  # the child ends at the end of its input
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(2)
             self._kill()
+        finally:
+            self.lock.release()
 
 
 def _safe_read(stream: IO[bytes] | None) -> Any:

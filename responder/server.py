@@ -238,7 +238,7 @@ class Generation:
             _ = self.services.store
         except StoreUnavailable as exc:
             log.warning("database not ready (messages get 451 until it is): %s", exc)
-        _ = self.services.renderer
+        self.services.renderer.warm()
 
     def close(self, wait: bool = True) -> None:
         """From a thread other than the loop's: wait for the workers, then close what they used.
@@ -315,7 +315,7 @@ class Service:
         self.sessions: dict[asyncio.Task[None], Session | None] = {}
         self.stopping = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
-        # Worker threads still running a decision when the service stopped.
+        # Set once stopped: worker threads may still be running decisions that were given up.
         self.left_behind = False
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -337,9 +337,10 @@ class Service:
             server.close()
             self._unlink_socket()
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
-        finished = await self._drain(self.generation.settings.server.stop_timeout)
-        self.left_behind = not finished
-        await asyncio.to_thread(self.generation.close, finished)
+        await self._drain(self.generation.settings.server.stop_timeout)
+        # Whatever still runs in a worker now was given up (its client was answered or cut off).
+        self.left_behind = True
+        await asyncio.to_thread(self.generation.close, False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("stopped")
@@ -349,14 +350,14 @@ class Service:
             log.info("stopping: finishing the messages in flight")
             self.stopping.set()
 
-    async def _drain(self, timeout: float) -> bool:
-        """Wait for the sessions and reloads in flight; False when some were cut off at ``timeout``."""
+    async def _drain(self, timeout: float) -> None:
+        """Wait for the sessions and reloads in flight; cut off those still busy at ``timeout``."""
         pending = set(self.sessions) | set(self.background)
         if not pending:
-            return True
+            return
         _done, late = await asyncio.wait(pending, timeout=timeout)
         if not late:
-            return True
+            return
         # Their decisions are given up: none of them may send after its client lost the answer.
         for job in list(self.generation.jobs):
             job.abandon()
@@ -364,7 +365,6 @@ class Service:
             task.cancel()
         log.warning("%d sessions still busy after %gs; closed", len(late), timeout)
         await asyncio.wait(late, timeout=1)
-        return False
 
     async def _bind(self) -> asyncio.AbstractServer:
         spec = parse_socket(self.listen)
