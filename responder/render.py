@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,7 +24,8 @@ from types import FrameType
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 
 from responder.paths import resource_dir
@@ -64,24 +66,81 @@ class _Clock:
         return self.line
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, with the operators and filters that build large values in one step checked."""
+class _Generator(CodeGenerator):
+    """Compiles ``~`` (string concatenation) to a join that checks the length first."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_join((")
+        for argument in node.nodes:
+            self.visit(argument, frame)
+            self.write(", ")
+        self.write("))")
+
+
+def _too_long(size: int) -> None:
+    if size > MAX_OUTPUT:
+        raise _Limit(f"a value longer than {MAX_OUTPUT} characters")
+
+
+# A field width or precision of seven digits or more ("%9999999s", "{:>9999999}").
+_HUGE_WIDTH = re.compile(r"\d{7,}")
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, with every operator and filter that can build a large value in one step checked.
+
+    Doubling a value forty times takes forty steps and a terabyte; each step is checked before it runs.
+    """
+
+    code_generator_class = _Generator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        for name in ("center", "indent", "wordwrap", "truncate"):
+        for name in ("center", "indent", "wordwrap", "truncate", "format"):
             self.filters[name] = _bounded(self.filters[name])
+        replace, join = self.filters["replace"], self.filters["join"]
+
+        def bounded_replace(context: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
+            text = str(value)
+            _too_long(len(text) + text.count(str(old)) * len(str(new)))
+            return replace(context, value, old, new, count)
+
+        def bounded_join(context: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+            items = list(value)
+            _too_long(sum(len(str(item)) for item in items) + len(str(d)) * len(items))
+            return join(context, items, d, attribute)
+
+        # Both take the eval context first, as the originals (pass_eval_context) do.
+        vars(bounded_replace)["jinja_pass_arg"] = replace.jinja_pass_arg
+        vars(bounded_join)["jinja_pass_arg"] = join.jinja_pass_arg
+        self.filters["replace"], self.filters["join"] = bounded_replace, bounded_join
+
+    @staticmethod
+    def bounded_join(parts: tuple[Any, ...]) -> str:
+        texts = [str(part) for part in parts]
+        _too_long(sum(len(text) for text in texts))
+        return "".join(texts)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # str.format and str.format_map, reached as attributes of a string.
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and _HUGE_WIDTH.search(owner):
+            raise _Limit("a field width too large")
+        return super().wrap_str_format(value)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        sized = (str, list, tuple)
         if operator == "*":
             for sequence, times in ((left, right), (right, left)):
-                sized = isinstance(sequence, str | list | tuple) and isinstance(times, int)
-                if sized and len(sequence) * times > MAX_OUTPUT:
-                    raise _Limit(f"a value longer than {MAX_OUTPUT} characters")
-        elif isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_OUTPUT * 8:
-            raise _Limit("a number too large")
+                if isinstance(sequence, sized) and isinstance(times, int):
+                    _too_long(sum(len(str(item)) for item in sequence[:1000]) * times + len(sequence) * times)
+        elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
+            _too_long(len(left) + len(right))
+        elif operator == "%" and isinstance(left, str) and _HUGE_WIDTH.search(left):
+            raise _Limit("a field width too large")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+            _too_long(left.bit_length() * right // 8)
         return super().call_binop(context, operator, left, right)
 
 
