@@ -138,6 +138,7 @@ class PolicyServer:
         self.connections: dict[asyncio.Task[None], bool] = {}  # task -> busy with a request
         # When each connection last finished a request (or opened): the longest idle makes room.
         self.idle_since: dict[asyncio.Task[None], float] = {}
+        self.peers: dict[asyncio.Task[None], str | None] = {}
         self.stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -187,31 +188,45 @@ class PolicyServer:
 
     # -- one connection -------------------------------------------------------------------------------
 
-    def _make_room(self) -> bool:
-        """At max_connections, close the longest idle connection; False when every one is busy.
+    def _make_room(self, client: str | None) -> bool:
+        """Room for one more connection of ``client`` (a TCP peer's address; None on a UNIX socket).
 
-        Idle connections (a client that connected and sends nothing) must not lock smtpd out.
+        Idle connections (a client that connected and sends nothing) must not lock smtpd out: at
+        max_connections the longest idle one is closed, and one TCP peer holds at most half of
+        them, making room among its own. False when every candidate is busy.
         """
-        if len(self.connections) < self.settings.max_connections:
+        limit = self.settings.max_connections
+        if client is not None:
+            mine = [task for task, peer in self.peers.items() if peer == client]
+            if len(mine) >= max(1, limit // 2):
+                return self._close_idle(mine)
+        if len(self.connections) < limit:
             return True
-        idle = [task for task, busy in self.connections.items() if not busy and not task.done()]
+        return self._close_idle(list(self.connections))
+
+    def _close_idle(self, candidates: list[asyncio.Task[None]]) -> bool:
+        idle = [task for task in candidates if not self.connections.get(task, True) and not task.done()]
         if not idle:
             return False
         oldest = min(idle, key=lambda task: self.idle_since.get(task, 0.0))
         self.connections.pop(oldest, None)
+        self.peers.pop(oldest, None)
         oldest.cancel()
         return True
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self.stopping.is_set() or not self._make_room():
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else None
+        if self.stopping.is_set() or not self._make_room(client):
             self.throttle.warn(
                 "connections", "policy: %d connections open, refusing another", len(self.connections)
             )
             writer.close()
             return
         self.connections[task] = False
+        self.peers[task] = client
         self.idle_since[task] = time.monotonic()
         lines = _Lines(reader)
         try:
@@ -239,6 +254,7 @@ class PolicyServer:
         finally:
             self.connections.pop(task, None)
             self.idle_since.pop(task, None)
+            self.peers.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()

@@ -313,6 +313,7 @@ class Service:
         self.listen = settings.server.socket
         self.hostname = settings.smtp.hostname or socketlib.gethostname()
         self.sessions: dict[asyncio.Task[None], Session | None] = {}
+        self.peers: dict[asyncio.Task[None], str | None] = {}
         self.stopping = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         # Set once stopped: worker threads may still be running decisions that were given up.
@@ -422,27 +423,45 @@ class Service:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def _make_room(self) -> bool:
-        """At max_connections, send the longest idle session away; False when none is idle."""
-        if len(self.sessions) < self.generation.settings.server.max_connections:
+    def _make_room(self, client: str | None) -> bool:
+        """Room for a session of ``client`` (a TCP peer's address; None on the UNIX socket).
+
+        At max_connections the longest idle session is sent away, and one TCP peer holds at most
+        half of them, making room among its own. False when every candidate is busy.
+        """
+        limit = self.generation.settings.server.max_connections
+        if client is not None:
+            mine = [task for task, peer in self.peers.items() if peer == client]
+            if len(mine) >= max(1, limit // 2):
+                return self._evict([self.sessions.get(task) for task in mine])
+        if len(self.sessions) < limit:
             return True
-        idle = [session for session in self.sessions.values() if session is not None and session.idle]
+        return self._evict(list(self.sessions.values()))
+
+    @staticmethod
+    def _evict(candidates: list[Session | None]) -> bool:
+        idle = [session for session in candidates if session is not None and session.idle]
         if not idle:
             return False
-        min(idle, key=lambda session: session.idle_since).evict()
+        oldest = min(idle, key=lambda session: session.idle_since)
+        oldest.idle = False  # told once; it is on its way out
+        oldest.evict()
         return True
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else None
         try:
-            if self.stopping.is_set() or not self._make_room():
+            if self.stopping.is_set() or not self._make_room(client):
                 # Said at once, so that a client decides for itself or retries instead of waiting.
                 busy = "shutting down" if self.stopping.is_set() else "too many connections"
                 writer.write(f"421 4.3.2 Service {busy}, try again later\r\n".encode())
                 writer.close()
                 return
             self.sessions[task] = None
+            self.peers[task] = client
             settings = self.generation.settings.server
             session = Session(
                 reader,
@@ -452,7 +471,7 @@ class Service:
                 max_message_size=settings.max_message_size,
                 idle_timeout=settings.idle_timeout,
                 stopping=self.stopping,
-                xforward=self.generation.xforward_allowed(writer.get_extra_info("peername")),
+                xforward=self.generation.xforward_allowed(peer),
             )
             self.sessions[task] = session
             await session.run()
@@ -464,6 +483,7 @@ class Service:
             writer.close()
         finally:
             self.sessions.pop(task, None)
+            self.peers.pop(task, None)
 
     async def deliver(self, transaction: Transaction, data: bytes) -> list[str]:
         """One status per recipient, decided concurrently on the generation current at DATA."""

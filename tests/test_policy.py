@@ -278,6 +278,19 @@ def test_many_idle_clients_do_not_lock_smtpd_out(store: Store, start: Start) -> 
     assert "Traceback" not in server.log()
 
 
+def test_one_tcp_client_holds_at_most_half_the_connections(store: Store, start: Start) -> None:
+    retire(store)
+    server = start(listen="127.0.0.1:0", max_connections=4)
+    with server.connect() as first, server.connect() as second:
+        assert ask(first, postfix_request(ALICE)) == REJECT_ALICE
+        assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+        # Two of four are open; a third from the same address makes room among its own.
+        with server.connect() as third:
+            assert ask(third, postfix_request(ALICE)) == REJECT_ALICE
+            assert closed_by_server(first)
+            assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+
+
 def test_sighup_does_not_stop_the_server(store: Store, start: Start) -> None:
     retire(store)
     server = start()

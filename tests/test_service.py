@@ -549,6 +549,25 @@ def test_idle_clients_make_room_for_a_message(
         client.sock.close()
 
 
+def test_one_tcp_client_holds_at_most_half_the_sessions(make_config: ConfigFactory, tmp_path: Path) -> None:
+    port = _tcp_port()
+    config = make_config(server={"socket": f"127.0.0.1:{port}", "max_connections": 4})
+    service = ServiceProcess(config, tmp_path / "unused", tmp_path / "tcp.log").start()
+    try:
+        first, second = LmtpClient(("127.0.0.1", port)), LmtpClient(("127.0.0.1", port))
+        first.greet()
+        second.greet()
+        third = LmtpClient(("127.0.0.1", port))
+        third.greet()
+        code, text = first.reply()
+        assert (code, "Too many connections" in text) == (421, True)
+        assert second.command("NOOP")[0] == 250
+        for client in (first, second, third):
+            client.sock.close()
+    finally:
+        assert service.stop() == 0
+
+
 def _tcp_port() -> int:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
