@@ -146,10 +146,10 @@ def deliver(
 ) -> tuple[str, str]:
     """Hand the message to the service: (DECIDED | DEFER | UNREACHABLE, what went wrong).
 
-    UNREACHABLE means nothing was said to a service (no socket, nobody listening, no greeting within
-    ``connect_timeout``, a service refusing the connection, or an envelope that cannot travel as a
-    command line): the caller decides in-process. Once a service took the envelope, every failure is
-    DEFER, so that a message is never decided twice.
+    UNREACHABLE means nothing of the message was said to a service (no socket, nobody listening, no
+    greeting within ``connect_timeout``, a service refusing the connection or not offering XFORWARD, or
+    an envelope that cannot travel as a command line): the caller decides in-process. Once a service
+    took the envelope, every failure is DEFER, so that a message is never decided twice.
     """
     spec = parse_socket(socket_spec)
     if spec is None:
@@ -174,9 +174,12 @@ def deliver(
         talk.send(f"LHLO {_socket.gethostname() or 'localhost'}")
         keywords = talk.expect("LHLO", 250).upper().split("\n")
         if not any(line.startswith("XFORWARD") for line in keywords):
-            raise _Failed(
-                f"the service at {socket_spec} does not offer XFORWARD: is it responder, and is this"
-                " host in its server.xforward_hosts?"
+            # Nothing of the message was said yet: without XFORWARD the client address SPF needs
+            # would be lost, so this host decides itself.
+            talk.send("QUIT")
+            return UNREACHABLE, (
+                f"the service at {socket_spec} does not offer XFORWARD (not responder, or this host is"
+                " not in its server.xforward_hosts)"
             )
         facts = [
             f"{name}={xtext(value)}"

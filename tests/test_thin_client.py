@@ -118,14 +118,24 @@ def test_the_envelope_on_the_wire(
     assert b"DATA\r\nSubject: x\r\n\r\n..dot line\r\nlast line without newline\r\n.\r\nQUIT\r\n" in seen
 
 
-def test_a_socket_not_offering_xforward_is_not_our_service(
-    make_config: ConfigFactory, socket_path: Path, scripted: list[ScriptedServer], db_url: str
+def test_a_socket_not_offering_xforward_is_told_nothing_and_the_hook_decides(
+    make_config: ConfigFactory,
+    socket_path: Path,
+    scripted: list[ScriptedServer],
+    sink: SmtpSink,
+    db_url: str,
 ) -> None:
-    scripted.append(ScriptedServer(socket_path, xforward=False))
+    server = ScriptedServer(socket_path, xforward=False)
+    scripted.append(server)
     config = make_config(server={"socket": f"unix:{socket_path}"})
-    result = run_hook(config, *deliver_args(BOB, ALICE), stdin=sample("personal.eml"))
-    assert result.returncode == 75
-    assert b"does not offer XFORWARD" in result.stderr
+    vacation_set(config, ALICE, "--message", "Away.")
+    result = run_hook(config, *deliver_args(BOB, ALICE, queue_id="Q3"), stdin=sample("personal.eml"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"does not offer XFORWARD" in result.stderr and b"deciding in-process" in result.stderr
+    [seen] = server.wait_received()
+    assert b"MAIL FROM" not in seen
+    assert len(sink.wait_for(1)) == 1
+    assert _rows(db_url) == [("reply", None, "Q3")]
 
 
 @pytest.mark.parametrize("where", ["missing-unix", "closed-tcp"])
