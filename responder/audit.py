@@ -27,7 +27,7 @@ COLUMNS = ("at", "queue_id", "message_id", "sender", "recipient", "action", "rea
 def decision_message(inbound: Inbound, action: str, reason: str | None, detail: str) -> str:
     """The text of the one INFO line per message."""
     env = inbound.envelope
-    return (
+    return printable(
         f"queue_id={env.queue_id or '-'} message_id={inbound.message_id or '-'} sender=<{env.sender}> "
         f"recipient=<{env.recipient}> action={action} reason={reason or '-'}"
         + (f' detail="{detail}"' if detail else "")

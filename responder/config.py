@@ -355,11 +355,27 @@ def _server_socket(value: object) -> str:
     return text
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    import ipaddress
+
+    networks = _str_tuple(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or networks such as 192.0.2.0/24, got {network!r}"
+            ) from None
+    return networks
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     # The LMTP service (responder serve). When set, `responder deliver` hands messages to it.
     socket: str = _opt(_server_socket, "")
     socket_mode: int = _opt(_mode, 0o660)
+    # TCP clients whose XFORWARD (client address, HELO, queue id) is believed; UNIX socket clients always.
+    xforward_hosts: tuple[str, ...] = _opt(_networks, ())
     # Messages decided at the same time, each in a thread; more wait for a turn.
     workers: int = _opt(_positive(_int), 8)
     max_connections: int = _opt(_positive(_int), 100)

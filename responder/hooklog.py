@@ -25,10 +25,13 @@ _MAIL = 2 << 3
 # str.splitlines or a terminal could take as the end of a line or as a command.
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 _CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Lone surrogates cannot be encoded at all; those of surrogateescape stand for an undecodable byte.
+_CONTROLS.update({code: f"\\u{code:04x}" for code in range(0xD800, 0xE000)})
+_CONTROLS.update({code: f"\\x{code - 0xDC00:02x}" for code in range(0xDC80, 0xDD00)})
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character written as ``\\xHH``, so that one entry stays one line."""
+    """``text`` with control characters and undecodable bytes written as ``\\xHH``: one entry, one line."""
     return text.translate(_CONTROLS)
 
 

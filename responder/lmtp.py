@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from responder.hooklog import printable as escape_controls
+
 log = logging.getLogger("responder")
 
 COMMAND_LIMIT = 4096
@@ -58,7 +60,10 @@ Deliver = Callable[[Transaction, bytes], Awaitable[Sequence[str]]]
 
 
 def xtext_decode(value: str) -> str:
-    """RFC 3461 xtext (``+HH``) and RFC 6533 ``\\x{HHHH}`` escapes; bytes are taken as UTF-8."""
+    """RFC 3461 xtext (``+HH``) and RFC 6533 ``\\x{HHHH}`` escapes; bytes are taken as UTF-8.
+
+    An escape that names no Unicode scalar value (beyond U+10FFFF, or a surrogate) is kept as written.
+    """
     out = bytearray()
     position = 0
     while position < len(value):
@@ -71,9 +76,11 @@ def xtext_decode(value: str) -> str:
         if value.startswith("\\x{", position):
             end = value.find("}", position)
             if end > 0 and _is_hex(value[position + 3 : end]):
-                out += chr(int(value[position + 3 : end], 16)).encode("utf-8", "surrogatepass")
-                position = end + 1
-                continue
+                code = int(value[position + 3 : end], 16)
+                if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+                    out += chr(code).encode("utf-8")
+                    position = end + 1
+                    continue
         out += char.encode("utf-8", "surrogateescape")
         position += 1
     return out.decode("utf-8", "surrogateescape")
@@ -133,6 +140,7 @@ class Session:
         max_message_size: int,
         idle_timeout: float,
         stopping: asyncio.Event,
+        xforward: bool = True,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -141,11 +149,21 @@ class Session:
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
         self.stopping = stopping
+        # Whether this client may tell the client address, HELO and queue id (server.xforward_hosts).
+        self.xforward = xforward
         self.buffer = bytearray()
         self.greeted = False
         self.transaction: Transaction | None = None
         self.facts = Transaction()
         self.errors = 0
+        # Waiting for a command between transactions, since when (loop time); evict() ends the wait.
+        self.idle = False
+        self.idle_since = 0.0
+        self.evicted = asyncio.Event()
+
+    def evict(self) -> None:
+        """Make room for another client: an idle session says 421 and closes."""
+        self.evicted.set()
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -154,23 +172,33 @@ class Session:
         read = asyncio.ensure_future(self.reader.read(CHUNK))
         waits: list[asyncio.Future[Any]] = [read]
         stop = asyncio.ensure_future(self.stopping.wait()) if idle else None
-        if stop is not None:
-            waits.append(stop)
+        evict = asyncio.ensure_future(self.evicted.wait()) if idle else None
+        for extra in (stop, evict):
+            if extra is not None:
+                waits.append(extra)
+        self.idle, self.idle_since = idle, asyncio.get_running_loop().time()
         try:
             done, _ = await asyncio.wait(
                 waits, timeout=self.idle_timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            if stop is not None:
-                stop.cancel()
+            self.idle = False
+            for extra in (stop, evict):
+                if extra is not None:
+                    extra.cancel()
         if read not in done:
             read.cancel()
             if stop is not None and stop in done:
                 await self._close_with("421 4.3.2 Service shutting down")
+            elif evict is not None and evict in done:
+                await self._close_with("421 4.3.2 Too many connections, closing an idle one")
             else:
                 await self._close_with("421 4.4.2 Idle for too long, closing")
             raise SessionClosed
-        chunk = read.result()
+        try:
+            chunk = read.result()
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
         if not chunk:
             raise SessionClosed
         self.buffer += chunk
@@ -201,30 +229,44 @@ class Session:
             await self._fill(idle=idle and not self.buffer)
 
     async def read_data(self) -> bytes:
-        """The message after 354: dot-unstuffed, at most max_message_size bytes kept, CRLF ends."""
-        kept = bytearray()
-        dropped = 0
-        # A leading CRLF makes the first line look like any other for the terminator and unstuffing.
+        """The message after 354: dot-unstuffed, LF line ends, at most max_message_size bytes kept.
+
+        Converted piece by piece as it arrives into one buffer, so that a message is held once (and
+        copied once, into the bytes handed on), whatever its size.
+        """
+        # Every piece starts with the CRLF that ended the line before it (the first one with this
+        # one), so that unstuffing and the terminator look the same on every line.
         scan = bytearray(b"\r\n") + self.buffer
         del self.buffer[:]
-        limit = self.max_message_size + 2
+        kept = bytearray()
+        limit = self.max_message_size + 1  # the leading LF, dropped at the end
+        dropped = 0
         while True:
             end = scan.find(b"\r\n.\r\n")
-            usable = end + 2 if end >= 0 else max(0, len(scan) - 4)
-            room = max(0, limit - len(kept))
-            kept += scan[: min(usable, room)]
-            dropped += max(0, usable - room)
             if end >= 0:
-                self.buffer = scan[end + 5 :]
+                usable = end
+            else:
+                usable = scan.rfind(b"\r\n")
+                if usable <= 0 and len(scan) > 2 * CHUNK:
+                    usable = len(scan) - 4  # one long line: no CRLF and no terminator can be cut
+            if usable > 0:
+                piece = bytes(scan[:usable]).replace(b"\r\n.", b"\r\n").replace(b"\r\n", b"\n")
+                del scan[:usable]
+                room = max(0, limit - len(kept))
+                kept += piece[:room] if room < len(piece) else piece
+                dropped += max(0, len(piece) - room)
+            if end >= 0:
+                self.buffer = scan[5:]
                 break
-            del scan[:usable]
-            chunk = await self._read_some()
-            scan += chunk
+            scan += await self._read_some()
+        if len(kept) < limit:
+            kept += b"\n"
         if dropped:
             log.info(
-                "message of %d bytes cut to the first %d", len(kept) - 2 + dropped, self.max_message_size
+                "message of %d bytes cut to the first %d", len(kept) - 1 + dropped, self.max_message_size
             )
-        return bytes(kept.replace(b"\r\n.", b"\r\n")[2:])
+        del kept[:1]
+        return bytes(kept)
 
     async def _read_some(self) -> bytes:
         try:
@@ -232,6 +274,8 @@ class Session:
         except TimeoutError:
             await self._close_with("421 4.4.2 Timeout while reading the message, closing")
             raise SessionClosed from None
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
         if not chunk:
             raise SessionClosed
         return chunk
@@ -242,8 +286,8 @@ class Session:
         self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape"))
         try:
             await self.writer.drain()
-        except (ConnectionError, OSError):
-            raise SessionClosed from None
+        except (ConnectionError, OSError) as exc:
+            raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
 
     async def _close_with(self, line: str) -> None:
         with contextlib.suppress(SessionClosed):
@@ -258,7 +302,9 @@ class Session:
                 line = await self.read_command()
                 if not await self.command(line):
                     return
-        except SessionClosed:
+        except SessionClosed as exc:
+            if str(exc):
+                log.info("LMTP client went away: %s", exc)
             return
         finally:
             self.writer.close()
@@ -292,14 +338,15 @@ class Session:
         await self.reply(
             f"250-{self.hostname}",
             "250-PIPELINING",
-            "250-ENHANCEDSTATUSCODES",
             "250-8BITMIME",
             "250-SMTPUTF8",
             # No fixed limit: a larger message is cut, never refused (that would bounce it).
             "250-SIZE",
             # Offered for ORCPT, the original recipient; NOTIFY and RET are accepted and not acted on.
             "250-DSN",
-            f"250 XFORWARD {' '.join(XFORWARD_ATTRIBUTES)}",
+            # Offered only to clients allowed to use it: Postfix sends XFORWARD only when offered.
+            *([f"250-XFORWARD {' '.join(XFORWARD_ATTRIBUTES)}"] if self.xforward else []),
+            "250 ENHANCEDSTATUSCODES",
         )
         return True
 
@@ -309,6 +356,8 @@ class Session:
     do_EHLO = do_HELO
 
     async def do_XFORWARD(self, argument: str) -> bool:
+        if not self.xforward:
+            return await self.error("550 5.7.0 Error: insufficient authorization")
         if not self.greeted or self.transaction is not None:
             return await self.error("503 5.5.1 XFORWARD is allowed only before MAIL")
         pairs = [item.partition("=") for item in argument.split()]
@@ -317,7 +366,8 @@ class Session:
         ):
             return await self.error(f"501 5.5.4 Syntax: XFORWARD {'|'.join(XFORWARD_ATTRIBUTES)}=value")
         for given, _, raw in pairs:
-            value = xtext_decode(raw)
+            # Only addresses, names and queue ids are expected: no control character goes further.
+            value = escape_controls(xtext_decode(raw))
             value = "" if value.upper() in _UNAVAILABLE else value
             name = given.upper()
             if name == "ADDR":

@@ -14,6 +14,7 @@ import _socket
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 DECIDED = "decided"
@@ -53,14 +54,25 @@ def xtext(value: str) -> str:
     return "".join(out)
 
 
-def to_wire(raw: bytes) -> bytes:
-    """The message as LMTP DATA: CRLF line ends, dot-stuffed, with the final ``.`` line."""
-    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+# Bytes of the message converted at a time: the whole message is never copied.
+PIECE = 1 << 18
+
+
+def to_wire(raw: bytes) -> Iterator[bytes]:
+    """The message as LMTP DATA, piece by piece: CRLF line ends, dot-stuffed, with the final ``.`` line."""
+    start = 0
+    while start < len(raw):
+        # Each piece ends after a line end, so that the next one starts at the beginning of a line.
+        end = raw.find(b"\n", min(start + PIECE, len(raw)) - 1)
+        end = len(raw) if end < 0 else end + 1
+        piece = raw[start:end].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if end == len(raw) and not piece.endswith(b"\r\n"):
+            piece += b"\r\n"
+        if piece.startswith(b"."):
+            piece = b"." + piece
+        yield piece.replace(b"\r\n.", b"\r\n..")
+        start = end
+    yield b".\r\n"
 
 
 class _Conversation:
@@ -134,9 +146,10 @@ def deliver(
 ) -> tuple[str, str]:
     """Hand the message to the service: (DECIDED | DEFER | UNREACHABLE, what went wrong).
 
-    UNREACHABLE means nothing was said to a service (no socket, nobody listening, or an envelope that
-    cannot travel as a command line): the caller decides in-process. Once a service answered, every
-    failure is DEFER, so that a message is never decided twice.
+    UNREACHABLE means nothing of the message was said to a service (no socket, nobody listening, no
+    greeting within ``connect_timeout``, a service refusing the connection or not offering XFORWARD, or
+    an envelope that cannot travel as a command line): the caller decides in-process. Once a service
+    took the envelope, every failure is DEFER, so that a message is never decided twice.
     """
     spec = parse_socket(socket_spec)
     if spec is None:
@@ -146,14 +159,28 @@ def deliver(
     sock = _connect(spec, connect_timeout)
     if sock is None:
         return UNREACHABLE, f"no service at {socket_spec}"
+    talk = _Conversation(sock)
+    try:
+        # A service too busy to greet (every connection taken, a wedged loop) has been told nothing.
+        code, text = talk.reply()
+    except (OSError, ValueError, _Failed) as exc:
+        sock.close()
+        return UNREACHABLE, f"no greeting from the service at {socket_spec}: {exc or type(exc).__name__}"
+    if code != 220:
+        sock.close()
+        return UNREACHABLE, f"the service at {socket_spec} greeted with {code} {text}"
     try:
         sock.settimeout(timeout)
-        talk = _Conversation(sock)
-        talk.expect("greeting", 220)
         talk.send(f"LHLO {_socket.gethostname() or 'localhost'}")
         keywords = talk.expect("LHLO", 250).upper().split("\n")
         if not any(line.startswith("XFORWARD") for line in keywords):
-            raise _Failed(f"the service at {socket_spec} does not offer XFORWARD: is it responder?")
+            # Nothing of the message was said yet: without XFORWARD the client address SPF needs
+            # would be lost, so this host decides itself.
+            talk.send("QUIT")
+            return UNREACHABLE, (
+                f"the service at {socket_spec} does not offer XFORWARD (not responder, or this host is"
+                " not in its server.xforward_hosts)"
+            )
         facts = [
             f"{name}={xtext(value)}"
             for name, value in (("ADDR", client_address), ("HELO", helo), ("IDENT", queue_id))
@@ -172,7 +199,9 @@ def deliver(
         if code != 250:
             raise _Failed(f"RCPT: the service answered {code} {text}")
         talk.expect("DATA", 354)
-        sock.sendall(to_wire(raw) + b"QUIT\r\n")
+        for piece in to_wire(raw):
+            sock.sendall(piece)
+        sock.sendall(b"QUIT\r\n")
         code, text = talk.reply()
     except (OSError, ValueError, _Failed) as exc:
         return DEFER, str(exc) or exc.__class__.__name__

@@ -44,6 +44,9 @@ LOOKUP_THREADS = 4
 # In-flight requests get this long to finish on SIGTERM before their connections are cut.
 STOP_GRACE = 5.0
 _NAME = re.compile(rb"^[a-z_][a-z0-9_]*$")
+_DOT_ATOM = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+)*$"
+)
 
 Lookup = Callable[[str], Retirement | None]
 
@@ -133,6 +136,9 @@ class PolicyServer:
         self.server: asyncio.Server | None = None
         self.listen: Listen | None = None
         self.connections: dict[asyncio.Task[None], bool] = {}  # task -> busy with a request
+        # When each connection last finished a request (or opened): the longest idle makes room.
+        self.idle_since: dict[asyncio.Task[None], float] = {}
+        self.peers: dict[asyncio.Task[None], str | None] = {}
         self.stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -142,7 +148,12 @@ class PolicyServer:
         self.listen = listen
         if listen.path:
             clear_stale_socket(listen.path)
-            self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
+            # Until the chmod below, only the owner may connect.
+            previous = os.umask(0o077)
+            try:
+                self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
+            finally:
+                os.umask(previous)
             os.chmod(listen.path, self.settings.socket_mode)
             return f"unix:{listen.path}"
         self.server = await asyncio.start_server(
@@ -177,16 +188,46 @@ class PolicyServer:
 
     # -- one connection -------------------------------------------------------------------------------
 
+    def _make_room(self, client: str | None) -> bool:
+        """Room for one more connection of ``client`` (a TCP peer's address; None on a UNIX socket).
+
+        Idle connections (a client that connected and sends nothing) must not lock smtpd out: at
+        max_connections the longest idle one is closed, and one TCP peer holds at most half of
+        them, making room among its own. False when every candidate is busy.
+        """
+        limit = self.settings.max_connections
+        if client is not None:
+            mine = [task for task, peer in self.peers.items() if peer == client]
+            if len(mine) >= max(1, limit // 2):
+                return self._close_idle(mine)
+        if len(self.connections) < limit:
+            return True
+        return self._close_idle(list(self.connections))
+
+    def _close_idle(self, candidates: list[asyncio.Task[None]]) -> bool:
+        idle = [task for task in candidates if not self.connections.get(task, True) and not task.done()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda task: self.idle_since.get(task, 0.0))
+        self.connections.pop(oldest, None)
+        self.peers.pop(oldest, None)
+        oldest.cancel()
+        return True
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self.stopping.is_set() or len(self.connections) >= self.settings.max_connections:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else None
+        if self.stopping.is_set() or not self._make_room(client):
             self.throttle.warn(
                 "connections", "policy: %d connections open, refusing another", len(self.connections)
             )
             writer.close()
             return
         self.connections[task] = False
+        self.peers[task] = client
+        self.idle_since[task] = time.monotonic()
         lines = _Lines(reader)
         try:
             while not self.stopping.is_set():
@@ -198,6 +239,7 @@ class PolicyServer:
                 async with asyncio.timeout(self.settings.request_timeout):
                     await writer.drain()
                 self.connections[task] = False
+                self.idle_since[task] = time.monotonic()
         except _Closed as exc:
             if str(exc):
                 self.throttle.warn("closed", "policy: dropping a connection: %s", exc)
@@ -205,8 +247,14 @@ class PolicyServer:
             self.throttle.warn("timeout", "policy: a client was too slow; connection closed")
         except (ConnectionError, OSError) as exc:
             log.debug("policy: connection lost: %s", exc)
+        except asyncio.CancelledError:
+            if self.stopping.is_set():
+                raise
+            log.debug("policy: idle connection closed to make room")
         finally:
             self.connections.pop(task, None)
+            self.idle_since.pop(task, None)
+            self.peers.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -276,7 +324,7 @@ class PolicyServer:
             return DUNNO
         if attributes.get("protocol_state", "").upper() != "RCPT":
             return DUNNO
-        recipient = normalize_address(attributes.get("recipient", ""))
+        recipient = normalize_address(_unquoted(attributes.get("recipient", "")))
         if recipient is None:
             return DUNNO
         loop = asyncio.get_running_loop()
@@ -304,6 +352,15 @@ class PolicyServer:
         return action
 
 
+def _unquoted(address: str) -> str:
+    """``"carol"@example.com`` as ``carol@example.com``: quotes a dot-atom local part does not need."""
+    local, at, domain = address.strip().rpartition("@")
+    if not (at and len(local) > 2 and local.startswith('"') and local.endswith('"')):
+        return address
+    bare = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return f"{bare}@{domain}" if _DOT_ATOM.match(bare) else address
+
+
 def _loggable(value: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in value)[:320]
 
@@ -316,6 +373,10 @@ async def _serve(server: PolicyServer, listen: Listen) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
+    # Sent by service managers to reload; the lookups read the database, so there is nothing to reload.
+    loop.add_signal_handler(
+        signal.SIGHUP, log.info, "policy: SIGHUP: nothing to reload (restart to apply configuration changes)"
+    )
     log.info("policy: listening on %s (on database errors: %s)", where, server.settings.on_error)
     await server.serve()
     log.info("policy: stopped")

@@ -216,11 +216,13 @@ class CountingRelay:
     """A minimal SMTP relay on loopback that counts connections and messages.
 
     ``hang_up`` closes each connection right after accepting a message, as a relay that drops idle
-    clients does; a client reusing its connection finds it gone.
+    clients does; a client reusing its connection finds it gone. ``delay`` is how long it takes to
+    answer the end of a message (it has the message from the final dot on).
     """
 
-    def __init__(self, hang_up: bool = False) -> None:
+    def __init__(self, hang_up: bool = False, delay: float = 0.0) -> None:
         self.hang_up = hang_up
+        self.delay = delay
         self.connections = 0
         self.messages: list[bytes] = []
         self.listener = socket.socket()
@@ -257,6 +259,7 @@ class CountingRelay:
                     while (part := file.readline()) not in (b".\r\n", b""):
                         data += part
                     self.messages.append(data)
+                    time.sleep(self.delay)
                     conn.sendall(b"250 2.0.0 queued\r\n")
                     if self.hang_up:
                         return

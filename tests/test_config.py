@@ -59,6 +59,7 @@ def test_defaults() -> None:
         ({"smtp": 5}, "[smtp] must be a table"),
         ({"verify": {"dns_servers": ["ns1.example.com"]}}, "bad value for verify.dns_servers"),
         ({"verify": {"dns_servers": ["127.0.0.1:99999"]}}, "bad value for verify.dns_servers"),
+        ({"server": {"xforward_hosts": ["localhost"]}}, "bad value for server.xforward_hosts"),
     ],
 )
 def test_errors_name_the_key(document: dict[str, object], message: str) -> None:

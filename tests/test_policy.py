@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import random
 import shutil
+import signal
 import socket
 import stat
 import tempfile
@@ -251,17 +252,61 @@ def test_idle_connections_are_kept_until_the_idle_timeout(store: Store, start: S
         assert 1.5 < time.monotonic() - began < 5
 
 
-def test_connection_cap(store: Store, start: Start) -> None:
+def test_connection_cap_sends_the_longest_idle_connection_away(store: Store, start: Start) -> None:
     retire(store)
     server = start(max_connections=2)
     with server.connect() as first, server.connect() as second:
         assert ask(first, postfix_request(ALICE)) == REJECT_ALICE
         assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+        # Clients that connect and say nothing must not lock smtpd out: the longest idle one goes.
         with server.connect() as third:
-            assert third.recv(1) == b""
-    server.wait_for_log("refusing another")
-    with server.connect() as again:
-        assert ask(again, postfix_request(ALICE)) == REJECT_ALICE
+            assert closed_by_server(first)
+            assert ask(third, postfix_request(ALICE)) == REJECT_ALICE
+            assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+
+
+def test_many_idle_clients_do_not_lock_smtpd_out(store: Store, start: Start) -> None:
+    retire(store)
+    server = start(max_connections=20)
+    idle = [server.connect() for _ in range(30)]
+    try:
+        with server.connect() as postfix:
+            assert ask(postfix, postfix_request(ALICE)) == REJECT_ALICE
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "Traceback" not in server.log()
+
+
+def test_one_tcp_client_holds_at_most_half_the_connections(store: Store, start: Start) -> None:
+    retire(store)
+    server = start(listen="127.0.0.1:0", max_connections=4)
+    with server.connect() as first, server.connect() as second:
+        assert ask(first, postfix_request(ALICE)) == REJECT_ALICE
+        assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+        # Two of four are open; a third from the same address makes room among its own.
+        with server.connect() as third:
+            assert ask(third, postfix_request(ALICE)) == REJECT_ALICE
+            assert closed_by_server(first)
+            assert ask(second, postfix_request(ALICE)) == REJECT_ALICE
+
+
+def test_sighup_does_not_stop_the_server(store: Store, start: Start) -> None:
+    retire(store)
+    server = start()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log("SIGHUP")
+    with server.connect() as sock:
+        assert ask(sock, postfix_request(ALICE)) == REJECT_ALICE
+
+
+def test_a_quoted_local_part_is_the_same_retired_address(store: Store, start: Start) -> None:
+    retire(store)
+    server = start()
+    with server.connect() as sock:
+        assert ask(sock, postfix_request('"alice"@example.com')) == REJECT_ALICE
+        assert ask(sock, postfix_request('"Alice"@EXAMPLE.com')) == REJECT_ALICE
+        assert ask(sock, postfix_request('"al ice"@example.com')) == "DUNNO"
 
 
 def test_reject_text_is_one_safe_line(store: Store, start: Start) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sqlite3
+import struct
 import threading
+import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +21,7 @@ from responder import lmtpclient
 from responder.lmtp import Session, Transaction, split_path, xtext_decode
 from responder.store import Store
 from tests.conftest import ConfigFactory
-from tests.helpers import run_hook, sample, vacation_set
+from tests.helpers import deliver_args, run_hook, sample, vacation_set
 from tests.lmtp_support import CountingRelay, LmtpClient, ServiceProcess
 from tests.sink import SmtpSink
 
@@ -180,12 +184,13 @@ def test_a_huge_message_with_huge_lines_is_cut_never_refused(
 @pytest.mark.parametrize(
     ("wire", "message"),
     [
-        (b"Subject: x\r\n\r\n..leading dot\r\n.\r\nNOOP\r\n", b"Subject: x\r\n\r\n.leading dot\r\n"),
-        (b"..first line\r\nsecond\r\n.\r\nNOOP\r\n", b".first line\r\nsecond\r\n"),
+        (b"Subject: x\r\n\r\n..leading dot\r\n.\r\nNOOP\r\n", b"Subject: x\n\n.leading dot\n"),
+        (b"..first line\r\nsecond\r\n.\r\nNOOP\r\n", b".first line\nsecond\n"),
+        (b"a\r\n" + b"b" * 300000 + b"\r\n..c\r\n.\r\nNOOP\r\n", b"a\n" + b"b" * 300000 + b"\n.c\n"),
         (b".\r\nNOOP\r\n", b""),
     ],
 )
-def test_data_is_unstuffed_and_what_follows_kept(wire: bytes, message: bytes) -> None:
+def test_data_is_unstuffed_with_lf_line_ends_and_what_follows_kept(wire: bytes, message: bytes) -> None:
     """The DATA reader on a real socket pair, fed three bytes at a time."""
 
     async def run() -> tuple[bytes, bytes]:
@@ -403,3 +408,289 @@ def test_relay_connections_are_reused_and_replaced_when_gone(
         service.stop()
     finally:
         relay.close()
+
+
+def test_a_decision_given_up_at_the_deadline_never_sends(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
+) -> None:
+    service = start_service(database={"busy_timeout": "20s"}, deliver={"deadline": "1s"})
+    vacation_set(service.config, ALICE, "--message", "Away.")
+    client = LmtpClient(socket_path)
+    client.greet()
+    lock = _lock(db_url)
+    try:
+        # The interval claim waits for the lock past the deadline: the client is answered 451.
+        [(code, text)] = client.send_message(BOB, [ALICE], _message())
+        assert (code, text.startswith("4.4.7")) == (451, True)
+    finally:
+        lock.rollback()
+        lock.close()
+    # The worker goes on once the lock is free, and must not send what the client was told is not sent.
+    log = service.wait_log("action=", count=1)
+    assert sink.messages == []
+    assert "action=defer" in log and "deadline passed before the response went to the relay" in log
+    # The claim was given back: the MTA's retry answers, once.
+    [(code, text)] = client.send_message(BOB, [ALICE], _message())
+    client.close()
+    assert (code, "reply" in text) == (250, True)
+    assert len(sink.wait_for(1)) == 1
+
+
+def test_a_relay_slower_than_the_deadline_gets_one_message_over_three_retries(
+    start_service: ServiceFactory, socket_path: Path
+) -> None:
+    relay = CountingRelay(delay=2.5)
+    try:
+        service = start_service(smtp={"port": relay.port, "timeout": "10s"}, deliver={"deadline": "1s"})
+        vacation_set(service.config, ALICE, "--message", "Away.")
+        client = LmtpClient(socket_path)
+        client.greet()
+        statuses = [client.send_message(BOB, [ALICE], _message())[0][0] for _ in range(3)]
+        client.close()
+        assert relay.wait_for(2, timeout=3) == 1, statuses
+        service.stop()
+    finally:
+        relay.close()
+
+
+SLOW_TEMPLATE = (
+    "{% for a in subject %}{% for b in subject %}{% for c in subject %}{% for d in subject %}"
+    "{% endfor %}{% endfor %}{% endfor %}{% endfor %}{{ message }}\n"
+)
+
+
+def test_a_slow_template_costs_one_render_and_list_mail_never_waits_for_it(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, tmp_path: Path, db_url: str
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "slow.txt.j2").write_text(SLOW_TEMPLATE, encoding="utf-8")
+    service = start_service(
+        server={"workers": 1}, reply={"templates_dir": str(templates)}, deliver={"deadline": "20s"}
+    )
+    # The sample subject of `vacation set` is short: the template passes the check.
+    vacation_set(service.config, ALICE, "--message", "Away.", "--template", "slow.txt.j2")
+    results: list[list[tuple[int, str]]] = []
+    slow = LmtpClient(socket_path)
+    slow.greet()
+    message = _message().replace(b"Subject: question 1", b"Subject: question " + b"x" * 200)
+    worker = threading.Thread(target=lambda: results.append(slow.send_message(BOB, [ALICE], message)))
+    worker.start()
+    try:
+        worker.join(timeout=0.5)
+        assert worker.is_alive(), (results, service.log())
+        # The only worker is rendering; a list message is decided on its headers all the same.
+        began = time.monotonic()
+        quick = LmtpClient(socket_path)
+        quick.greet()
+        [(code, text)] = quick.send_message(
+            BOB, [ALICE], _message(number=2, extra="List-Id: <l.example.org>")
+        )
+        quick.close()
+        assert (code, "list-header" in text) == (250, True)
+        assert time.monotonic() - began < 1.5
+    finally:
+        worker.join(timeout=30)
+        slow.close()
+    [(code, text)] = results[0]
+    assert (code, "template-error" in text) == (250, True)
+    assert sink.messages == []
+    assert "took longer than 2s" in service.log()
+
+
+def _send_expecting_a_cut(client: LmtpClient) -> None:
+    with contextlib.suppress(OSError):
+        client.send_message(BOB, [ALICE], _message())
+
+
+def test_sigterm_stops_within_stop_timeout_however_busy_the_workers(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
+) -> None:
+    service = start_service(database={"busy_timeout": "30s"}, server={"stop_timeout": "1s"})
+    vacation_set(service.config, ALICE, "--message", "Away.")
+    lock = _lock(db_url)
+    try:
+        busy = LmtpClient(socket_path)
+        busy.greet()
+        sender = threading.Thread(target=_send_expecting_a_cut, args=(busy,), daemon=True)
+        sender.start()
+        sender.join(timeout=1)
+        assert sender.is_alive()
+        began = time.monotonic()
+        assert service.stop() == 0
+        stopped = time.monotonic() - began
+    finally:
+        lock.rollback()
+        lock.close()
+    busy.sock.close()
+    assert stopped < 4, f"took {stopped:.1f}s"
+    assert "still busy after 1s" in service.log()
+    assert sink.wait_for(1, timeout=0.5) == []
+
+
+def test_idle_clients_make_room_for_a_message(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, make_config: ConfigFactory
+) -> None:
+    service = start_service(server={"max_connections": 3})
+    vacation_set(service.config, ALICE, "--message", "Away.")
+    idle = [LmtpClient(socket_path) for _ in range(3)]
+    for client in idle:
+        client.greet()
+    began = time.monotonic()
+    result = run_hook(service.config, *deliver_args(BOB, ALICE), stdin=sample("personal.eml"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert time.monotonic() - began < 10
+    assert result.stderr == b""  # decided by the service
+    assert "action=reply" in service.wait_log("action=reply")
+    # The longest idle session was told why it goes.
+    code, text = idle[0].reply()
+    assert (code, "Too many connections" in text) == (421, True)
+    for client in idle:
+        client.sock.close()
+
+
+def test_one_tcp_client_holds_at_most_half_the_sessions(make_config: ConfigFactory, tmp_path: Path) -> None:
+    port = _tcp_port()
+    config = make_config(server={"socket": f"127.0.0.1:{port}", "max_connections": 4})
+    service = ServiceProcess(config, tmp_path / "unused", tmp_path / "tcp.log").start()
+    try:
+        first, second = LmtpClient(("127.0.0.1", port)), LmtpClient(("127.0.0.1", port))
+        first.greet()
+        second.greet()
+        third = LmtpClient(("127.0.0.1", port))
+        third.greet()
+        code, text = first.reply()
+        assert (code, "Too many connections" in text) == (421, True)
+        assert second.command("NOOP")[0] == 250
+        for client in (first, second, third):
+            client.sock.close()
+    finally:
+        assert service.stop() == 0
+
+
+def _tcp_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["default", "listed"])
+def test_xforward_on_tcp_only_from_listed_hosts(
+    allowed: bool, make_config: ConfigFactory, tmp_path: Path, db_url: str
+) -> None:
+    port = _tcp_port()
+    server: dict[str, object] = {"socket": f"127.0.0.1:{port}"}
+    if allowed:
+        server["xforward_hosts"] = ["192.0.2.0/24", "127.0.0.1"]
+    service = ServiceProcess(make_config(server=server), tmp_path / "unused", tmp_path / "tcp.log").start()
+    try:
+        client = LmtpClient(("127.0.0.1", port))
+        assert client.reply()[0] == 220
+        code, text = client.command("LHLO test.example")
+        assert (code, "XFORWARD" in text) == (250, allowed)
+        code, _ = client.command("XFORWARD ADDR=192.0.2.9 IDENT=FORGED")
+        assert code == (250 if allowed else 550)
+        assert client.send_message(BOB, [ALICE], sample("personal.eml"))[0][0] == 250
+        client.close()
+    finally:
+        assert service.stop() == 0
+    assert _audit(db_url) == [(ALICE, "no-vacation", "FORGED" if allowed else "")]
+
+
+def test_control_characters_never_reach_the_log_or_the_audit(
+    start_service: ServiceFactory, socket_path: Path, db_url: str
+) -> None:
+    service = start_service()
+    client = LmtpClient(socket_path)
+    client.greet()
+    assert client.command("XFORWARD IDENT=Q1+0Aresponder:+20forged HELO=a+0Db")[0] == 250
+    assert client.command("MAIL FROM:<bob\r@example.org>")[0] == 250
+    assert client.command("RCPT TO:<alice@example.com>")[0] == 250
+    client.sock.sendall(b"RCPT TO:<\xff\x1b[31m@example.com>\r\n")
+    assert client.reply()[0] == 250
+    assert client.command("DATA")[0] == 354
+    client.sock.sendall(b"Subject: x\r\n\r\nHello.\r\n.\r\n")
+    replies = [client.reply(), client.reply()]
+    client.close()
+    assert [code for code, _ in replies] == [250, 250]
+    log = service.wait_log("action=", count=2)
+    assert "\r" not in log and "\x1b" not in log
+    assert not any(line.startswith("responder:") for line in log.splitlines())
+    rows = _audit(db_url)
+    assert {queue for _, _, queue in rows} == {"Q1\\x0aresponder: forged"}
+    assert {recipient for recipient, _, _ in rows} == {ALICE, "\\xff\\x1b[31m@example.com"}
+    assert "Traceback" not in log
+
+
+def test_an_out_of_range_orcpt_and_a_client_reset_are_ordinary(
+    make_config: ConfigFactory, tmp_path: Path, db_url: str
+) -> None:
+    port = _tcp_port()
+    config = make_config(server={"socket": f"127.0.0.1:{port}"})
+    service = ServiceProcess(config, tmp_path / "unused", tmp_path / "tcp.log").start()
+    try:
+        client = LmtpClient(("127.0.0.1", port))
+        client.greet()
+        assert client.command("MAIL FROM:<bob@example.org>")[0] == 250
+        assert client.command("RCPT TO:<alice@example.com> ORCPT=rfc822;\\x{110000}\\x{D800}")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.sock.sendall(b"Subject: x\r\n\r\nHello.\r\n.\r\n")
+        assert client.reply()[0] == 250
+        client.close()
+        # A client that resets the connection while the service still has something to say.
+        reset = socket.create_connection(("127.0.0.1", port), timeout=5)
+        reset.sendall(b"LHLO x\r\n" * 50)
+        time.sleep(0.3)
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()
+        service.wait_log("LMTP client went away")
+    finally:
+        assert service.stop() == 0
+    log = service.log()
+    assert "Traceback" not in log and "ERROR" not in log
+    assert _audit(db_url) == [(ALICE, "no-vacation", "")]
+
+
+def test_reading_a_message_holds_it_about_once() -> None:
+    """The DATA reader's peak allocation for an 8 MiB message, measured with tracemalloc."""
+    size = 8 << 20
+    wire = (b"x" * 78 + b"\r\n") * (size // 80) + b".\r\n"
+
+    async def run() -> tuple[int, int]:
+        left, right = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=left)
+        session = Session(
+            reader,
+            writer,
+            _never,
+            hostname="h",
+            max_message_size=1 << 30,
+            idle_timeout=5,
+            stopping=asyncio.Event(),
+        )
+        feeder = asyncio.get_running_loop().run_in_executor(None, right.sendall, wire)
+        tracemalloc.start()
+        data = await session.read_data()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        await feeder
+        right.close()
+        writer.close()
+        await writer.wait_closed()
+        return len(data), peak
+
+    length, peak = asyncio.run(run())
+    assert length == size // 80 * 79
+    assert peak < 2.3 * length, f"peak {peak / length:.2f} times the message"
+
+
+def test_the_thin_client_streams_the_message() -> None:
+    raw = (b"x" * 78 + b"\n") * ((8 << 20) // 79)
+    tracemalloc.start()
+    sent = sum(len(piece) for piece in lmtpclient.to_wire(raw))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sent == len(raw) + len(raw) // 79 + 3
+    assert peak < len(raw) / 8

@@ -118,14 +118,24 @@ def test_the_envelope_on_the_wire(
     assert b"DATA\r\nSubject: x\r\n\r\n..dot line\r\nlast line without newline\r\n.\r\nQUIT\r\n" in seen
 
 
-def test_a_socket_not_offering_xforward_is_not_our_service(
-    make_config: ConfigFactory, socket_path: Path, scripted: list[ScriptedServer], db_url: str
+def test_a_socket_not_offering_xforward_is_told_nothing_and_the_hook_decides(
+    make_config: ConfigFactory,
+    socket_path: Path,
+    scripted: list[ScriptedServer],
+    sink: SmtpSink,
+    db_url: str,
 ) -> None:
-    scripted.append(ScriptedServer(socket_path, xforward=False))
+    server = ScriptedServer(socket_path, xforward=False)
+    scripted.append(server)
     config = make_config(server={"socket": f"unix:{socket_path}"})
-    result = run_hook(config, *deliver_args(BOB, ALICE), stdin=sample("personal.eml"))
-    assert result.returncode == 75
-    assert b"does not offer XFORWARD" in result.stderr
+    vacation_set(config, ALICE, "--message", "Away.")
+    result = run_hook(config, *deliver_args(BOB, ALICE, queue_id="Q3"), stdin=sample("personal.eml"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"does not offer XFORWARD" in result.stderr and b"deciding in-process" in result.stderr
+    [seen] = server.wait_received()
+    assert b"MAIL FROM" not in seen
+    assert len(sink.wait_for(1)) == 1
+    assert _rows(db_url) == [("reply", None, "Q3")]
 
 
 @pytest.mark.parametrize("where", ["missing-unix", "closed-tcp"])
@@ -194,3 +204,43 @@ def test_the_thin_client_loads_nothing_it_does_not_need(
     }
     assert unwanted.isdisjoint(loaded), sorted(loaded)
     assert {"responder.fastpath", "responder.lmtpclient", "responder.quickconf"} <= set(loaded)
+
+
+@pytest.mark.parametrize("greeting", [None, b"421 4.3.2 Service too many connections, try again later\r\n"])
+def test_a_service_that_does_not_greet_in_time_is_decided_without(
+    greeting: bytes | None, make_config: ConfigFactory, socket_path: Path, sink: SmtpSink, db_url: str
+) -> None:
+    # A listener that takes connections and says nothing, as a service whose every slot is taken.
+    import socket as socketlib
+    import threading
+    import time
+
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(8)
+    taken: list[socketlib.socket] = []
+
+    def greet() -> None:
+        conn, _ = listener.accept()
+        taken.append(conn)
+        if greeting is not None:
+            conn.sendall(greeting)
+
+    greeter = threading.Thread(target=greet, daemon=True)
+    greeter.start()
+    try:
+        config = make_config(server={"socket": f"unix:{socket_path}", "connect_timeout": "1s"})
+        vacation_set(config, ALICE, "--message", "Away.")
+        began = time.monotonic()
+        result = run_hook(config, *deliver_args(BOB, ALICE, queue_id="Q9"), stdin=sample("personal.eml"))
+        elapsed = time.monotonic() - began
+    finally:
+        greeter.join(timeout=10)
+        for conn in taken:
+            conn.close()
+        listener.close()
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"deciding in-process" in result.stderr
+    assert elapsed < 8, f"{elapsed:.1f}s"
+    assert len(sink.wait_for(1)) == 1
+    assert _rows(db_url) == [("reply", None, "Q9")]
