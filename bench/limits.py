@@ -37,13 +37,13 @@ from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responder.config import Settings, settings_from_mapping
-from responder.context import Context, Services
-from responder.engine import decide
-from responder.limits import check_limits
-from responder.message import Envelope, Inbound
-from responder.schema import rate_counters
-from responder.store import Store
+from responder.config.settings import Settings, settings_from_mapping
+from responder.decide.context import Context, Services
+from responder.decide.engine import decide
+from responder.decide.limits import check_limits
+from responder.mail.message import Envelope, Inbound
+from responder.store.database import Store
+from responder.store.schema import rate_counters
 
 RECIPIENTS = [f"user{i}@example.com" for i in range(200)]
 SENDERS = [f"sender{i}@domain{i % 300}.example" for i in range(20_000)]

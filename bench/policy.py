@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.policytools import encode, postfix_request
 
 DOMAIN = "bench.example"

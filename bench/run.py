@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from responder import lmtpclient  # noqa: E402 - the repository, not an installed copy
+from responder.lmtp import client as lmtpclient  # noqa: E402 - the repository, not an installed copy
 
 AWAY = "away@example.com"
 NOBODY = "nobody@example.com"

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the connection or URL handed over by responder.store."""
+"""Alembic environment: runs migrations on the connection or URL handed over by responder.store.database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from responder.schema import metadata
+from responder.store.schema import metadata
 
 config = context.config
 

@@ -9,7 +9,7 @@ def main() -> int:
     # A package upgrade in progress or a broken install must defer the message, not bounce it:
     # Python's own status for an import error (1) would make Postfix bounce to the sender.
     try:
-        from responder.cli import main as cli_main
+        from responder.cli.main import main as cli_main
     except BaseException as exc:  # anything at all, SyntaxError included
         from contextlib import suppress
 

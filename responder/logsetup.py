@@ -8,7 +8,7 @@ import traceback
 from logging.handlers import SysLogHandler
 from typing import Protocol, TextIO
 
-from responder.hooklog import connect_syslog, printable, syslog_unavailable
+from responder.hook.log import connect_syslog, printable, syslog_unavailable
 
 FORMAT = "responder[%(process)d]: %(levelname)s %(message)s"
 
@@ -80,7 +80,7 @@ def setup_logging(settings: LogOptions | None = None, stream: TextIO | None = No
     """
     if settings is None:
         # Imported here: the pipe hook sets up logging before (and mostly without) loading the config.
-        from responder.config import LogSettings
+        from responder.config.settings import LogSettings
 
         settings = LogSettings()
     logger = logging.getLogger("responder")

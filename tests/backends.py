@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from responder.schema import metadata
-from responder.store import Store
+from responder.store.database import Store
+from responder.store.schema import metadata
 
 ENV = {"postgresql": "RESPONDER_TEST_POSTGRESQL_URL", "mysql": "RESPONDER_TEST_MYSQL_URL"}
 KINDS = ("sqlite", "postgresql", "mysql")

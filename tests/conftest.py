@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.helpers import FakeClock, write_config
 from tests.sink import SmtpSink
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from responder.addresses import routing_operator, sender_domain, sender_key
+from responder.mail.addresses import routing_operator, sender_domain, sender_key
 
 CASES = [
     # (envelope sender as given, key)

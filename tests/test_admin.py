@@ -14,9 +14,9 @@ from typing import BinaryIO
 
 import pytest
 
-from responder.cli import main
-from responder.schema import SCHEMA_REVISION
-from responder.store import DecisionRecord, Store
+from responder.cli.main import main
+from responder.store.database import DecisionRecord, Store
+from responder.store.schema import SCHEMA_REVISION
 from tests.conftest import ConfigFactory
 from tests.helpers import MESSAGES, deliver_args, run_hook, sample
 from tests.sink import SmtpSink

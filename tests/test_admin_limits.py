@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from responder.cli import main
-from responder.config import Limit
-from responder.limits import window
-from responder.schema import decisions, rate_counters, reply_claims
-from responder.store import CounterWindow, DecisionRecord, Store
+from responder.cli.main import main
+from responder.config.settings import Limit
+from responder.decide.limits import window
+from responder.store.database import CounterWindow, DecisionRecord, Store
+from responder.store.schema import decisions, rate_counters, reply_claims
 from tests.conftest import ConfigFactory
 
 

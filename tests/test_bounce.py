@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from responder.config import Settings, settings_from_mapping
-from responder.context import Services
-from responder.engine import respond
+from responder.config.settings import Settings, settings_from_mapping
+from responder.decide.context import Services
+from responder.decide.engine import respond
 from responder.errors import RelayUnavailable
-from responder.message import Envelope, Inbound, canonical_address
-from responder.store import Store
-from responder.transport import SmtpTransport
+from responder.mail.message import Envelope, Inbound, canonical_address
+from responder.smtp.transport import SmtpTransport
+from responder.store.database import Store
 from tests.helpers import Case, FakeClock, sample
 from tests.sink import SmtpSink
 from tests.test_bounce_hook import dsn_parts
@@ -149,7 +149,7 @@ def test_corpus(case: Case, services: Services, sink: SmtpSink) -> None:
 
 
 def test_every_rule_has_a_bounce_case() -> None:
-    from responder.rules import RULES
+    from responder.decide.rules import RULES
 
     covered = {case.reason for case in CASES.values()}
     # interval and rate-limit need several messages (below); unverified needs the gate (test_bounce_hook).

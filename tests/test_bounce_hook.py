@@ -150,7 +150,7 @@ def test_null_senders_get_nothing(make_config: ConfigFactory, sink: SmtpSink, se
 
 
 def test_unverified_sender_gets_nothing(make_config: ConfigFactory, sink: SmtpSink) -> None:
-    from responder.rules import RULES
+    from responder.decide.rules import RULES
 
     if "unverified" not in {rule.reason for rule in RULES}:
         pytest.skip("the verification gate is not in the rule table yet")

@@ -15,8 +15,8 @@ from typing import IO
 
 import pytest
 
-from responder.context import CLAIM_STALE_MARGIN
-from responder.store import REPLIES, Store
+from responder.decide.context import CLAIM_STALE_MARGIN
+from responder.store.database import REPLIES, Store
 from tests.conftest import ConfigFactory
 from tests.dnsserver import DNSServer
 from tests.helpers import deliver_args, hook_env

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.config import ConfigError, Settings, load, parse_duration, settings_from_mapping
+from responder.config.settings import ConfigError, Settings, load, parse_duration, settings_from_mapping
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 

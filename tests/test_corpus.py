@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from responder.config import Settings, settings_from_mapping
-from responder.context import Services
-from responder.engine import respond
-from responder.message import Envelope, Inbound
-from responder.store import Store
-from responder.transport import SmtpTransport
+from responder.config.settings import Settings, settings_from_mapping
+from responder.decide.context import Services
+from responder.decide.engine import respond
+from responder.mail.message import Envelope, Inbound
+from responder.smtp.transport import SmtpTransport
+from responder.store.database import Store
 from tests.helpers import MESSAGES, Case, FakeClock, sample
 from tests.sink import SmtpSink
 
@@ -324,7 +324,7 @@ def test_corpus(case: Case, services: Services, sink: SmtpSink) -> None:
 
 
 def test_every_rule_has_a_case() -> None:
-    from responder.rules import RULES
+    from responder.decide.rules import RULES
 
     covered = {case.reason for case in CASES.values()} | set(AUTOMATED.values())
     # Covered elsewhere: interval needs two messages (tests/test_interval.py), unverified a DNS server
@@ -336,7 +336,7 @@ def test_every_rule_has_a_case() -> None:
 def test_readme_documents_the_rule_table_in_order() -> None:
     import re
 
-    from responder.rules import EXTRA_REASONS, RULES
+    from responder.decide.rules import EXTRA_REASONS, RULES
     from tests.helpers import REPO
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")

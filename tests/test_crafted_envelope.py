@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import REPO, hook_env, sample, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from responder.config import DeliverSettings
-from responder.deadline import DEFAULT_DEADLINE, MARGIN, HookDeadline
+from responder.config.settings import DeliverSettings
 from responder.errors import DeadlineExceeded
+from responder.hook.deadline import DEFAULT_DEADLINE, MARGIN, HookDeadline
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

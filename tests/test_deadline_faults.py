@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, insert, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
-from responder.deadline import MARGIN
-from responder.schema import reply_claims, vacations
+from responder.hook.deadline import MARGIN
+from responder.store.schema import reply_claims, vacations
 from tests.backends import Databases
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, run_hook, sample, vacation_set

@@ -269,7 +269,7 @@ def test_broken_installation_defers(tmp_path: Path) -> None:
 
     package = tmp_path / "responder"
     shutil.copytree(REPO / "responder", package)
-    (package / "cli.py").write_text("this is not python\n", encoding="utf-8")
+    (package / "cli" / "main.py").write_text("this is not python\n", encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "responder", "deliver", "--sender", SENDER, "--recipient", RCPT],
         input=sample("personal.eml"),
@@ -312,7 +312,7 @@ def test_closed_stderr_changes_no_exit_status(
     from tests.helpers import REPO
 
     shutil.copytree(REPO / "responder", broken / "responder")
-    (broken / "responder" / "cli.py").write_text("this is not python\n", encoding="utf-8")
+    (broken / "responder" / "cli" / "main.py").write_text("this is not python\n", encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "responder", "deliver", "--sender", SENDER, "--recipient", RCPT],
         input=sample("personal.eml"),

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from responder import fastpath
-from responder.audit import record_direct
-from responder.cli import deliver_in_process
-from responder.config import Settings, parse_duration, settings_from_mapping
-from responder.hooklog import HookLog
+from responder.cli.main import deliver_in_process
+from responder.config.settings import Settings, parse_duration, settings_from_mapping
+from responder.decide.audit import record_direct
+from responder.decide.rules import RULES
+from responder.hook import fast as fastpath
+from responder.hook.log import HookLog
 from responder.logsetup import setup_logging
-from responder.rules import RULES
-from responder.store import DecisionRecord, Store
+from responder.store.database import DecisionRecord, Store
 from tests.conftest import ConfigFactory
 from tests.helpers import Case, deliver_args, hook_env, run_hook, sample
 from tests.test_corpus import CASES
@@ -39,18 +39,18 @@ HEAVY = (
     "email",
     "logging",
     "argparse",
-    "responder.config",
-    "responder.store",
-    "responder.engine",
-    "responder.compose",
-    "responder.transport",
-    "responder.verify",
+    "responder.config.settings",
+    "responder.store.database",
+    "responder.decide.engine",
+    "responder.mail.reply",
+    "responder.smtp.transport",
+    "responder.verify.sender",
 )
 
 # Runs the hook in a fresh interpreter and reports the exit status and every module it loaded.
 PROBE = """
 import io, sys
-from responder.cli import main
+from responder.cli.main import main
 status = main(sys.argv[1:], io.BytesIO(sys.stdin.buffer.read()))
 loaded = sorted(sys.modules)
 sys.stdout.write(repr((status, loaded)))
@@ -110,7 +110,7 @@ def test_header_suppressed_message_loads_nothing_heavy_and_is_audited(
     status, loaded, stderr = _probe(config, *args, stdin=sample(name))
     assert status == 0
     assert _heavy(loaded) == set(), sorted(loaded)
-    assert "responder.fastpath" in loaded and "sqlite3" in loaded
+    assert "responder.hook.fast" in loaded and "sqlite3" in loaded
     assert f"action=suppress reason={reason}" in stderr and "queue_id=Q7" in stderr
     store = Store.open(db_url)
     [row] = store.decisions()
@@ -124,7 +124,7 @@ def test_a_message_the_header_rules_pass_takes_the_full_path(make_config: Config
         config, *deliver_args("bob@example.org", "alice@example.com"), stdin=sample("personal.eml")
     )
     assert status == 0
-    assert {"sqlalchemy", "responder.engine", "responder.config"} <= loaded
+    assert {"sqlalchemy", "responder.decide.engine", "responder.config.settings"} <= loaded
     assert "reason=no-vacation" in stderr
 
 

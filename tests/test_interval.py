@@ -6,13 +6,13 @@ import datetime as dt
 
 import pytest
 
-from responder.config import settings_from_mapping
-from responder.context import Services
-from responder.engine import respond
+from responder.config.settings import settings_from_mapping
+from responder.decide.context import Services
+from responder.decide.engine import respond
 from responder.errors import RelayUnavailable
-from responder.message import Envelope, Inbound
-from responder.store import PENDING, REPLIES, TAKEN, WON, Store
-from responder.transport import SmtpTransport
+from responder.mail.message import Envelope, Inbound
+from responder.smtp.transport import SmtpTransport
+from responder.store.database import PENDING, REPLIES, TAKEN, WON, Store
 from tests.helpers import FakeClock
 from tests.sink import SmtpSink
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from responder.headers import parse_fields
-from responder.message import _split_header_block
-from responder.quickconf import parse_plain, read_document
+from responder.hook.quickconf import parse_plain, read_document
+from responder.mail.headers import parse_fields
+from responder.mail.message import _split_header_block
 from tests.helpers import MESSAGES
 
 HEADER_PIECES = [

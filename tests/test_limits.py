@@ -10,15 +10,15 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
-from responder.config import ConfigError, Limit, settings_from_mapping
-from responder.context import Services
-from responder.engine import Decision, respond
+from responder.config.settings import ConfigError, Limit, settings_from_mapping
+from responder.decide.context import Services
+from responder.decide.engine import Decision, respond
+from responder.decide.limits import window
 from responder.errors import RelayUnavailable, StoreUnavailable
-from responder.limits import window
-from responder.message import Envelope, Inbound
-from responder.schema import rate_counters, reply_claims
-from responder.store import CounterWindow, Store
-from responder.transport import SmtpTransport
+from responder.mail.message import Envelope, Inbound
+from responder.smtp.transport import SmtpTransport
+from responder.store.database import CounterWindow, Store
+from responder.store.schema import rate_counters, reply_claims
 from tests.helpers import FakeClock
 from tests.sink import SmtpSink
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env
 from tests.sink import SmtpSink

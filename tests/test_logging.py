@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.cli import deliver_in_process
+from responder.cli.main import deliver_in_process
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, run_hook, sample, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
@@ -198,8 +198,8 @@ def test_syslog_going_away_later_costs_no_line(
     """A daemon that stops after the start: its lines go to stderr after one warning."""
     import logging
 
-    from responder.config import settings_from_mapping
-    from responder.hooklog import HookLog
+    from responder.config.settings import settings_from_mapping
+    from responder.hook.log import HookLog
     from responder.logsetup import setup_logging
 
     path = str(short_dir / "log")

@@ -10,8 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from responder.paths import resource_dir
-from responder.schema import SCHEMA_REVISION, metadata
-from responder.store import Store
+from responder.store.database import Store
+from responder.store.schema import SCHEMA_REVISION, metadata
 
 
 def _script() -> ScriptDirectory:

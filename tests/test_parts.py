@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from responder.parts import MAX_PARTS, content_type, first_text, parts
+from responder.mail.parts import MAX_PARTS, content_type, first_text, parts
 from tests.helpers import MESSAGES
 
 

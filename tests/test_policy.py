@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.backends import Databases, server_url
 from tests.conftest import ConfigFactory
 from tests.policytools import (

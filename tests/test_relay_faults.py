@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from responder.compose import Outgoing
-from responder.config import settings_from_mapping
+from responder.config.settings import settings_from_mapping
 from responder.errors import DeadlineExceeded, RelayUnconfirmed
-from responder.transport import SmtpTransport
+from responder.mail.reply import Outgoing
+from responder.smtp.transport import SmtpTransport
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess

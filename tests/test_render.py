@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from responder.render import MAX_SECONDS, Renderer, RenderError
+from responder.decide.templates import MAX_SECONDS, Renderer, RenderError
 
 TEMPLATES = {
     "ok.j2": "Hello {{ sender }}, back {{ end.strftime('%d %B %H:%M %Z') }}. {{ 'ab' * 2 }} {{ 2 ** 8 }}\n",

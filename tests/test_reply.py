@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from responder.config import settings_from_mapping
-from responder.context import Services
-from responder.engine import respond
-from responder.message import Envelope, Inbound
-from responder.store import REPLIES, Store
-from responder.transport import SmtpTransport
+from responder.config.settings import settings_from_mapping
+from responder.decide.context import Services
+from responder.decide.engine import respond
+from responder.mail.message import Envelope, Inbound
+from responder.smtp.transport import SmtpTransport
+from responder.store.database import REPLIES, Store
 from tests.helpers import FakeClock, sample
 from tests.sink import Received, SmtpSink
 

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from responder.dsn import address_field, original_headers
-from responder.retired import DEFAULT_STATUS, MAX_SMTP_TEXT, Retirement, smtp_text, valid_status
+from responder.decide.records import DEFAULT_STATUS, MAX_SMTP_TEXT, Retirement, smtp_text, valid_status
+from responder.mail.dsn import address_field, original_headers
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from responder import lmtpclient
-from responder.lmtp import Session, Transaction, split_path, xtext_decode
-from responder.store import Store
+from responder.lmtp import client as lmtpclient
+from responder.lmtp.session import Session, Transaction, split_path, xtext_decode
+from responder.store.database import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, run_hook, sample, vacation_set
 from tests.lmtp_support import CountingRelay, LmtpClient, ServiceProcess

@@ -11,10 +11,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from responder.config import settings_from_mapping
-from responder.context import Services
+from responder.config.settings import settings_from_mapping
+from responder.decide.context import Services
 from responder.errors import StoreUnavailable
-from responder.store import Store
+from responder.store.database import Store
 from tests.backends import Databases
 
 

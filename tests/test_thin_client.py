@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.store import Store
+from responder.store.database import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 from tests.lmtp_support import ScriptedServer, ServiceProcess
@@ -165,7 +165,7 @@ def test_no_service_means_deciding_in_process(
 PROBE = """
 import io, sys
 before = set(sys.modules)
-from responder.cli import main
+from responder.cli.main import main
 status = main(sys.argv[1:], io.BytesIO(sys.stdin.buffer.read()))
 sys.stdout.write(repr((status, sorted(set(sys.modules) - before))))
 """
@@ -195,15 +195,15 @@ def test_the_thin_client_loads_nothing_it_does_not_need(
         "sqlite3",
         "asyncio",
         "socket",
-        "responder.message",
-        "responder.rules",
-        "responder.context",
-        "responder.config",
-        "responder.audit",
+        "responder.mail.message",
+        "responder.decide.rules",
+        "responder.decide.context",
+        "responder.config.settings",
+        "responder.decide.audit",
         "sqlalchemy",
     }
     assert unwanted.isdisjoint(loaded), sorted(loaded)
-    assert {"responder.fastpath", "responder.lmtpclient", "responder.quickconf"} <= set(loaded)
+    assert {"responder.hook.fast", "responder.lmtp.client", "responder.hook.quickconf"} <= set(loaded)
 
 
 @pytest.mark.parametrize("greeting", [None, b"421 4.3.2 Service too many connections, try again later\r\n"])

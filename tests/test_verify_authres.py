@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from responder.config import VerifySettings
-from responder.verify import Upstream, Verification, trusted_results, verify_sender
+from responder.config.settings import VerifySettings
+from responder.verify.sender import Upstream, Verification, trusted_results, verify_sender
 from tests.dnsserver import DNSServer
 
 TRUSTED = "mx.example.net"

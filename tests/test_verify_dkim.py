@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from responder.config import VerifySettings
-from responder.verify import Verification, _body_hash, verify_sender
+from responder.config.settings import VerifySettings
+from responder.verify.sender import Verification, _body_hash, verify_sender
 from tests.dnsserver import DNSServer
 
 MESSAGE = (

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from responder.config import VerifySettings
-from responder.verify import Verification, _within, verify_sender
+from responder.config.settings import VerifySettings
+from responder.verify.sender import Verification, _within, verify_sender
 from tests.dnsserver import DNSServer
 
 TRUSTED = "mx.example.net"

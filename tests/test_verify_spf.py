@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from responder.config import VerifySettings
-from responder.verify import verify_sender
+from responder.config.settings import VerifySettings
+from responder.verify.sender import verify_sender
 from tests.dnsserver import DNSServer
 
 MESSAGE = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"

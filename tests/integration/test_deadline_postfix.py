@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from responder.deadline import MARGIN
+from responder.hook.deadline import MARGIN
 from tests.backends import Databases
 from tests.sink import SmtpSink
 from tests.stallproxy import StallingProxy

@@ -1,0 +1,575 @@
+"""``responder serve``: the engine kept warm behind an LMTP socket, for Postfix and the thin client.
+
+One asyncio loop speaks LMTP (responder.lmtp.session); each recipient is decided by engine.respond in a worker
+thread, at most ``server.workers`` at a time, with the database pool, templates and relay settings of
+one configuration "generation". The header rules run first in threads of their own, so that list mail
+and robots are never queued behind slow decisions. A decision the service has given up on at
+``deliver.deadline`` (and answered 451) never hands its response to the relay afterwards. SIGHUP loads
+the configuration again into a new generation: messages already in flight finish on the old one, which
+is closed when its last message is done. SIGTERM (and SIGINT) stop accepting, finish the messages in
+flight for up to ``server.stop_timeout``, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import signal
+import socket as socketlib
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import aiosmtplib
+
+from responder.config.settings import ConfigError, Settings, SmtpSettings, load
+from responder.daemons.sockets import clear_stale_socket
+from responder.decide.context import Context, Services
+from responder.decide.engine import Decision, log_decision, record, respond
+from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
+from responder.hook.fast import _first_header_rule as first_header_rule
+from responder.hook.log import printable
+from responder.lmtp.client import parse_socket
+from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
+from responder.logsetup import setup_logging
+from responder.mail.message import Envelope, Inbound
+from responder.smtp.transport import SmtpTransport
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from responder.decide.templates import Renderer
+    from responder.mail.reply import Outgoing
+    from responder.store.database import Store
+
+log = logging.getLogger("responder")
+
+# The socket file is chmod-ed after bind; meanwhile only its owner may connect.
+_UMASK = 0o077
+# Threads that run the header rules; they never wait for DNS, the relay or a template.
+HEADER_THREADS = 2
+_WORKER_PREFIX = "responder-worker"
+_HEADER_PREFIX = "responder-headers"
+
+
+class ServeError(Exception):
+    """The service cannot start: no socket configured, or the socket cannot be bound."""
+
+
+class Job:
+    """One recipient's decision in a worker thread; the loop gives up on it at its deadline.
+
+    Once given up (the client was answered 451), the worker must not hand a response to the relay:
+    the MTA's retry will. A response already with the relay is waited for instead, since its outcome
+    is what decides between 250 and 451.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # time.monotonic()
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.sending = False
+
+    def start_sending(self) -> bool:
+        """In the worker, right before the send: False when it is too late to send."""
+        with self.lock:
+            if self.abandoned or time.monotonic() >= self.deadline:
+                self.abandoned = True
+                return False
+            self.sending = True
+            return True
+
+    def abandon(self) -> bool:
+        """On the loop: give up; False when the response is already with the relay."""
+        with self.lock:
+            if self.sending:
+                return False
+            self.abandoned = True
+            return True
+
+
+# The job of the decision running in this worker thread, for the transport to check.
+_running = threading.local()
+
+
+class PooledSmtpTransport(SmtpTransport):
+    """Relay connections kept open on the service's event loop and reused, one response after another.
+
+    A lone hook opens a connection per response; a service sending a hundred a second saves the
+    connect, greeting, EHLO and QUIT of each. Worker threads hand the response to the loop and wait.
+    A connection the relay closed while idle is noticed on reuse and replaced, once.
+    """
+
+    def __init__(self, settings: SmtpSettings, loop: asyncio.AbstractEventLoop, keep: int) -> None:
+        super().__init__(settings)
+        self.loop = loop
+        self.keep = keep
+        self.idle: list[aiosmtplib.SMTP] = []
+
+    def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None:
+        # before_final_dot is not called: its database write would stall the loop; the engine then
+        # keeps the claims after the answer, as it does for any transport that does not call it.
+        job: Job | None = getattr(_running, "job", None)
+        if job is not None and not job.start_sending():
+            raise DeadlineExceeded("deadline passed before the response went to the relay")
+        asyncio.run_coroutine_threadsafe(self.send_pooled(outgoing), self.loop).result()
+
+    async def send_pooled(self, outgoing: Outgoing) -> None:
+        while self.idle:
+            client = self.idle.pop()
+            if not client.is_connected:
+                continue
+            try:
+                await self._mapped(self._transaction(client, outgoing))
+            except RelayUnavailable as exc:
+                client.close()
+                if isinstance(exc.__cause__, aiosmtplib.SMTPServerDisconnected):
+                    break  # gone while idle: try a fresh connection
+                raise
+            except BaseException:
+                client.close()
+                raise
+            self._keep(client)
+            return
+        client = self._client()
+        try:
+            await self._mapped(client.connect())
+            await self._mapped(self._transaction(client, outgoing))
+        except BaseException:
+            client.close()
+            raise
+        self._keep(client)
+
+    def _keep(self, client: aiosmtplib.SMTP) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(client)
+        else:
+            client.close()
+
+    def close(self) -> None:
+        """Close the idle connections; call on the loop."""
+        while self.idle:
+            self.idle.pop().close()
+
+
+class WarmServices(Services):
+    """Services for a long-running process: one pooled database engine shared by the worker threads."""
+
+    def __init__(self, settings: Settings, transport: PooledSmtpTransport) -> None:
+        super().__init__(settings, transport=transport)
+        self.relay = transport
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        # Opened (and its schema checked) on first use and again after a failure, so that a database
+        # that was down at start or reload is picked up as soon as it is back.
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from responder.store.database import Store
+
+                    database = self.settings.database
+                    store = Store.open(database.url, database.busy_timeout, pooled=True)
+                    try:
+                        store.check_schema()
+                    except BaseException:
+                        store.close()
+                        raise
+                    self._store = store
+        return self._store
+
+    @property
+    def renderer(self) -> Renderer:
+        # Rendered in a child process: a template whose cost depends on the message can cost that
+        # one render, never the memory or the workers of the service.
+        if self._renderer is None:
+            with self._lock:
+                if self._renderer is None:
+                    from responder.decide.templates import Renderer
+
+                    self._renderer = Renderer(self.settings.reply.templates_dir, isolated=True)
+        return self._renderer
+
+    def close(self) -> None:
+        super().close()
+        if self._renderer is not None:
+            self._renderer.close()
+
+
+class Generation:
+    """One loaded configuration with its services and worker threads."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        relay = PooledSmtpTransport(settings.smtp, loop, keep=settings.server.workers)
+        self.services = WarmServices(settings, relay)
+        self.executor = ThreadPoolExecutor(settings.server.workers, thread_name_prefix=_WORKER_PREFIX)
+        self.headers = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix=_HEADER_PREFIX)
+        self.xforward_hosts = [ipaddress.ip_network(h, strict=False) for h in settings.server.xforward_hosts]
+        self.jobs: set[Job] = set()
+        self.in_flight = 0
+        self.retired = False
+
+    def xforward_allowed(self, peer: object) -> bool:
+        """UNIX socket clients (protected by the socket's mode) and the configured TCP peers."""
+        if not isinstance(peer, tuple):
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.xforward_hosts)
+
+    def warm(self) -> None:
+        """Open what the first message would otherwise wait for; a database fault is only logged."""
+        # The engine imports these when a message first needs them (the pipe hook must not pay for
+        # them up front); a service pays once, before it takes mail.
+        for module in ("responder.verify.sender", "responder.decide.limits", "responder.mail.dsn"):
+            importlib.import_module(module)
+        try:
+            _ = self.services.store
+        except StoreUnavailable as exc:
+            log.warning("database not ready (messages get 451 until it is): %s", exc)
+        self.services.renderer.warm()
+
+    def close(self, wait: bool = True) -> None:
+        """From a thread other than the loop's: wait for the workers, then close what they used.
+
+        ``wait`` False (stopping after server.stop_timeout): decisions still running are given up, so
+        that none of them sends, and left behind.
+        """
+        if not wait:
+            for job in list(self.jobs):
+                job.abandon()
+        self.headers.shutdown(wait=wait, cancel_futures=not wait)
+        self.executor.shutdown(wait=wait, cancel_futures=not wait)
+        self.services.close()
+        self.loop.call_soon_threadsafe(self.services.relay.close)
+
+
+def _one_line(text: str) -> str:
+    return printable(" ".join(text.split()))[:300]
+
+
+def _status(envelope: Envelope, decision: Decision) -> str:
+    reason = f" ({decision.reason})" if decision.reason else ""
+    return f"250 2.0.0 <{printable(envelope.recipient)}> {decision.action}{reason}"
+
+
+def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str | None:
+    """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
+    ctx = Context(Inbound(envelope, raw), services)
+    try:
+        found = first_header_rule(ctx)
+    except Exception:  # a fault in a rule, or the database asked for: the full decision meets it again
+        return None
+    if found is None:
+        return None
+    decision = Decision(*found)
+    log_decision(ctx.inbound, decision)
+    record(ctx, decision)
+    return _status(envelope, decision)
+
+
+def decide(services: Services, envelope: Envelope, raw: bytes, job: Job | None = None) -> str:
+    """Decide one recipient (in a worker thread); the LMTP reply line. Never a 5xx."""
+    rcpt = printable(envelope.recipient)
+    if job is not None and job.abandoned:
+        return f"451 4.4.7 <{rcpt}> deadline passed, try again later"  # nobody reads it any more
+    _running.job = job
+    try:
+        decision = respond(Inbound(envelope, raw), services)
+    except TransientError as exc:
+        log.error("deferring: %s", printable(str(exc)))
+        return f"451 4.3.0 <{rcpt}> {_one_line(str(exc)) or 'try again later'}"
+    except Exception:
+        log.exception(
+            "queue_id=%s sender=<%s> recipient=<%s> action=drop reason=internal-error",
+            printable(envelope.queue_id) or "-",
+            printable(envelope.sender),
+            rcpt,
+        )
+        return f"250 2.0.0 <{rcpt}> drop (internal-error)"
+    finally:
+        _running.job = None
+    return _status(envelope, decision)
+
+
+class Service:
+    """The listening socket, the sessions on it, and the current generation."""
+
+    def __init__(self, config_path: Path, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.generation: Generation
+        self.listen = settings.server.socket
+        self.hostname = settings.smtp.hostname or socketlib.gethostname()
+        self.sessions: dict[asyncio.Task[None], Session | None] = {}
+        self.peers: dict[asyncio.Task[None], str | None] = {}
+        self.stopping = asyncio.Event()
+        self.background: set[asyncio.Task[None]] = set()
+        # Set once stopped: worker threads may still be running decisions that were given up.
+        self.left_behind = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.generation = Generation(self.settings, loop)
+        await asyncio.to_thread(self.generation.warm)
+        server = await self._bind()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        settings = self.generation.settings.server
+        log.info("listening for LMTP on %s (workers=%d)", self.listen, settings.workers)
+        try:
+            await self.stopping.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            server.close()
+            self._unlink_socket()
+        # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
+        await self._drain(self.generation.settings.server.stop_timeout)
+        # Whatever still runs in a worker now was given up (its client was answered or cut off).
+        self.left_behind = True
+        await asyncio.to_thread(self.generation.close, False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: finishing the messages in flight")
+            self.stopping.set()
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait for the sessions and reloads in flight; cut off those still busy at ``timeout``."""
+        pending = set(self.sessions) | set(self.background)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=timeout)
+        if not late:
+            return
+        # Their decisions are given up: none of them may send after its client lost the answer.
+        for job in list(self.generation.jobs):
+            job.abandon()
+        for task in late:
+            task.cancel()
+        log.warning("%d sessions still busy after %gs; closed", len(late), timeout)
+        await asyncio.wait(late, timeout=1)
+
+    async def _bind(self) -> asyncio.AbstractServer:
+        spec = parse_socket(self.listen)
+        if spec is None:
+            raise ServeError("server.socket is not set: nothing to listen on")
+        family, address = spec
+        try:
+            if family == socketlib.AF_UNIX:
+                assert isinstance(address, str)
+                clear_stale_socket(address)
+                previous = os.umask(_UMASK)
+                try:
+                    server = await asyncio.start_unix_server(self._session, path=address)
+                finally:
+                    os.umask(previous)
+                os.chmod(address, self.generation.settings.server.socket_mode)
+                return server
+            assert isinstance(address, tuple)
+            return await asyncio.start_server(self._session, address[0], address[1], reuse_address=True)
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+
+    def _unlink_socket(self) -> None:
+        spec = parse_socket(self.listen)
+        if spec is not None and spec[0] == socketlib.AF_UNIX:
+            assert isinstance(spec[1], str)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spec[1])
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _reload(self) -> None:
+        try:
+            settings = await asyncio.to_thread(load, self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            return
+        if settings.server.socket != self.listen:
+            log.warning(
+                "server.socket changed to %s: restart the service to listen there", settings.server.socket
+            )
+        setup_logging(settings.log)
+        fresh = Generation(settings, asyncio.get_running_loop())
+        await asyncio.to_thread(fresh.warm)
+        old, self.generation = self.generation, fresh
+        old.retired = True
+        if old.in_flight == 0:
+            await asyncio.to_thread(old.close)
+        log.info("configuration reloaded from %s", self.config_path)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _make_room(self, client: str | None) -> bool:
+        """Room for a session of ``client`` (a TCP peer's address; None on the UNIX socket).
+
+        At max_connections the longest idle session is sent away, and one TCP peer holds at most
+        half of them, making room among its own. False when every candidate is busy.
+        """
+        limit = self.generation.settings.server.max_connections
+        if client is not None:
+            mine = [task for task, peer in self.peers.items() if peer == client]
+            if len(mine) >= max(1, limit // 2):
+                return self._evict([self.sessions.get(task) for task in mine])
+        if len(self.sessions) < limit:
+            return True
+        return self._evict(list(self.sessions.values()))
+
+    @staticmethod
+    def _evict(candidates: list[Session | None]) -> bool:
+        idle = [session for session in candidates if session is not None and session.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda session: session.idle_since)
+        oldest.idle = False  # told once; it is on its way out
+        oldest.evict()
+        return True
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else None
+        try:
+            if self.stopping.is_set() or not self._make_room(client):
+                # Said at once, so that a client decides for itself or retries instead of waiting.
+                busy = "shutting down" if self.stopping.is_set() else "too many connections"
+                writer.write(f"421 4.3.2 Service {busy}, try again later\r\n".encode())
+                writer.close()
+                return
+            self.sessions[task] = None
+            self.peers[task] = client
+            settings = self.generation.settings.server
+            session = Session(
+                reader,
+                writer,
+                self.deliver,
+                hostname=self.hostname,
+                max_message_size=settings.max_message_size,
+                idle_timeout=settings.idle_timeout,
+                stopping=self.stopping,
+                xforward=self.generation.xforward_allowed(peer),
+            )
+            self.sessions[task] = session
+            await session.run()
+        except (SessionClosed, ConnectionError) as exc:
+            log.info("LMTP client went away: %s", printable(str(exc)) or type(exc).__name__)
+            writer.close()
+        except Exception:
+            log.exception("LMTP session failed")
+            writer.close()
+        finally:
+            self.sessions.pop(task, None)
+            self.peers.pop(task, None)
+
+    async def deliver(self, transaction: Transaction, data: bytes) -> list[str]:
+        """One status per recipient, decided concurrently on the generation current at DATA."""
+        generation = self.generation
+        generation.in_flight += 1
+        try:
+            replies = await asyncio.gather(
+                *(self._decide(generation, transaction, rcpt, data) for rcpt in transaction.recipients)
+            )
+            return list(replies)
+        finally:
+            generation.in_flight -= 1
+            if generation.retired and generation.in_flight == 0:
+                await asyncio.to_thread(generation.close)
+
+    async def _decide(
+        self, generation: Generation, transaction: Transaction, rcpt: Recipient, raw: bytes
+    ) -> str:
+        envelope = Envelope(
+            sender=transaction.sender,
+            recipient=rcpt.address,
+            original_recipient=rcpt.original,
+            client_address=transaction.client_address,
+            helo=transaction.helo,
+            queue_id=transaction.queue_id,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = generation.settings.deliver.deadline
+        job = Job(time.monotonic() + deadline)
+        generation.jobs.add(job)
+        try:
+            early = loop.run_in_executor(
+                generation.headers, decide_on_headers, generation.services, envelope, raw
+            )
+            if await _within(early, deadline):
+                status = early.result()
+                if status is not None:
+                    return status
+                work = loop.run_in_executor(
+                    generation.executor, decide, generation.services, envelope, raw, job
+                )
+                in_time = await _within(work, job.deadline - time.monotonic())
+                if not in_time and not job.abandon():
+                    # The response is with the relay: its answer decides, within the relay's timeout.
+                    in_time = await _within(work, generation.settings.smtp.timeout)
+                if in_time:
+                    return work.result()
+            job.abandon()
+            log.error("deferring: deadline of %gs passed for <%s>", deadline, printable(rcpt.address))
+            return f"451 4.4.7 <{printable(rcpt.address)}> deadline passed, try again later"
+        finally:
+            generation.jobs.discard(job)
+
+
+async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
+    """Whether ``future`` is done within ``timeout`` seconds; it is never cancelled (a thread runs it)."""
+    done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
+    return bool(done)
+
+
+def serve(config_path: Path, settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; ServeError when the service cannot start."""
+    setup_logging(settings.log)
+    if not settings.server.socket:
+        raise ServeError("server.socket is not set: nothing to listen on")
+    service = Service(config_path, settings)
+    asyncio.run(service.run())
+    if service.left_behind and _busy_workers():
+        # Waiting for them would break server.stop_timeout; they were given up and cannot send.
+        log.warning("exiting with decisions still running in worker threads")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
+
+
+def _busy_workers() -> list[threading.Thread]:
+    deadline = time.monotonic() + 0.5
+    while True:
+        busy = [
+            thread
+            for thread in threading.enumerate()
+            if thread.name.startswith((_WORKER_PREFIX, _HEADER_PREFIX)) and thread.is_alive()
+        ]
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.05)

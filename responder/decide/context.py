@@ -1,0 +1,288 @@
+"""What the rules may ask about one delivery; heavy services are opened only when first asked for."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from responder.errors import TransientError
+from responder.mail.addresses import sender_key
+from responder.mail.message import Inbound, normalize_address
+
+if TYPE_CHECKING:
+    # Not at run time: the pipe hook runs the header rules before it loads the configuration.
+    from responder.config.settings import Settings
+    from responder.decide.records import Retirement
+    from responder.decide.templates import Renderer
+    from responder.smtp.transport import Transport
+    from responder.store.database import ClaimKind, Store, Vacation
+
+
+# The two kinds of response; also the action recorded when one goes out.
+REPLY = "reply"
+BOUNCE = "bounce"
+RESPONSES = frozenset({REPLY, BOUNCE})
+
+# A pending claim is taken over as stale only when its delivery has certainly ended: a hook ends
+# within deliver.deadline plus a few seconds of margin whatever it is doing, and the service's worker
+# never sends after its deadline. This margin is well beyond that, with room for the clocks of hosts
+# sharing one database; the MTA retries a killed hook later still (Postfix: 300 s at the earliest).
+CLAIM_STALE_MARGIN = 120.0
+# A delivery waits for another's pending claim for at most this share of deliver.deadline, keeping the
+# rest for its own verification and send; then it defers, and the MTA's retry decides again.
+CLAIM_WAIT_SHARE = 0.5
+# Polling a pending claim: the first pause, doubled up to the longest.
+CLAIM_POLL_FIRST = 0.02
+CLAIM_POLL_MAX = 0.25
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Claim(Protocol):
+    """A reservation taken while deciding: kept when the response went out, given back otherwise."""
+
+    def confirm(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+# A NamedTuple, not a dataclass: the pipe hook's header phase imports this module (see message.py).
+class IntervalClaim(NamedTuple):
+    """The right to send one reply or DSN to a sender within its interval."""
+
+    store: Store
+    kind: ClaimKind
+    owner_id: int
+    sender_key: str
+    token: str
+
+    def confirm(self) -> None:
+        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token)
+
+    def release(self) -> None:
+        self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token)
+
+
+class Services:
+    """Collaborators shared by every delivery of a process; each is built on first use.
+
+    Tests hand in real ones (a migrated SQLite file, a loopback relay) and replace only the clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], dt.datetime] = utcnow,
+        on_settled: Callable[[str, str | None], None] | None = None,
+        store: Store | None = None,
+        transport: Transport | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        # Told when the decision is made and nothing it owes is left undone (the hook's deadline).
+        self._on_settled = on_settled
+        self._store = store
+        self._transport = transport
+        # The hook's whole-run deadline as a time.monotonic() instant; the relay steps end before it.
+        self.deadline = deadline
+        self._renderer: Renderer | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from responder.store.database import Store, limit_statements
+
+            database = self.settings.database
+            store = Store.open(database.url, database.busy_timeout)
+            limit_statements(store.engine, database.busy_timeout)
+            store.check_schema()
+            self._store = store
+        return self._store
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            from responder.smtp.transport import SmtpTransport
+
+            self._transport = SmtpTransport(self.settings.smtp, self.deadline)
+        return self._transport
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from responder.decide.templates import Renderer
+
+            self._renderer = Renderer(self.settings.reply.templates_dir)
+        return self._renderer
+
+    def settle(self, action: str, reason: str | None) -> None:
+        """The decision is made and nothing it owes is left undone (the pipe hook may now end with 0)."""
+        if self._on_settled is not None:
+            self._on_settled(action, reason)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class Context:
+    """One delivery being decided. ``dry_run`` (explain) reads the store but never writes to it."""
+
+    def __init__(self, inbound: Inbound, services: Services, dry_run: bool = False) -> None:
+        self.inbound = inbound
+        self.services = services
+        self.settings = services.settings
+        self.dry_run = dry_run
+        self.now = services.clock()
+        self.started = time.monotonic()
+        self.claims: list[Claim] = []
+        # Findings of the stateful rules (verification results, limits), for the audit detail.
+        self.notes: list[str] = []
+
+    @cached_property
+    def recipients(self) -> tuple[str, ...]:
+        """The normalized envelope recipient, then the original recipient when it differs."""
+        env = self.inbound.envelope
+        found = (normalize_address(env.recipient), normalize_address(env.original_recipient))
+        return tuple(dict.fromkeys(a for a in found if a))
+
+    @cached_property
+    def vacation(self) -> Vacation | None:
+        return self.services.store.vacation_for(self.recipients)
+
+    @cached_property
+    def retirement(self) -> Retirement | None:
+        return self.services.store.retirement_for(self.recipients)
+
+    @cached_property
+    def kind(self) -> str:
+        """BOUNCE when the recipient is retired right now, else REPLY (a vacation, or nothing at all).
+
+        An address has a vacation or a retirement, never both; when the envelope and the original
+        recipient have one each, the envelope recipient's wins, as for vacations.
+        """
+        retirement = self.retirement
+        if retirement is None or not retirement.active(self.now):
+            return REPLY
+        vacation = self.vacation
+        if vacation is not None and self.recipients.index(vacation.address) < self.recipients.index(
+            retirement.address
+        ):
+            return REPLY
+        return BOUNCE
+
+    @cached_property
+    def responder_address(self) -> str:
+        """The address the response speaks for: the retired address, the vacation's, or the recipient."""
+        if self.kind == BOUNCE and self.retirement is not None:
+            return self.retirement.address
+        if self.vacation is not None:
+            return self.vacation.address
+        return self.recipients[0] if self.recipients else ""
+
+    @cached_property
+    def own_addresses(self) -> frozenset[str]:
+        mine = set(self.recipients)
+        if self.vacation is not None:
+            mine |= self.vacation.own_addresses()
+        return frozenset(mine)
+
+    @cached_property
+    def sender_key(self) -> str:
+        return sender_key(self.inbound.sender_address or "")
+
+    @cached_property
+    def interval(self) -> dt.timedelta:
+        reply = self.settings.reply
+        configured = self.vacation.interval_seconds if self.vacation else None
+        seconds = reply.default_interval if configured is None else configured
+        return dt.timedelta(seconds=min(max(seconds, reply.min_interval), reply.max_interval))
+
+    def claim_bounce_interval(self) -> str | None:
+        """``claim_interval`` for a DSN: at most one per sender and retired address per bounce.interval."""
+        from responder.store.database import BOUNCES
+
+        assert self.retirement is not None
+        interval = dt.timedelta(seconds=self.settings.bounce.interval)
+        return self._claim(BOUNCES, self.retirement.id, interval)
+
+    def claim_interval(self) -> str | None:
+        """Take (or, in a dry run, look at) the right to reply; the detail when it is not free."""
+        from responder.store.database import REPLIES
+
+        assert self.vacation is not None
+        return self._claim(REPLIES, self.vacation.id, self.interval)
+
+    @property
+    def claim_stale_after(self) -> dt.timedelta:
+        """The age from which a pending claim belongs to a delivery that has certainly ended."""
+        return dt.timedelta(seconds=self.settings.deliver.deadline + CLAIM_STALE_MARGIN)
+
+    def _claim(self, kind: ClaimKind, owner_id: int, interval: dt.timedelta) -> str | None:
+        from responder.store.database import PENDING, TAKEN, WON
+
+        store = self.services.store
+        stale = self.claim_stale_after
+        key, message = self.sender_key, self.inbound.message_key
+        if self.dry_run:
+            last = store.last_claim(kind, owner_id, key)
+            verdict = WON if last is None else last.verdict(message, self.now, interval, stale)
+            if verdict == PENDING:
+                self.notes.append(f"another delivery's {kind.what} claim is pending: this one would wait")
+            if last is None or verdict != TAKEN:
+                return None
+            return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
+        import secrets
+
+        token = secrets.token_hex(16)
+        claim = IntervalClaim(store, kind, owner_id, key, token)
+        # Listed before it is taken: a deadline striking once the claim is written still releases it.
+        self.claims.append(claim)
+        give_up = self.started + CLAIM_WAIT_SHARE * self.settings.deliver.deadline
+        pause = CLAIM_POLL_FIRST
+        while True:
+            # The clock is read on every attempt: the claim records when it was taken, after any wait.
+            verdict = store.claim(kind, owner_id, key, message, self.services.clock(), interval, stale, token)
+            if verdict != PENDING:
+                break
+            if pause == CLAIM_POLL_FIRST:
+                # Imported here: the pipe hook's header phase imports this module without logging.
+                import logging
+
+                logging.getLogger("responder").info(
+                    "waiting for another delivery's pending %s claim for <%s>", kind.what, key
+                )
+            pause = self._await_decided(claim, message, interval, give_up, pause)
+        if verdict == WON:
+            return None
+        self.claims.remove(claim)
+        from responder.config.settings import format_duration
+
+        return f"already {kind.done} within {format_duration(interval.total_seconds())}"
+
+    def _await_decided(
+        self, claim: IntervalClaim, message: str, interval: dt.timedelta, give_up: float, pause: float
+    ) -> float:
+        """Wait, reading only, until the pending claim is confirmed, released or stale; the next pause.
+
+        Raises TransientError when it is still pending at ``give_up``: the MTA keeps the message.
+        """
+        from responder.store.database import PENDING
+
+        store, stale = claim.store, self.claim_stale_after
+        while time.monotonic() + pause <= give_up:
+            time.sleep(pause)
+            pause = min(2 * pause, CLAIM_POLL_MAX)
+            last = store.last_claim(claim.kind, claim.owner_id, claim.sender_key)
+            if last is None or last.verdict(message, self.services.clock(), interval, stale) != PENDING:
+                return pause
+        self.claims.remove(claim)
+        raise TransientError(
+            f"another delivery's {claim.kind.what} claim for <{claim.sender_key}> is still pending"
+        )

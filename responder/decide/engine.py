@@ -1,0 +1,198 @@
+"""decide() runs the rule table; respond() decides, composes, sends, and records the outcome."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from responder.config.settings import format_duration
+from responder.decide.audit import decision_message, decision_row
+from responder.decide.context import BOUNCE, Claim, Context, Services
+from responder.decide.rules import DROP, RULES
+from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
+from responder.mail.message import Inbound
+from responder.mail.reply import Outgoing, compose_reply
+
+log = logging.getLogger("responder")
+
+# Not a decision: the MTA keeps the message and retries (exit 75).
+DEFER = "defer"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str | None
+    detail: str = ""
+    outgoing: Outgoing | None = None
+    # Of the log line: a refusal by the site's own relay is a setup fault the admin must see.
+    level: int = logging.INFO
+
+
+def decide(ctx: Context) -> Decision:
+    """The first rule that fires decides; when none does, compose the reply or the bounce."""
+    for rule in RULES:
+        if not rule.applies(ctx):
+            continue
+        detail = rule.check(ctx)
+        if detail is not None:
+            return Decision(rule.action, rule.reason, _join(detail, *ctx.notes))
+    from responder.decide.templates import RenderError
+
+    try:
+        if ctx.kind == BOUNCE:
+            from responder.mail.dsn import build_bounce
+
+            outgoing = build_bounce(ctx)
+        else:
+            outgoing = build_reply(ctx)
+    except RenderError as exc:
+        return Decision(DROP, "template-error", _join(str(exc), *ctx.notes))
+    return Decision(ctx.kind, None, _join(*ctx.notes), outgoing)
+
+
+def build_reply(ctx: Context) -> Outgoing:
+    vacation = ctx.vacation
+    assert vacation is not None
+    settings = ctx.settings.reply
+    zone = ZoneInfo(vacation.timezone)
+    body = ctx.services.renderer.render(
+        vacation.template or settings.default_template,
+        {
+            "message": vacation.message,
+            "recipient": vacation.address,
+            "sender": ctx.inbound.envelope.sender,
+            "subject": ctx.inbound.subject,
+            "start": vacation.starts_at.astimezone(zone) if vacation.starts_at else None,
+            "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else None,
+            "timezone": vacation.timezone,
+            "interval": format_duration(ctx.interval.total_seconds()),
+        },
+    )
+    return compose_reply(
+        ctx.inbound,
+        from_header=vacation.from_header or vacation.address,
+        responder_address=vacation.address,
+        subject=vacation.subject,
+        body=body,
+        envelope_sender="" if settings.envelope_sender == "null" else vacation.address,
+        now=ctx.now,
+        hostname=ctx.settings.smtp.hostname or vacation.address.rpartition("@")[2],
+    )
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _release(ctx: Context) -> None:
+    for claim in reversed(ctx.claims):
+        try:
+            claim.release()
+        except TransientError as exc:
+            log.warning("could not release a claim: %s", exc)
+    ctx.claims.clear()
+
+
+def _confirm(ctx: Context, done: list[Claim]) -> None:
+    """Keep the claims of a response that went out; those in ``done`` were marked sent already."""
+    for claim in ctx.claims:
+        if claim in done:
+            continue
+        try:
+            claim.confirm()
+        except TransientError as exc:
+            # The response is out; the claim already blocks further replies within the interval.
+            log.warning("could not confirm a claim: %s", exc)
+    ctx.claims.clear()
+
+
+def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Decision:
+    """Decide and act on one delivery; raises TransientError when the MTA should retry.
+
+    Claims taken while deciding are kept only when the response went out, or may have (the relay
+    got the final dot but its answer was lost); on every other path, a refusal by the relay
+    included, they are given back so that the retry or the sender's next message can still answer.
+    """
+    ctx = Context(inbound, services, dry_run=dry_run)
+    try:
+        decision = decide(ctx)
+        if decision.outgoing is not None and not dry_run:
+            decision = _send(ctx, decision)
+        # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
+        services.settle(decision.action, decision.reason)
+    except TransientError as exc:
+        _release(ctx)
+        deferred = Decision(DEFER, "tempfail", str(exc))
+        log_decision(inbound, deferred)
+        if isinstance(exc, RelayUnavailable) and not dry_run:
+            record(ctx, deferred)
+        raise
+    except BaseException:
+        _release(ctx)
+        raise
+    if decision.outgoing is None or dry_run:
+        _release(ctx)
+    log_decision(inbound, decision)
+    if not dry_run:
+        record(ctx, decision)
+    return decision
+
+
+def _send(ctx: Context, decision: Decision) -> Decision:
+    assert decision.outgoing is not None
+    marked: list[Claim] = []
+
+    def before_final_dot() -> None:
+        # Marked sent before the relay can have the response: a hook killed while the relay holds
+        # it leaves a sent claim, which the MTA's retry never takes over. A fault here defers.
+        for claim in ctx.claims:
+            claim.confirm()
+            marked.append(claim)
+
+    try:
+        ctx.services.transport.send(decision.outgoing, before_final_dot)
+    except RelayRefused as exc:
+        # Nothing went out, so respond() gives the claims back: a refusal by the site's own relay is
+        # a setup fault, and the sender's interval must not be used up by a reply never sent.
+        return _refused(exc, decision)
+    except RelayUnconfirmed as exc:
+        # The relay may have queued it: sending again could mail the sender twice, so count it as
+        # sent. The price is a rare reply lost with the relay's answer.
+        _confirm(ctx, marked)
+        detail = f"relay's answer to the data lost, counted as sent: {exc}"
+        return Decision(
+            decision.action, None, _join(detail, decision.detail), decision.outgoing, logging.WARNING
+        )
+    _confirm(ctx, marked)
+    return decision
+
+
+def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+    from responder.smtp.transport import refusal_advice
+
+    setup_fault, advice = refusal_advice(exc)
+    stage = f" at {exc.stage}" if exc.stage else ""
+    detail = f"relay refused the {decision.action}{stage}: {exc}; nothing was sent; {advice}"
+    level = logging.ERROR if setup_fault else logging.WARNING
+    return Decision(DROP, "relay-refused", _join(detail, decision.detail), None, level)
+
+
+def log_decision(inbound: Inbound, decision: Decision) -> None:
+    # The text is shared with the pipe hook's fast path, which logs without the logging module.
+    log.log(
+        decision.level, "%s", decision_message(inbound, decision.action, decision.reason, decision.detail)
+    )
+
+
+def record(ctx: Context, decision: Decision) -> None:
+    """Write the audit row; a database fault here is logged, never turned into a retry."""
+    from responder.store.database import DecisionRecord
+
+    # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
+    row = decision_row(ctx, decision.action, decision.reason, decision.detail)
+    try:
+        ctx.services.store.record(DecisionRecord(**row))
+    except TransientError as exc:
+        log.warning("audit not written: %s", exc)

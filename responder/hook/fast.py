@@ -1,0 +1,304 @@
+"""The pipe hook's first steps, before anything heavy is imported: hand over to the service, or decide.
+
+``responder deliver`` runs once per message. When ``[server] socket`` is set and the service answers,
+the message goes there (responder.lmtp.client). Otherwise, with a SQLite database, the header rules,
+the part of the rule table before ``no-vacation``, run here on the raw header fields; a message one of
+them suppresses is logged and audited through ``sqlite3`` alone (responder.decide.audit). Everything
+else returns None and the caller takes the full path: the validated configuration, SQLAlchemy,
+templates, DNS and SMTP. All of it runs under the hook's deadline (responder.hook.deadline), armed
+here once ``deliver.deadline`` is read.
+
+This path reads only the configuration keys it needs, with the same rules as responder.config.settings; a
+value it cannot take as the full loader would sends the message down the full path, which reports it.
+The rest of the file is validated when a message needs the rest.
+"""
+
+from __future__ import annotations
+
+from responder.cli.main import UsageError, resolve_envelope
+
+# typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, NoReturn
+
+    from responder.decide.context import Context
+    from responder.hook.deadline import HookDeadline
+
+DECIDED = "decided"
+DEFER = "defer"
+
+# The header phase of the rule table ends where the database rules begin.
+FIRST_DATABASE_RULE = "no-vacation"
+
+# Defaults of the keys read here; tests check them against responder.config.settings.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "database": {"url": "sqlite:////var/lib/responder/responder.sqlite3", "busy_timeout": 10.0},
+    "log": {"level": "info", "syslog": False, "syslog_socket": "/dev/log"},
+    "deliver": {"deadline": 60.0, "max_received": 50},
+    "server": {"socket": "", "connect_timeout": 5.0},
+}
+DEFAULT_CONFIG = "/etc/responder/responder.toml"
+CONFIG_VARIABLE = "RESPONDER_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# The service answers 451 at its deliver.deadline; the client waits for that answer until this long
+# before the backstop ends the process, so that it logs the deferral itself.
+LAST_WORD = 0.5
+
+_ENVELOPE_FLAGS = {
+    "--sender": "sender",
+    "--recipient": "recipient",
+    "--original-recipient": "original_recipient",
+    "--client-address": "client_address",
+    "--helo": "helo",
+    "--queue-id": "queue_id",
+}
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class NeedsFullPath(Exception):
+    """The message needs more than this path has: the full path decides it."""
+
+
+class _Invalid(Exception):
+    """A configuration value this path cannot take; the full loader will say what is wrong."""
+
+
+def hook_arguments(argv: Sequence[str]) -> dict[str, str] | None:
+    """``[--config X] deliver [--flag value | --flag=value]...``; None for anything else (argparse's)."""
+    found: dict[str, str] = {}
+    command = False
+    position = 0
+    while position < len(argv):
+        arg = argv[position]
+        position += 1
+        if not command and arg == "deliver":
+            command = True
+            continue
+        name, equals, value = arg.partition("=")
+        key = _ENVELOPE_FLAGS.get(name) if command else ("config" if name == "--config" else None)
+        if key is None:
+            return None
+        if not equals:
+            # argparse would read a following "-x" as an option; leave such lines to it.
+            if position >= len(argv) or argv[position].startswith("-"):
+                return None
+            value = argv[position]
+            position += 1
+        found[key] = value
+    return found if command else None
+
+
+def parse_duration(value: object) -> float:
+    """config.parse_duration, without ``re``: ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or seconds."""
+    if isinstance(value, bool):
+        raise _Invalid
+    if isinstance(value, int | float):
+        if value < 0:
+            raise _Invalid
+        return float(value)
+    if not isinstance(value, str):
+        raise _Invalid
+    text = value.strip()
+    unit = text[-1:] if text[-1:] in ("s", "m", "h", "d", "w") else ""
+    number = text[: len(text) - len(unit)].rstrip()
+    whole, dot, fraction = number.partition(".")
+    if not whole.isdecimal() or (dot and not fraction.isdecimal()):
+        raise _Invalid
+    return float(number) * _UNITS[unit]
+
+
+class _Options:
+    """The keys of one section this path reads, each checked as responder.config.settings checks it."""
+
+    def __init__(self, document: Mapping[str, object], section: str) -> None:
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            raise _Invalid
+        self.values = {**DEFAULTS[section], **{k: v for k, v in table.items() if k in DEFAULTS[section]}}
+
+    def text(self, key: str) -> str:
+        value = self.values[key]
+        if not isinstance(value, str):
+            raise _Invalid
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.values[key]
+        if not isinstance(value, bool):
+            raise _Invalid
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self.values[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid
+        return value
+
+    def duration(self, key: str) -> float:
+        return parse_duration(self.values[key])
+
+
+class LogOptions:
+    """The ``[log]`` keys, for logsetup.setup_logging."""
+
+    def __init__(self, document: Mapping[str, object]) -> None:
+        options = _Options(document, "log")
+        self.level = options.text("level")
+        if self.level not in LOG_LEVELS:
+            raise _Invalid
+        self.syslog = options.flag("syslog")
+        self.syslog_socket = options.text("syslog_socket")
+
+
+class _Blocked:
+    """Stands in for the services and settings: only the attributes given exist; the rest is NeedsFullPath.
+
+    A rule in the header phase that asks for the database, the relay or a setting not read here (as
+    auto-response-suppress does for OOF/NDR, to learn whether the response would be a bounce) thereby
+    sends the message down the full path, which answers it.
+    """
+
+    def __init__(self, name: str, **known: object) -> None:
+        self.__dict__.update(known)
+        self.__dict__["_name"] = name
+
+    def __getattr__(self, attribute: str) -> NoReturn:
+        raise NeedsFullPath(f"{self.__dict__['_name']}.{attribute}")
+
+
+def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | None:
+    """DECIDED or DEFER when settled here, None when the full path must decide.
+
+    ``hook`` is the process's deadline; without one (an in-process caller) nothing is armed.
+    """
+    import os
+
+    args = hook_arguments(argv)
+    if args is None:
+        return None
+    try:
+        envelope = resolve_envelope(args)
+    except UsageError:
+        return None
+    from responder.hook.quickconf import read_document
+
+    document = read_document(args.get("config") or os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG)
+    if document is None:
+        return None
+    try:
+        if hook is not None:
+            hook.arm(_Options(document, "deliver").duration("deadline"))
+            hook.name(envelope)
+        server = _Options(document, "server")
+        socket = server.text("socket")
+        if socket:
+            outcome = _through_service(socket, server, envelope, raw, hook)
+            if outcome is not None:
+                return outcome
+        return _decide_on_headers(document, envelope, raw, hook)
+    except (_Invalid, NeedsFullPath):
+        return None
+
+
+def _through_service(
+    socket: str, server: _Options, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
+) -> str | None:
+    from responder.hook.deadline import DEFAULT_DEADLINE, MARGIN
+    from responder.lmtp import client as lmtpclient
+
+    left = DEFAULT_DEADLINE + MARGIN if hook is None else hook.until_end()
+    timeout = max(left - LAST_WORD, LAST_WORD)
+    outcome, problem = lmtpclient.deliver(
+        socket,
+        raw=raw,
+        connect_timeout=min(server.duration("connect_timeout"), timeout),
+        timeout=timeout,
+        **envelope,
+    )
+    if outcome == lmtpclient.DECIDED:
+        return DECIDED
+    if outcome == lmtpclient.DEFER:
+        _stderr(f"ERROR deferring: {problem}")
+        return DEFER
+    # Nobody listening: decide here, as without a service (the service's absence is worth a line).
+    _stderr(f"WARNING {problem}; deciding in-process")
+    return None
+
+
+def _stderr(line: str) -> None:
+    # The logging module is not loaded on the client path; this is logsetup's format.
+    import os
+    import sys
+
+    try:
+        sys.stderr.write(f"responder[{os.getpid()}]: {line}\n")
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # descriptor 2 closed, or sys.stderr None
+        pass  # a lost line must not turn into deciding the message a second time
+
+
+def _decide_on_headers(
+    document: Mapping[str, object], envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
+) -> str | None:
+    from responder.decide.audit import direct_supported
+
+    database = _Options(document, "database")
+    url = database.text("url")
+    busy_timeout = database.duration("busy_timeout")
+    if not direct_supported(url):
+        return None
+    deliver = _Options(document, "deliver")
+    settings = _Blocked(
+        "settings", deliver=_Blocked("settings.deliver", max_received=deliver.integer("max_received"))
+    )
+    log_options = LogOptions(document)
+
+    from typing import cast
+
+    from responder.decide.context import Context, Services, utcnow
+    from responder.mail.message import Envelope, Inbound
+
+    services = _Blocked("services", settings=settings, clock=utcnow)
+    # The stand-in has exactly what the header rules read; anything else raises NeedsFullPath.
+    ctx = Context(Inbound(Envelope(**envelope), raw), cast("Services", services))
+    try:
+        found = _first_header_rule(ctx)
+    except Exception:  # NeedsFullPath, or a fault in a rule: the full path meets it again and logs it
+        return None
+    if found is None:
+        return None
+    action, reason, detail = found
+
+    from responder.decide.audit import decision_message, decision_row, record_direct
+    from responder.hook.log import HookLog
+
+    log = HookLog(log_options)
+    if hook is not None:
+        # Nothing is owed past this point: a backstop from here on loses the audit row, not the decision.
+        hook.settle(action, reason)
+        hook.say = lambda line: log.emit("ERROR", line)
+    log.info(decision_message(ctx.inbound, action, reason, detail))
+    problem = record_direct(url, busy_timeout, decision_row(ctx, action, reason, detail))
+    if problem is not None:
+        log.warning(problem)
+    log.close()
+    return DECIDED
+
+
+def _first_header_rule(ctx: Context) -> tuple[str, str, str] | None:
+    """(action, reason, detail) of the first header rule that fires; None when none does."""
+    # engine.decide walks the same table; it is not called here because importing the engine loads
+    # the email package, which this path exists to avoid.
+    from responder.decide.rules import RULES
+
+    for rule in RULES:
+        if rule.reason == FIRST_DATABASE_RULE:
+            return None
+        if not rule.applies(ctx):
+            continue
+        detail = rule.check(ctx)
+        if detail is not None:
+            return rule.action, rule.reason, "; ".join(part for part in (detail, *ctx.notes) if part)
+    return None

@@ -1,0 +1,120 @@
+"""Build the RFC 3834 / RFC 5230 reply message; every header goes through EmailMessage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses, make_msgid
+
+# LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
+from responder.mail.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
+from responder.mail.message import Inbound, canonical_address, clean_text, decode_text, normalize_address
+
+SUBJECT_PREFIX = "Auto: "
+DEFAULT_SUBJECT = "Automated reply"
+MAX_SUBJECT = 256
+MAX_REFERENCES = 20
+MAX_DISPLAY_NAME = 128
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A composed response: envelope and the bytes to send."""
+
+    mail_from: str
+    rcpt_to: str
+    message: EmailMessage
+
+    def as_bytes(self) -> bytes:
+        return self.message.as_bytes(policy=policy.SMTP)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` when it fits in ``limit`` characters, else its start with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def literal_text(text: str) -> str:
+    """``text`` as an unstructured header value that EmailMessage keeps as it is.
+
+    EmailMessage decodes encoded words in the values it is given, so text that only looks like
+    one (an encoded word that failed to decode the first time) would be decoded a second time,
+    into anything, lone surrogates included. Wrapped in one encoded word it is decoded once.
+    """
+    if "=?" not in text:
+        return text
+    import base64
+
+    return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
+
+
+def reply_subject(configured: str | None, original: str) -> str:
+    if configured:
+        return cut_text(clean_text(configured), MAX_SUBJECT)
+    if original:
+        return cut_text(SUBJECT_PREFIX + original, MAX_SUBJECT)
+    return DEFAULT_SUBJECT
+
+
+def _display_name_for(inbound: Inbound, address: str) -> str:
+    """The sender's own display name, when Sender/Resent-From/From names the envelope address."""
+    for field in ("Sender", "Resent-From", "From"):
+        for name, addr in getaddresses([decode_text(v) for v in inbound.values(field)]):
+            if name and normalize_address(addr) == address:
+                return cut_text(clean_text(name), MAX_DISPLAY_NAME)
+    return ""
+
+
+def _address(display_name: str, addr_spec: str) -> Address | str:
+    try:
+        return Address(display_name=literal_text(display_name), addr_spec=addr_spec)
+    except (ValueError, IndexError):
+        return addr_spec
+
+
+def _references(inbound: Inbound) -> str:
+    ids: list[str] = []
+    for value in inbound.values("References"):
+        ids.extend(
+            token for token in clean_text(value).split() if token.startswith("<") and token.endswith(">")
+        )
+    if inbound.message_id:
+        ids.append(inbound.message_id)
+    return " ".join(ids[-MAX_REFERENCES:])
+
+
+def compose_reply(
+    inbound: Inbound,
+    *,
+    from_header: str,
+    responder_address: str,
+    subject: str | None,
+    body: str,
+    envelope_sender: str,
+    now: dt.datetime,
+    hostname: str,
+) -> Outgoing:
+    """The reply to ``inbound``: To the envelope sender only, never Reply-To or From (RFC 3834 section 4)."""
+    sender = inbound.envelope.sender.strip().strip("<>")
+    sender = canonical_address(sender) or sender
+    normalized = inbound.sender_address or sender
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = from_header
+    msg["To"] = _address(_display_name_for(inbound, normalized), sender)
+    msg["Subject"] = literal_text(reply_subject(subject, inbound.subject))
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = make_msgid(domain=hostname)
+    if inbound.message_id:
+        msg["In-Reply-To"] = inbound.message_id
+    references = _references(inbound)
+    if references:
+        msg["References"] = references
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["Precedence"] = "bulk"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg[LOOP_HEADER] = responder_address
+    msg.set_content(body, charset="utf-8")
+    return Outgoing(mail_from=envelope_sender, rcpt_to=sender, message=msg)
