@@ -80,6 +80,8 @@ CASES: dict[str, Case] = {
     "original-recipient-retired": Case(
         "personal.eml", "bounce", None, recipient="alice@mailbox.internal", original_recipient=ALICE
     ),
+    # RFC 5321 section 4.1.2: a quoting the local part does not need names the same mailbox.
+    "quoted-retired-recipient": Case("personal.eml", "bounce", None, recipient='"Alice"@example.com'),
     "scheduled": Case("personal.eml", "suppress", "no-vacation", recipient="scheduled@example.com"),
     "ended": Case("personal.eml", "suppress", "no-vacation", recipient="ended@example.com"),
     "starts-now": Case("personal.eml", "bounce", None, recipient="starts-now@example.com"),

@@ -75,3 +75,13 @@ def test_random_input_never_raises() -> None:
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
         assert parts(raw)
         assert isinstance(first_text(raw), str)
+
+
+def test_every_body_is_a_view_of_the_message_not_a_copy() -> None:
+    # The structure stays cached while the hook decides: copied bodies would hold a message twice.
+    raw = _sample("personal/outlook-reply-read-receipt.eml")
+    found = parts(raw)
+    assert len(found) > 4
+    assert all(part.body.obj is raw for part in found)
+    # A part that starts with a line break has no header; its body is what follows the breaks.
+    assert bytes(parts(b"\r\n\r\nhello\r\n")[0].body) == b"hello\r\n"

@@ -44,9 +44,6 @@ LOOKUP_THREADS = 4
 # In-flight requests get this long to finish on SIGTERM before their connections are cut.
 STOP_GRACE = 5.0
 _NAME = re.compile(rb"^[a-z_][a-z0-9_]*$")
-_DOT_ATOM = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+)*$"
-)
 
 Lookup = Callable[[str], Retirement | None]
 
@@ -324,7 +321,8 @@ class PolicyServer:
             return DUNNO
         if attributes.get("protocol_state", "").upper() != "RCPT":
             return DUNNO
-        recipient = normalize_address(_unquoted(attributes.get("recipient", "")))
+        # normalize_address makes "carol"@example.com carol@example.com: one mailbox (RFC 5321 4.1.2).
+        recipient = normalize_address(attributes.get("recipient", ""))
         if recipient is None:
             return DUNNO
         loop = asyncio.get_running_loop()
@@ -350,15 +348,6 @@ class PolicyServer:
             action.split()[1],
         )
         return action
-
-
-def _unquoted(address: str) -> str:
-    """``"carol"@example.com`` as ``carol@example.com``: quotes a dot-atom local part does not need."""
-    local, at, domain = address.strip().rpartition("@")
-    if not (at and len(local) > 2 and local.startswith('"') and local.endswith('"')):
-        return address
-    bare = re.sub(r"\\(.)", r"\1", local[1:-1])
-    return f"{bare}@{domain}" if _DOT_ATOM.match(bare) else address
 
 
 def _loggable(value: str) -> str:

@@ -20,6 +20,7 @@ MAX_PARTS = 100
 TEXT_LIMIT = 8192
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_TEXT_START = re.compile(rb"[^\r\n]")
 _PARAMETER = re.compile(r""";\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""")
 _TAG = re.compile(r"<[^<>]*>")
 _BLANKS = re.compile(r"\s+")
@@ -29,7 +30,8 @@ class Part(NamedTuple):
     content_type: str
     params: dict[str, str]
     encoding: str
-    body: bytes
+    # A view into the message: a copy of each body would hold a large message twice (the cache keeps it).
+    body: memoryview
 
 
 def content_type(value: str) -> tuple[str, dict[str, str]]:
@@ -43,33 +45,41 @@ def content_type(value: str) -> tuple[str, dict[str, str]]:
     return kind or "text/plain", params
 
 
-def _part(raw: bytes) -> Part:
+def _part(raw: bytes | memoryview) -> Part:
+    view = memoryview(raw)
     match = _HEADER_END.search(raw)
-    if raw.startswith((b"\r\n", b"\n")):
-        header, body = b"", raw.lstrip(b"\r\n")  # a part with no header field at all
+    if bytes(view[:2]).startswith((b"\r\n", b"\n")):
+        # A part with no header field at all: the body starts after the leading line breaks.
+        text = _TEXT_START.search(raw)
+        header, body = b"", view[text.start() if text else len(view) :]
     elif match:
-        header, body = raw[: match.end()], raw[match.end() :]
+        header, body = bytes(view[: match.end()]), view[match.end() :]
     else:
-        header, body = raw, b""
+        header, body = bytes(raw), view[len(view) :]
     fields = {name.lower(): value for name, value in reversed(parse_fields(header))}
     kind, params = content_type(fields.get("content-type", ""))
     encoding = clean_text(fields.get("content-transfer-encoding", "")).lower()
     return Part(kind, params, encoding, body)
 
 
-def _children(body: bytes, boundary: str) -> list[bytes]:
+def _children(body: memoryview, boundary: str) -> list[memoryview]:
     delimiter = re.compile(
         rb"(?m)^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*\r?$"
     )
-    pieces: list[bytes] = []
+    pieces: list[memoryview] = []
     start: int | None = None
     for match in delimiter.finditer(body):
         if start is not None:
             # The line break before a delimiter belongs to the delimiter (RFC 2046 section 5.1.1).
-            pieces.append(body[start : match.start()].removesuffix(b"\n").removesuffix(b"\r"))
+            end = match.start()
+            if end > start and body[end - 1] == ord("\n"):
+                end -= 1
+            if end > start and body[end - 1] == ord("\r"):
+                end -= 1
+            pieces.append(body[start:end])
         if match.group(1) or len(pieces) >= MAX_PARTS:
             return pieces
-        start = match.end() + (2 if body[match.end() : match.end() + 2] == b"\r\n" else 1)
+        start = match.end() + (2 if bytes(body[match.end() : match.end() + 2]) == b"\r\n" else 1)
     if start is not None:
         pieces.append(body[start:])  # no closing delimiter: the rest is the last part
     return pieces
@@ -114,7 +124,7 @@ def first_text(raw: bytes) -> str:
 def _plain(part: Part) -> str:
     import binascii
 
-    data = part.body[: TEXT_LIMIT * 2]
+    data = bytes(part.body[: TEXT_LIMIT * 2])
     try:
         if part.encoding == "base64":
             data = binascii.a2b_base64(b"".join(data.split())[: TEXT_LIMIT * 4 // 3 // 4 * 4])
