@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import tracemalloc
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -53,7 +54,7 @@ def test_a_costly_template_is_cut_off(templates: str, isolated: bool, name: str,
         began = time.monotonic()
         with pytest.raises(RenderError, match=problem):
             renderer.render(name, VARIABLES)
-        assert time.monotonic() - began < MAX_SECONDS + 1.5
+        assert time.monotonic() - began < MAX_SECONDS + 5
         # Nothing of it stays behind: the next render is an ordinary one.
         text = renderer.render("ok.j2", VARIABLES)
     finally:
@@ -67,7 +68,7 @@ def test_the_render_child_is_killed_when_its_memory_runs_out(templates: str) -> 
         began = time.monotonic()
         with pytest.raises(RenderError):
             renderer.render("doubling.j2", VARIABLES)
-        assert time.monotonic() - began < MAX_SECONDS + 1.5
+        assert time.monotonic() - began < MAX_SECONDS + 5
         assert renderer.render("ok.j2", VARIABLES).startswith("Hello")
     finally:
         renderer.close()
@@ -101,10 +102,15 @@ def test_template_errors_are_render_errors_in_the_child_too(templates: str) -> N
 def test_values_that_double_or_widen_are_refused_before_they_are_built(tmp_path: Path, text: str) -> None:
     (tmp_path / "bomb.j2").write_text(text, encoding="utf-8")
     renderer = Renderer(str(tmp_path))
-    began = time.monotonic()
-    with pytest.raises(RenderError, match=r"too large|longer than"):
-        renderer.render("bomb.j2", VARIABLES)
-    assert time.monotonic() - began < 1
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match=r"too large|longer than"):
+            renderer.render("bomb.j2", VARIABLES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Built, any of these would take far more than the render's 256 KiB of output.
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes allocated while refusing"
 
 
 def test_ordinary_templates_render_as_before(templates: str) -> None:

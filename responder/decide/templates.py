@@ -98,7 +98,7 @@ class _Sandbox(SandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         for name in ("center", "indent", "wordwrap", "truncate", "format"):
-            self.filters[name] = _bounded(self.filters[name])
+            self.filters[name] = _bounded(self.filters[name], widths=name == "format")
         replace, join = self.filters["replace"], self.filters["join"]
 
         def bounded_replace(context: Any, value: Any, old: Any, new: Any, count: Any = None) -> Any:
@@ -144,10 +144,15 @@ class _Sandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-def _bounded(function: Any) -> Any:
+def _bounded(function: Any, widths: bool = False) -> Any:
+    """``function`` refusing a width beyond MAX_OUTPUT; with ``widths``, also one in a format string."""
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
         if any(isinstance(a, int) and a > MAX_OUTPUT for a in (*args, *kwargs.values())):
             raise _Limit(f"a width beyond {MAX_OUTPUT}")
+        # The format filter's first argument is a %-format string: "%999999999s" is a gigabyte.
+        if widths and args and isinstance(args[0], str) and _HUGE_WIDTH.search(args[0]):
+            raise _Limit("a field width too large")
         return function(*args, **kwargs)
 
     for attribute in ("jinja_pass_arg", "__name__", "__doc__"):
