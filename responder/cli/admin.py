@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from responder.config.settings import Settings, format_duration, parse_duration
+from responder.decide.records import ScheduleChanges, Vacation, VacationChanges
 from responder.mail.message import normalize_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from responder.store.database import DecisionRecord, Store, Vacation
+    from responder.store.database import DecisionRecord, Store
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -209,11 +210,11 @@ class _Scheduled(Protocol):
     def ends_at(self) -> dt.datetime | None: ...
 
 
-def schedule_options(args: argparse.Namespace, existing: _Scheduled | None) -> dict[str, Any]:
-    """timezone, starts_at and ends_at from --timezone, --start and --end; the end after the start."""
+def schedule_options(args: argparse.Namespace, existing: _Scheduled | None, fields: ScheduleChanges) -> None:
+    """Set timezone, starts_at and ends_at in ``fields`` from --timezone, --start and --end."""
     zone_name = args.timezone or (existing.timezone if existing else "UTC")
     zone = _zone(zone_name)
-    fields: dict[str, Any] = {"timezone": zone_name}
+    fields["timezone"] = zone_name
     if args.start is not None:
         fields["starts_at"] = parse_when(args.start, zone)
     if args.end is not None:
@@ -222,7 +223,6 @@ def schedule_options(args: argparse.Namespace, existing: _Scheduled | None) -> d
     end = fields.get("ends_at", existing.ends_at if existing else None)
     if start is not None and end is not None and end <= start:
         raise AdminError("--end must be after --start")
-    return fields
 
 
 def _from_header(text: str) -> str:
@@ -248,12 +248,12 @@ def _from_header(text: str) -> str:
 
 def _vacation_fields(
     args: argparse.Namespace, existing: Vacation | None, settings: Settings
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {"enabled": True}
+) -> VacationChanges:
+    fields: VacationChanges = {"enabled": True}
     message = message_option(args, existing is None, "vacation")
     if message is not None:
         fields["message"] = message
-    fields.update(schedule_options(args, existing))
+    schedule_options(args, existing, fields)
     if args.interval is not None:
         try:
             seconds = parse_duration(args.interval)
@@ -279,56 +279,62 @@ def _vacation_fields(
 
 def _check_template(settings: Settings, vacation: Vacation) -> None:
     """Render once with sample values, so that a broken template is refused now, not at delivery."""
-    from responder.decide.templates import Renderer, RenderError
+    from responder.decide.templates import (
+        SAMPLE_SENDER,
+        SAMPLE_SUBJECT,
+        Renderer,
+        RenderError,
+        reply_variables,
+    )
 
-    zone = ZoneInfo(vacation.timezone)
-    now = dt.datetime.now(zone)
+    interval = dt.timedelta(seconds=_applied_interval(vacation, settings))
     try:
         Renderer(settings.reply.templates_dir).render(
             vacation.template or settings.reply.default_template,
-            {
-                "message": vacation.message,
-                "recipient": vacation.address,
-                "sender": "sender@example.org",
-                "subject": "Sample subject",
-                "start": vacation.starts_at.astimezone(zone) if vacation.starts_at else now,
-                "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else now,
-                "timezone": vacation.timezone,
-                "interval": "7d",
-            },
+            reply_variables(vacation, SAMPLE_SENDER, SAMPLE_SUBJECT, interval),
         )
     except RenderError as exc:
         raise AdminError(str(exc)) from None
 
 
 def _prospective(
-    address: str, existing: Vacation | None, fields: dict[str, Any], now: dt.datetime
+    address: str, existing: Vacation | None, fields: VacationChanges, now: dt.datetime
 ) -> Vacation:
     """The vacation as it will be once ``fields`` are saved, to check it before saving."""
-    from responder.store.database import Vacation
-
-    if existing is not None:
-        return dataclasses.replace(existing, **fields)
-    base: dict[str, Any] = {
-        "subject": None,
-        "from_header": None,
-        "template": None,
-        "starts_at": None,
-        "ends_at": None,
-        "interval_seconds": None,
-    }
-    return Vacation(id=0, address=address, aliases=(), created_at=now, updated_at=now, **{**base, **fields})
+    if existing is None:
+        existing = Vacation(
+            id=0,
+            address=address,
+            enabled=True,
+            message="",
+            subject=None,
+            from_header=None,
+            template=None,
+            starts_at=None,
+            ends_at=None,
+            timezone="UTC",
+            interval_seconds=None,
+            aliases=(),
+            created_at=now,
+            updated_at=now,
+        )
+    return dataclasses.replace(existing, **fields)
 
 
 def _when(value: dt.datetime | None, zone: str) -> str | None:
     return None if value is None else value.astimezone(ZoneInfo(zone)).isoformat(timespec="minutes")
 
 
-def _interval(vacation: Vacation, settings: Settings) -> tuple[str, str | None]:
-    """The interval that applies (as the engine keeps it between its bounds), and the one set, if any."""
+def _applied_interval(vacation: Vacation, settings: Settings) -> int:
+    """The interval in seconds that the engine keeps between reply.min_interval and reply.max_interval."""
     reply = settings.reply
     wanted = reply.default_interval if vacation.interval_seconds is None else vacation.interval_seconds
-    applies = format_duration(min(max(wanted, reply.min_interval), reply.max_interval))
+    return int(min(max(wanted, reply.min_interval), reply.max_interval))
+
+
+def _interval(vacation: Vacation, settings: Settings) -> tuple[str, str | None]:
+    """The interval that applies (as the engine keeps it between its bounds), and the one set, if any."""
+    applies = format_duration(_applied_interval(vacation, settings))
     return applies, None if vacation.interval_seconds is None else format_duration(vacation.interval_seconds)
 
 

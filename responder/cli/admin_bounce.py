@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from responder.cli.admin import (
     EX_OK,
@@ -19,7 +19,7 @@ from responder.cli.admin import (
     schedule_options,
 )
 from responder.config.settings import Settings
-from responder.decide.records import DEFAULT_STATUS, Retirement, valid_status
+from responder.decide.records import DEFAULT_STATUS, Retirement, RetirementChanges, valid_status
 
 if TYPE_CHECKING:
     from responder.store.database import Store
@@ -55,8 +55,8 @@ def _message(args: argparse.Namespace, existing: Retirement | None) -> str | Non
     return message
 
 
-def _fields(args: argparse.Namespace, existing: Retirement | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
+def _fields(args: argparse.Namespace, existing: Retirement | None) -> RetirementChanges:
+    fields: RetirementChanges = {}
     message = _message(args, existing)
     if message is not None:
         fields["message"] = message
@@ -69,29 +69,45 @@ def _fields(args: argparse.Namespace, existing: Retirement | None) -> dict[str, 
         fields["status"] = args.status
     elif existing is None:
         fields["status"] = DEFAULT_STATUS
-    fields.update(schedule_options(args, existing))
+    schedule_options(args, existing, fields)
     return fields
 
 
-def _check_template(settings: Settings, address: str, message: str, status: str, zone: str) -> None:
-    """Render the bounce template once now, so that a broken one is refused here, not at delivery."""
-    from responder.decide.templates import Renderer, RenderError
+def _prospective(
+    address: str, existing: Retirement | None, fields: RetirementChanges, now: dt.datetime
+) -> Retirement:
+    """The retirement as it will be once ``fields`` are saved, to check it before saving."""
+    if existing is not None:
+        return dataclasses.replace(existing, **fields)
+    base = Retirement(
+        id=0,
+        address=address,
+        message="",
+        status=DEFAULT_STATUS,
+        starts_at=None,
+        ends_at=None,
+        timezone="UTC",
+        created_at=now,
+        updated_at=now,
+    )
+    return dataclasses.replace(base, **fields)
 
+
+def _check_template(settings: Settings, retirement: Retirement) -> None:
+    """Render the bounce template once now, so that a broken one is refused here, not at delivery."""
+    from responder.decide.templates import (
+        SAMPLE_SENDER,
+        SAMPLE_SUBJECT,
+        Renderer,
+        RenderError,
+        bounce_variables,
+    )
+
+    domain = retirement.address.rpartition("@")[2]
+    mta = settings.bounce.reporting_mta or settings.smtp.hostname or domain
+    variables = bounce_variables(retirement, SAMPLE_SENDER, SAMPLE_SUBJECT, mta, dt.datetime.now(dt.UTC))
     try:
-        Renderer(settings.reply.templates_dir).render(
-            settings.bounce.template,
-            {
-                "message": message,
-                "recipient": address,
-                "sender": "sender@example.org",
-                "subject": "Sample subject",
-                "status": status,
-                "date": dt.datetime.now(ZoneInfo(zone)),
-                "reporting_mta": settings.bounce.reporting_mta
-                or settings.smtp.hostname
-                or address.rpartition("@")[2],
-            },
-        )
+        Renderer(settings.reply.templates_dir).render(settings.bounce.template, variables)
     except RenderError as exc:
         raise AdminError(str(exc)) from None
 
@@ -142,13 +158,7 @@ def run_bounce(args: argparse.Namespace, store: Store, settings: Settings) -> in
     if command == "set":
         existing = store.retirement_for([address])
         fields = _fields(args, existing)
-        _check_template(
-            settings,
-            address,
-            fields.get("message", existing.message if existing else ""),
-            fields.get("status", existing.status if existing else DEFAULT_STATUS),
-            fields["timezone"],
-        )
+        _check_template(settings, _prospective(address, existing, fields, now))
         if not store.put_retirement(address, now, **fields):
             raise AdminError(
                 f"{address} has a vacation; an address is either on vacation or retired: "

@@ -64,7 +64,15 @@ class DecisionRecord:
     detail: str
 
 
-class VacationChanges(TypedDict, total=False):
+class ScheduleChanges(TypedDict, total=False):
+    """The schedule columns that vacations and retired addresses share."""
+
+    starts_at: dt.datetime | None
+    ends_at: dt.datetime | None
+    timezone: str
+
+
+class VacationChanges(ScheduleChanges, total=False):
     """The columns a ``put_vacation`` sets; a column left out keeps its value (or its default)."""
 
     enabled: bool
@@ -72,20 +80,14 @@ class VacationChanges(TypedDict, total=False):
     subject: str | None
     from_header: str | None
     template: str | None
-    starts_at: dt.datetime | None
-    ends_at: dt.datetime | None
-    timezone: str
     interval_seconds: int | None
 
 
-class RetirementChanges(TypedDict, total=False):
+class RetirementChanges(ScheduleChanges, total=False):
     """The columns a ``put_retirement`` sets; a column left out keeps its value."""
 
     message: str
     status: str
-    starts_at: dt.datetime | None
-    ends_at: dt.datetime | None
-    timezone: str
 
 
 @dataclass(frozen=True)
