@@ -1,22 +1,23 @@
-"""Administrator commands for retired addresses: ``responder bounce set/show/list/delete``."""
+"""``responder bounce set/show/list/delete``: retired addresses, whose mail is bounced."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
-from responder.cli.admin import (
+from responder.cli.admin.common import (
     EX_OK,
     AdminError,
-    _address,
-    _when,
     add_schedule_arguments,
     message_option,
+    parse_address,
+    print_json,
+    print_record,
     print_table,
     schedule_options,
+    wall_time,
 )
 from responder.config.settings import Settings
 from responder.decide.records import DEFAULT_STATUS, Retirement, RetirementChanges, valid_status
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from responder.store.database import Store
 
 
-def add_bounce_commands(commands: Any) -> None:
+def register(commands: Any) -> None:
     bounce = commands.add_parser(
         "bounce", help="manage retired addresses (mail to them is bounced)"
     ).add_subparsers(dest="bounce_command", required=True, metavar="COMMAND")
@@ -36,14 +37,17 @@ def add_bounce_commands(commands: Any) -> None:
     text.add_argument("--message-file", help="file holding the message (UTF-8)")
     put.add_argument("--status", help=f"RFC 3463 status 5.x.y (default {DEFAULT_STATUS}: mailbox has moved)")
     add_schedule_arguments(put)
-    for name, summary in (("show", "show one retired address"), ("list", "list all retired addresses")):
-        sub = bounce.add_parser(name, help=summary)
-        if name == "show":
-            sub.add_argument("address")
-        sub.add_argument("--json", action="store_true")
-    bounce.add_parser("delete", help="un-retire an address and forget its bounce history").add_argument(
-        "address"
-    )
+    put.set_defaults(handler=_set)
+    show = bounce.add_parser("show", help="show one retired address")
+    show.add_argument("address")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+    listing = bounce.add_parser("list", help="list all retired addresses")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+    delete = bounce.add_parser("delete", help="un-retire an address and forget its bounce history")
+    delete.add_argument("address")
+    delete.set_defaults(handler=_delete)
 
 
 def _message(args: argparse.Namespace, existing: Retirement | None) -> str | None:
@@ -117,8 +121,8 @@ def _as_json(retirement: Retirement, now: dt.datetime) -> dict[str, Any]:
         "address": retirement.address,
         "state": retirement.state(now),
         "status": retirement.status,
-        "start": _when(retirement.starts_at, retirement.timezone),
-        "end": _when(retirement.ends_at, retirement.timezone),
+        "start": wall_time(retirement.starts_at, retirement.timezone),
+        "end": wall_time(retirement.ends_at, retirement.timezone),
         "timezone": retirement.timezone,
         "smtp_text": retirement.smtp_text(),
         "message": retirement.message,
@@ -133,52 +137,56 @@ def _find(store: Store, address: str) -> Retirement:
     return retirement
 
 
-def run_bounce(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+def _list(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     now = dt.datetime.now(dt.UTC)
-    command = args.bounce_command
-    if command == "list":
-        items = store.list_retirements()
-        if args.json:
-            print(json.dumps([_as_json(r, now) for r in items], indent=2, ensure_ascii=False))
-            return EX_OK
-        rows = [
-            [
-                r.address,
-                r.state(now),
-                r.status,
-                _when(r.starts_at, r.timezone) or "-",
-                _when(r.ends_at, r.timezone) or "-",
-                r.timezone,
-            ]
-            for r in items
+    items = store.list_retirements()
+    if args.json:
+        print_json([_as_json(r, now) for r in items])
+        return EX_OK
+    rows = [
+        [
+            r.address,
+            r.state(now),
+            r.status,
+            wall_time(r.starts_at, r.timezone) or "-",
+            wall_time(r.ends_at, r.timezone) or "-",
+            r.timezone,
         ]
-        print_table(["ADDRESS", "STATE", "STATUS", "START", "END", "TIMEZONE"], rows, "no retired addresses")
+        for r in items
+    ]
+    print_table(["ADDRESS", "STATE", "STATUS", "START", "END", "TIMEZONE"], rows, "no retired addresses")
+    return EX_OK
+
+
+def _set(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    now = dt.datetime.now(dt.UTC)
+    address = parse_address(args.address)
+    existing = store.retirement_for([address])
+    fields = _fields(args, existing)
+    _check_template(settings, _prospective(address, existing, fields, now))
+    if not store.put_retirement(address, now, **fields):
+        raise AdminError(
+            f"{address} has a vacation; an address is either on vacation or retired: "
+            f"run `responder vacation delete {address}` first"
+        )
+    retirement = _find(store, address)
+    print(f"{address}: retired, {retirement.state(now)} ({retirement.status})")
+    return EX_OK
+
+
+def _show(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    retirement = _find(store, parse_address(args.address))
+    shown = _as_json(retirement, dt.datetime.now(dt.UTC))
+    if args.json:
+        print_json(shown)
         return EX_OK
-    address = _address(args.address)
-    if command == "set":
-        existing = store.retirement_for([address])
-        fields = _fields(args, existing)
-        _check_template(settings, _prospective(address, existing, fields, now))
-        if not store.put_retirement(address, now, **fields):
-            raise AdminError(
-                f"{address} has a vacation; an address is either on vacation or retired: "
-                f"run `responder vacation delete {address}` first"
-            )
-        retirement = _find(store, address)
-        print(f"{address}: retired, {retirement.state(now)} ({retirement.status})")
-        return EX_OK
-    if command == "show":
-        shown = _as_json(_find(store, address), now)
-        if args.json:
-            print(json.dumps(shown, indent=2, ensure_ascii=False))
-            return EX_OK
-        for key, value in shown.items():
-            if key != "message":
-                print(f"{key + ':':10} {'-' if value in (None, '') else value}")
-        print("message:")
-        for line in str(shown["message"]).splitlines():
-            print(f"  {line}")
-        return EX_OK
+    del shown["message"]
+    print_record(shown, retirement.message)
+    return EX_OK
+
+
+def _delete(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    address = parse_address(args.address)
     if not store.delete_retirement(address):
         raise AdminError(f"{address} is not retired")
     print(f"{address}: deleted")
