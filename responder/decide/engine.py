@@ -178,7 +178,7 @@ def log_decision(inbound: Inbound, decision: Decision) -> None:
 
 def record(ctx: Context, decision: Decision) -> None:
     """Write the audit row; a database fault here is logged, never turned into a retry."""
-    from responder.store.database import DecisionRecord
+    from responder.decide.records import DecisionRecord
 
     # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
     row = decision_row(ctx, decision.action, decision.reason, decision.detail)
