@@ -16,7 +16,7 @@ from typing import IO
 import pytest
 
 from responder.decide.context import CLAIM_STALE_MARGIN
-from responder.store.database import REPLIES, Store
+from responder.store.database import REPLIES, ClaimRequest, Store
 from tests.conftest import ConfigFactory
 from tests.dnsserver import DNSServer
 from tests.helpers import deliver_args, hook_env
@@ -114,7 +114,9 @@ def _hold_claim(db_url: str, message_key: str = "<held@example.org>", age: float
     vacation_id = store.list_vacations()[0].id
     now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
     week, stale = dt.timedelta(days=7), dt.timedelta(days=1)
-    assert store.claim(REPLIES, vacation_id, BOB, message_key, now, week, stale, HOLDER) == "won"
+    assert (
+        store.claim(ClaimRequest(REPLIES, vacation_id, BOB, message_key, now, week, stale, HOLDER)) == "won"
+    )
     return store
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Unpack
 
 import pytest
 
 from responder.config.settings import Settings, settings_from_mapping
 from responder.decide.context import Services
 from responder.decide.engine import respond
+from responder.decide.records import VacationChanges
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
 from responder.store.database import Store
@@ -296,13 +298,18 @@ def _settings(db_url: str, sink: SmtpSink) -> Settings:
 
 def _vacations(store: Store, now: dt.datetime) -> None:
     hour, second = dt.timedelta(hours=1), dt.timedelta(seconds=1)
-    common = {"enabled": True, "message": "I am away.", "timezone": "UTC"}
-    store.put_vacation(ALICE, now, ["alice.alias@example.com"], **common)
-    store.put_vacation("starts-now@example.com", now, None, starts_at=now, **common)
-    store.put_vacation("ends-now@example.com", now, None, starts_at=now - hour, ends_at=now, **common)
-    store.put_vacation("scheduled@example.com", now, None, starts_at=now + hour, **common)
-    store.put_vacation("ends-soon@example.com", now, None, ends_at=now + second, **common)
-    store.put_vacation("off@example.com", now, None, **{**common, "enabled": False})
+
+    def put(address: str, aliases: list[str] | None = None, **changes: Unpack[VacationChanges]) -> None:
+        values: VacationChanges = {"enabled": True, "message": "I am away.", "timezone": "UTC"}
+        values.update(changes)
+        store.put_vacation(address, now, aliases, **values)
+
+    put(ALICE, ["alice.alias@example.com"])
+    put("starts-now@example.com", starts_at=now)
+    put("ends-now@example.com", starts_at=now - hour, ends_at=now)
+    put("scheduled@example.com", starts_at=now + hour)
+    put("ends-soon@example.com", ends_at=now + second)
+    put("off@example.com", enabled=False)
 
 
 @pytest.fixture

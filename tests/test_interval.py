@@ -12,7 +12,7 @@ from responder.decide.engine import respond
 from responder.errors import RelayUnavailable
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
-from responder.store.database import PENDING, REPLIES, TAKEN, WON, Store
+from responder.store.database import PENDING, REPLIES, TAKEN, WON, ClaimRequest, Store
 from tests.helpers import FakeClock
 from tests.sink import SmtpSink
 
@@ -152,7 +152,7 @@ def test_dead_attempt_of_the_same_message_can_be_taken_over(
     key = "bob@example.org"
 
     def claim(message: str, token: str) -> str:
-        return store.claim(REPLIES, vacation_id, key, message, clock(), interval, stale, token)
+        return store.claim(ClaimRequest(REPLIES, vacation_id, key, message, clock(), interval, stale, token))
 
     assert claim("<m1@example.org>", "a" * 32) == WON
     assert claim("<m1@example.org>", "b" * 32) == PENDING
@@ -186,7 +186,11 @@ def test_explain_reports_a_pending_claim_without_waiting(
     week, stale = dt.timedelta(days=7), dt.timedelta(seconds=180)
     token = "a" * 32
     assert (
-        store.claim(REPLIES, vacation_id, "bob@example.org", "<m1@example.org>", clock(), week, stale, token)
+        store.claim(
+            ClaimRequest(
+                REPLIES, vacation_id, "bob@example.org", "<m1@example.org>", clock(), week, stale, token
+            )
+        )
         == WON
     )
     decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)

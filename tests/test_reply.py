@@ -6,12 +6,14 @@ import datetime as dt
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 
 from responder.config.settings import settings_from_mapping
 from responder.decide.context import Services
 from responder.decide.engine import respond
+from responder.decide.records import VacationChanges
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
 from responder.store.database import REPLIES, Store
@@ -38,8 +40,8 @@ def services(
     yield Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))
 
 
-def _vacation(store: Store, now: dt.datetime, **fields: object) -> None:
-    values: dict[str, object] = {"enabled": True, "message": "I am away until Monday.", "timezone": "UTC"}
+def _vacation(store: Store, now: dt.datetime, **fields: Unpack[VacationChanges]) -> None:
+    values: VacationChanges = {"enabled": True, "message": "I am away until Monday.", "timezone": "UTC"}
     values.update(fields)
     store.put_vacation(ALICE, now, None, **values)
 

@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
 
-    from responder.cli.admin import add_admin_commands
+    from responder.cli.admin import bounces, db, limits, log, vacations
 
-    add_admin_commands(commands)
+    for admin in (db, vacations, bounces, log, limits):
+        admin.register(commands)
     return parser
 
 
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
             return run_policy(args, _settings(args))
         if args.command == "serve":
             return run_serve(args)
-        from responder.cli.admin import run_admin
+        from responder.cli.admin.common import run_admin
 
         return run_admin(args, _settings(args))
     except UsageError as exc:

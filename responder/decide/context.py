@@ -15,10 +15,10 @@ from responder.mail.message import Inbound, normalize_address
 if TYPE_CHECKING:
     # Not at run time: the pipe hook runs the header rules before it loads the configuration.
     from responder.config.settings import Settings
-    from responder.decide.records import Retirement
+    from responder.decide.records import Retirement, Vacation
     from responder.decide.templates import Renderer
     from responder.smtp.transport import Transport
-    from responder.store.database import ClaimKind, Store, Vacation
+    from responder.store.database import ClaimKind, Store
 
 
 # The two kinds of response; also the action recorded when one goes out.
@@ -225,7 +225,9 @@ class Context:
         return dt.timedelta(seconds=self.settings.deliver.deadline + CLAIM_STALE_MARGIN)
 
     def _claim(self, kind: ClaimKind, owner_id: int, interval: dt.timedelta) -> str | None:
-        from responder.store.database import PENDING, TAKEN, WON
+        from dataclasses import replace
+
+        from responder.store.database import PENDING, TAKEN, WON, ClaimRequest
 
         store = self.services.store
         stale = self.claim_stale_after
@@ -246,9 +248,10 @@ class Context:
         self.claims.append(claim)
         give_up = self.started + CLAIM_WAIT_SHARE * self.settings.deliver.deadline
         pause = CLAIM_POLL_FIRST
+        request = ClaimRequest(kind, owner_id, key, message, self.now, interval, stale, token)
         while True:
             # The clock is read on every attempt: the claim records when it was taken, after any wait.
-            verdict = store.claim(kind, owner_id, key, message, self.services.clock(), interval, stale, token)
+            verdict = store.claim(replace(request, now=self.services.clock()))
             if verdict != PENDING:
                 break
             if pause == CLAIM_POLL_FIRST:

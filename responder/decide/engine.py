@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
-from responder.config.settings import format_duration
 from responder.decide.audit import decision_message, decision_row
 from responder.decide.context import BOUNCE, Claim, Context, Services
 from responder.decide.rules import DROP, RULES
@@ -53,22 +51,14 @@ def decide(ctx: Context) -> Decision:
 
 
 def build_reply(ctx: Context) -> Outgoing:
+    from responder.decide.templates import reply_variables
+
     vacation = ctx.vacation
     assert vacation is not None
     settings = ctx.settings.reply
-    zone = ZoneInfo(vacation.timezone)
     body = ctx.services.renderer.render(
         vacation.template or settings.default_template,
-        {
-            "message": vacation.message,
-            "recipient": vacation.address,
-            "sender": ctx.inbound.envelope.sender,
-            "subject": ctx.inbound.subject,
-            "start": vacation.starts_at.astimezone(zone) if vacation.starts_at else None,
-            "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else None,
-            "timezone": vacation.timezone,
-            "interval": format_duration(ctx.interval.total_seconds()),
-        },
+        reply_variables(vacation, ctx.inbound.envelope.sender, ctx.inbound.subject, ctx.interval),
     )
     return compose_reply(
         ctx.inbound,
@@ -188,7 +178,7 @@ def log_decision(inbound: Inbound, decision: Decision) -> None:
 
 def record(ctx: Context, decision: Decision) -> None:
     """Write the audit row; a database fault here is logged, never turned into a retry."""
-    from responder.store.database import DecisionRecord
+    from responder.decide.records import DecisionRecord
 
     # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
     row = decision_row(ctx, decision.action, decision.reason, decision.detail)

@@ -1,4 +1,4 @@
-"""Retired addresses: the record, its RFC 3463 status, and the one-line SMTP text made of its message."""
+"""The records the engine decides on: vacations, retired addresses (RFC 3463 status, one-line SMTP text)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import TypedDict
 
 from responder.mail.message import clean_text
 
@@ -16,6 +17,77 @@ _STATUS = re.compile(r"^5\.([0-7])\.(0|[1-9][0-9]{0,2})$")
 # address and the 512-octet reply line limit of RFC 5321 section 4.5.3.1.5 that leaves about 210.
 MAX_SMTP_TEXT = 200
 DEFAULT_TEXT = "This address no longer receives mail"
+
+
+@dataclass(frozen=True)
+class Vacation:
+    id: int
+    address: str
+    enabled: bool
+    message: str
+    subject: str | None
+    from_header: str | None
+    template: str | None
+    starts_at: dt.datetime | None
+    ends_at: dt.datetime | None
+    timezone: str
+    interval_seconds: int | None
+    aliases: tuple[str, ...]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def state(self, now: dt.datetime) -> str:
+        """``off``, ``scheduled`` before the start, ``ended`` from the end on, ``active`` in between."""
+        if not self.enabled:
+            return "off"
+        if self.starts_at is not None and now < self.starts_at:
+            return "scheduled"
+        if self.ends_at is not None and now >= self.ends_at:
+            return "ended"
+        return "active"
+
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset((self.address, *self.aliases))
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One row of the audit: what was decided about one recipient of one message, and why."""
+
+    at: dt.datetime
+    queue_id: str
+    message_id: str
+    sender: str
+    recipient: str
+    action: str
+    reason: str | None
+    detail: str
+
+
+class ScheduleChanges(TypedDict, total=False):
+    """The schedule columns that vacations and retired addresses share."""
+
+    starts_at: dt.datetime | None
+    ends_at: dt.datetime | None
+    timezone: str
+
+
+class VacationChanges(ScheduleChanges, total=False):
+    """The columns a ``put_vacation`` sets; a column left out keeps its value (or its default)."""
+
+    enabled: bool
+    message: str
+    subject: str | None
+    from_header: str | None
+    template: str | None
+    interval_seconds: int | None
+
+
+class RetirementChanges(ScheduleChanges, total=False):
+    """The columns a ``put_retirement`` sets; a column left out keeps its value."""
+
+    message: str
+    status: str
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, nodes
@@ -29,6 +29,9 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 
 from responder.paths import resource_dir
+
+if TYPE_CHECKING:
+    from responder.decide.records import Retirement, Vacation
 
 # Far beyond any reply or bounce text a person reads.
 MAX_OUTPUT = 256 * 1024
@@ -159,6 +162,45 @@ def _bounded(function: Any, widths: bool = False) -> Any:
         if hasattr(function, attribute):
             setattr(bounded, attribute, getattr(function, attribute))
     return bounded
+
+
+# What ``vacation set`` and ``bounce set`` pass for what only a message tells: the one function per
+# response kind below is called with these there and with the real values at delivery, so a template
+# refused at neither place cannot fail for a variable the other did not have.
+SAMPLE_SENDER = "sender@example.org"
+SAMPLE_SUBJECT = "Sample subject"
+
+
+def reply_variables(vacation: Vacation, sender: str, subject: str, interval: dt.timedelta) -> dict[str, Any]:
+    """The variables of a reply template: the vacation's text and schedule, and the message answered."""
+    from responder.config.settings import format_duration
+
+    zone = ZoneInfo(vacation.timezone)
+    return {
+        "message": vacation.message,
+        "recipient": vacation.address,
+        "sender": sender,
+        "subject": subject,
+        "start": vacation.starts_at.astimezone(zone) if vacation.starts_at else None,
+        "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else None,
+        "timezone": vacation.timezone,
+        "interval": format_duration(interval.total_seconds()),
+    }
+
+
+def bounce_variables(
+    retirement: Retirement, sender: str, subject: str, reporting_mta: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The variables of the bounce template: the retirement's text and status, and the message bounced."""
+    return {
+        "message": retirement.message,
+        "recipient": retirement.address,
+        "sender": sender,
+        "subject": subject,
+        "status": retirement.safe_status,
+        "date": now.astimezone(ZoneInfo(retirement.timezone)),
+        "reporting_mta": reporting_mta,
+    }
 
 
 class Renderer:

@@ -10,7 +10,6 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from responder.mail.message import Inbound, canonical_address
 from responder.mail.reply import LOOP_HEADER, MAX_SUBJECT, Outgoing, cut_text, literal_text
@@ -143,17 +142,11 @@ def build_bounce(ctx: Context) -> Outgoing:
     settings = ctx.settings
     domain = retirement.address.rpartition("@")[2]
     mta = reporting_mta(ctx)
+    from responder.decide.templates import bounce_variables
+
+    sender, subject = ctx.inbound.envelope.sender, ctx.inbound.subject
     text = ctx.services.renderer.render(
-        settings.bounce.template,
-        {
-            "message": retirement.message,
-            "recipient": retirement.address,
-            "sender": ctx.inbound.envelope.sender,
-            "subject": ctx.inbound.subject,
-            "status": retirement.safe_status,
-            "date": ctx.now.astimezone(ZoneInfo(retirement.timezone)),
-            "reporting_mta": mta,
-        },
+        settings.bounce.template, bounce_variables(retirement, sender, subject, mta, ctx.now)
     )
     original = ctx.recipients[1] if len(ctx.recipients) > 1 else ""
     return compose_dsn(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
-from responder.cli.admin import EX_OK, AdminError, _address, print_table
+from responder.cli.admin.common import EX_OK, AdminError, parse_address, print_json, print_table
 from responder.config.settings import Limit, Settings, format_duration, parse_duration
 from responder.decide.limits import GLOBAL_KEY, SCOPES
 from responder.mail.addresses import sender_domain, sender_key
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
     from responder.store.database import RateCounter, Store
 
 
-def add_limit_commands(commands: Any) -> None:
+def register(commands: Any) -> None:
     purge = commands.add_parser(
         "purge",
         help="delete expired reply claims, closed rate-limit windows and audit rows past the retention",
@@ -26,7 +25,7 @@ def add_limit_commands(commands: Any) -> None:
         metavar="DURATION",
         help="delete audit rows older than this, e.g. 30d (default: store.audit_retention)",
     )
-    purge.set_defaults(admin_handler=_purge)
+    purge.set_defaults(handler=_purge)
 
     limits = commands.add_parser("limits", help="rate-limit counters").add_subparsers(
         dest="limits_command", required=True, metavar="COMMAND"
@@ -35,7 +34,7 @@ def add_limit_commands(commands: Any) -> None:
     show.add_argument("--sender", help="one sender: its own, its domain's and the global counter")
     show.add_argument("--recipient", help="one vacation address: its counter and the global one")
     show.add_argument("--json", action="store_true")
-    show.set_defaults(admin_handler=_show)
+    show.set_defaults(handler=_show)
 
     reset = limits.add_parser("reset", help="delete counters so that their limits start again at 0")
     reset.add_argument("--sender", help="the counter of this sender (normalized as for counting)")
@@ -43,7 +42,7 @@ def add_limit_commands(commands: Any) -> None:
     reset.add_argument("--recipient", help="the counter of this vacation address")
     reset.add_argument("--global", dest="global_", action="store_true", help="the global counter")
     reset.add_argument("--all", action="store_true", help="every counter")
-    reset.set_defaults(admin_handler=_reset)
+    reset.set_defaults(handler=_reset)
 
 
 def _purge(args: argparse.Namespace, store: Store, settings: Settings) -> int:
@@ -72,17 +71,17 @@ def _limits_by_scope(settings: Settings) -> dict[str, Limit | None]:
 def _show(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     selectors: list[tuple[str, str | None]] = []
     if args.sender:
-        key = sender_key(_address(args.sender))
+        key = sender_key(parse_address(args.sender))
         selectors += [("sender", key), ("sender-domain", sender_domain(key))]
     if args.recipient:
-        selectors.append(("recipient", _address(args.recipient)))
+        selectors.append(("recipient", parse_address(args.recipient)))
     if selectors:
         selectors.append(("global", GLOBAL_KEY))
     now = dt.datetime.now(dt.UTC)
     counters = store.counters(now, selectors)
     limits = _limits_by_scope(settings)
     if args.json:
-        print(json.dumps([_counter_json(c, limits[c.scope]) for c in counters], indent=2, ensure_ascii=False))
+        print_json([_counter_json(c, limits[c.scope]) for c in counters])
         return EX_OK
     rows = []
     for c in counters:
@@ -117,12 +116,12 @@ def _counter_json(counter: RateCounter, limit: Limit | None) -> dict[str, Any]:
 def _reset(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     selectors: list[tuple[str, str | None]] = []
     if args.sender:
-        selectors.append(("sender", sender_key(_address(args.sender))))
+        selectors.append(("sender", sender_key(parse_address(args.sender))))
     if args.sender_domain:
-        domain = _address(f"x@{args.sender_domain}").rpartition("@")[2]
+        domain = parse_address(f"x@{args.sender_domain}").rpartition("@")[2]
         selectors.append(("sender-domain", domain))
     if args.recipient:
-        selectors.append(("recipient", _address(args.recipient)))
+        selectors.append(("recipient", parse_address(args.recipient)))
     if args.global_:
         selectors.append(("global", GLOBAL_KEY))
     if args.all:

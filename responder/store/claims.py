@@ -1,0 +1,148 @@
+"""The two-phase claims on the reply and bounce intervals: claim, then confirm or release."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
+
+from responder.store.engine import Database
+from responder.store.schema import bounce_claims, reply_claims
+
+# What a claim attempt found: the claim is ours, the last response holds it (suppress), or another
+# delivery's claim is still pending, neither confirmed nor released (wait for it, or defer).
+WON, TAKEN, PENDING = "won", "taken", "pending"
+
+
+@dataclass(frozen=True)
+class LastClaim:
+    """The last response to a sender under one vacation or retired address."""
+
+    replied_at: dt.datetime
+    message_key: str
+    state: str
+
+    def verdict(self, message_key: str, now: dt.datetime, interval: dt.timedelta, stale: dt.timedelta) -> str:
+        """What a claim for ``message_key`` would find now: the SQL of ``Store.claim`` in Python."""
+        if self.state == "pending":
+            return WON if self.replied_at <= now - stale else PENDING
+        if self.message_key != message_key and (not interval or self.replied_at <= now - interval):
+            return WON
+        return TAKEN
+
+
+@dataclass(frozen=True)
+class ClaimKind:
+    """A claims table: one row per (owner, sender) holding the last response's time and message."""
+
+    table: Table
+    owner: str  # the column naming the vacation or the retired address
+    what: str  # for messages: "reply", "bounce"
+    done: str  # "answered", "bounced"
+
+
+REPLIES = ClaimKind(reply_claims, "vacation_id", "reply", "answered")
+BOUNCES = ClaimKind(bounce_claims, "retired_id", "bounce", "bounced")
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One attempt to take the right to respond to ``sender_key`` about ``message_key`` at ``now``."""
+
+    kind: ClaimKind
+    owner_id: int
+    sender_key: str
+    message_key: str
+    now: dt.datetime
+    interval: dt.timedelta
+    stale_after: dt.timedelta
+    token: str
+
+
+class Claims(Database):
+    """All SQL on the reply_claims and bounce_claims tables."""
+
+    def claim(self, request: ClaimRequest) -> str:
+        """Try to take the right to respond to this sender now under its ``token``: WON, TAKEN or PENDING.
+
+        The row holds the last response. WON when it is confirmed (``sent``) for another message at
+        least ``interval`` ago (any time ago when the interval is zero), or is a pending claim older
+        than ``stale_after``, whose delivery has certainly ended without confirming or releasing it.
+        TAKEN when it is confirmed within the interval, or for this very message: a retry of a message
+        that was answered never wins. PENDING when another delivery's claim is neither confirmed nor
+        released yet: the caller waits for it (``last_claim``) and tries again, or defers.
+        """
+        return self._retrying(lambda: self._claim_once(request))
+
+    def _claim_once(self, request: ClaimRequest) -> str:
+        # Correct on every backend: the INSERT lets exactly one of several racers create the row (unique
+        # constraint); the conditional UPDATE re-tests its WHERE on the row it has locked (InnoDB locking
+        # read, PostgreSQL's re-check after waiting for a concurrent writer, SQLite's single writer), and
+        # every matched row is changed (a new token), so rowcount is 1 exactly for the winner, also under
+        # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows. A loser reads the row
+        # in the same transaction (READ COMMITTED everywhere, SQLite's write lock already held) to tell
+        # TAKEN from PENDING; a row gone (released) or changed in between means trying again.
+        kind, owner_id, sender_key = request.kind, request.owner_id, request.sender_key
+        message_key, now, interval = request.message_key, request.now, request.interval
+        stale_after, token = request.stale_after, request.token
+        values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
+        table, c = kind.table, kind.table.c
+        mine = (c[kind.owner] == owner_id, c.sender_key == sender_key)
+        answered_before = c.message_key != message_key
+        if interval:
+            answered_before = and_(answered_before, c.replied_at <= now - interval)
+        free = or_(
+            and_(c.state == "sent", answered_before),
+            and_(c.state == "pending", c.replied_at <= now - stale_after),
+        )
+        for _attempt in range(3):
+            try:
+                with self._begin(f"claiming the {kind.what} interval") as conn:
+                    conn.execute(
+                        insert(table).values({kind.owner: owner_id, "sender_key": sender_key, **values})
+                    )
+                return WON
+            except sa_exc.IntegrityError:
+                pass
+            with self._begin(f"claiming the {kind.what} interval") as conn:
+                result = conn.execute(update(table).where(*mine, free).values(**values))
+                if result.rowcount == 1:
+                    return WON
+                row = conn.execute(select(c.replied_at, c.message_key, c.state).where(*mine)).first()
+            if row is not None:
+                found = LastClaim(row.replied_at, row.message_key, row.state)
+                verdict = found.verdict(message_key, now, interval, stale_after)
+                if verdict != WON:
+                    return verdict
+        # The row kept changing under us: another delivery is deciding right now.
+        return PENDING
+
+    def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+        c = kind.table.c
+        with self._begin(f"confirming the {kind.what}") as conn:
+            conn.execute(
+                update(kind.table)
+                .where(c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token)
+                .values(state="sent")
+            )
+
+    def release_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+        c = kind.table.c
+        with self._begin(f"releasing the {kind.what} claim") as conn:
+            conn.execute(
+                delete(kind.table).where(
+                    c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token
+                )
+            )
+
+    def last_claim(self, kind: ClaimKind, owner_id: int, sender_key: str) -> LastClaim | None:
+        c = kind.table.c
+        with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
+            row = conn.execute(
+                select(c.replied_at, c.message_key, c.state).where(
+                    c[kind.owner] == owner_id, c.sender_key == sender_key
+                )
+            ).first()
+        return None if row is None else LastClaim(row.replied_at, row.message_key, row.state)

@@ -1,0 +1,75 @@
+"""The retired_addresses table: look-up by address, listing, saving, deleting."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Unpack
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import RowMapping
+
+from responder.decide.records import Retirement, RetirementChanges
+from responder.store.engine import Database
+from responder.store.schema import bounce_claims, retired_addresses, vacations
+
+
+class Retirements(Database):
+    """All SQL on retired addresses."""
+
+    def retirement_for(self, addresses: Sequence[str]) -> Retirement | None:
+        """The retirement of the first of ``addresses`` that has one, active or not."""
+        wanted = [a for a in addresses if a]
+        if not wanted:
+            return None
+        with self._guard("looking up the retired address"), self.engine.connect() as conn:
+            rows = {
+                row["address"]: row
+                for row in conn.execute(
+                    select(retired_addresses).where(retired_addresses.c.address.in_(wanted))
+                ).mappings()
+            }
+        for address in wanted:
+            if address in rows:
+                return _retirement(rows[address])
+        return None
+
+    def list_retirements(self) -> list[Retirement]:
+        with self._guard("listing retired addresses"), self.engine.connect() as conn:
+            query = select(retired_addresses).order_by(retired_addresses.c.address)
+            return [_retirement(row) for row in conn.execute(query).mappings()]
+
+    def put_retirement(self, address: str, now: dt.datetime, **changes: Unpack[RetirementChanges]) -> bool:
+        """Create or update the retirement of ``address``; False (nothing saved) when it has a vacation."""
+        r = retired_addresses.c
+        with self._begin("saving the retired address") as conn:
+            vacation = conn.execute(select(vacations.c.id).where(vacations.c.address == address)).first()
+            if vacation is not None:
+                return False
+            existing = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
+            if existing is None:
+                conn.execute(
+                    insert(retired_addresses).values(
+                        address=address, created_at=now, updated_at=now, **changes
+                    )
+                )
+            else:
+                conn.execute(
+                    update(retired_addresses).where(r.id == existing).values(updated_at=now, **changes)
+                )
+            return True
+
+    def delete_retirement(self, address: str) -> bool:
+        r = retired_addresses.c
+        with self._begin("deleting the retired address") as conn:
+            retired_id = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
+            if retired_id is None:
+                return False
+            # Explicit delete: foreign keys may be off on an old SQLite file opened elsewhere.
+            conn.execute(delete(bounce_claims).where(bounce_claims.c.retired_id == retired_id))
+            conn.execute(delete(retired_addresses).where(r.id == retired_id))
+            return True
+
+
+def _retirement(row: RowMapping) -> Retirement:
+    return Retirement(**{column.name: row[column.name] for column in retired_addresses.c})

@@ -1,0 +1,107 @@
+"""The vacations table and its aliases: look-up by address, listing, saving, switching, deleting."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Unpack
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from responder.decide.records import Vacation, VacationChanges
+from responder.store.engine import Database
+from responder.store.schema import reply_claims, vacation_aliases, vacations
+
+
+class Vacations(Database):
+    """All SQL on vacations and their aliases."""
+
+    def _aliases(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+        found: dict[int, list[str]] = {i: [] for i in ids}
+        if ids:
+            rows = conn.execute(
+                select(vacation_aliases.c.vacation_id, vacation_aliases.c.address)
+                .where(vacation_aliases.c.vacation_id.in_(ids))
+                .order_by(vacation_aliases.c.id)
+            )
+            for vacation_id, address in rows:
+                found[vacation_id].append(address)
+        return {i: tuple(v) for i, v in found.items()}
+
+    @staticmethod
+    def _vacation(row: RowMapping, aliases: tuple[str, ...]) -> Vacation:
+        return Vacation(aliases=aliases, **{column.name: row[column.name] for column in vacations.c})
+
+    def vacation_for(self, addresses: Sequence[str]) -> Vacation | None:
+        """The vacation of the first of ``addresses`` that has one (recipient before original recipient)."""
+        wanted = [a for a in addresses if a]
+        if not wanted:
+            return None
+        with self._guard("looking up the vacation"), self.engine.connect() as conn:
+            rows = {
+                row["address"]: row
+                for row in conn.execute(select(vacations).where(vacations.c.address.in_(wanted))).mappings()
+            }
+            for address in wanted:
+                if address in rows:
+                    row = rows[address]
+                    return self._vacation(row, self._aliases(conn, [row["id"]])[row["id"]])
+        return None
+
+    def list_vacations(self) -> list[Vacation]:
+        with self._guard("listing vacations"), self.engine.connect() as conn:
+            rows = list(conn.execute(select(vacations).order_by(vacations.c.address)).mappings())
+            aliases = self._aliases(conn, [row["id"] for row in rows])
+            return [self._vacation(row, aliases[row["id"]]) for row in rows]
+
+    def put_vacation(
+        self,
+        address: str,
+        now: dt.datetime,
+        aliases: Sequence[str] | None,
+        **changes: Unpack[VacationChanges],
+    ) -> None:
+        """Create or update the vacation of ``address``; ``aliases`` None keeps the current list."""
+        with self._begin("saving the vacation") as conn:
+            existing = conn.execute(
+                select(vacations.c.id).where(vacations.c.address == address)
+            ).scalar_one_or_none()
+            if existing is None:
+                result = conn.execute(
+                    insert(vacations).values(address=address, created_at=now, updated_at=now, **changes)
+                )
+                key = result.inserted_primary_key
+                assert key is not None
+                vacation_id = int(key[0])
+            else:
+                vacation_id = existing
+                conn.execute(
+                    update(vacations).where(vacations.c.id == vacation_id).values(updated_at=now, **changes)
+                )
+            if aliases is not None:
+                conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
+                for alias in dict.fromkeys(aliases):
+                    conn.execute(insert(vacation_aliases).values(vacation_id=vacation_id, address=alias))
+
+    def set_enabled(self, address: str, enabled: bool, now: dt.datetime) -> bool:
+        with self._begin("saving the vacation") as conn:
+            result = conn.execute(
+                update(vacations)
+                .where(vacations.c.address == address)
+                .values(enabled=enabled, updated_at=now)
+            )
+            return result.rowcount > 0
+
+    def delete_vacation(self, address: str) -> bool:
+        with self._begin("deleting the vacation") as conn:
+            vacation_id = conn.execute(
+                select(vacations.c.id).where(vacations.c.address == address)
+            ).scalar_one_or_none()
+            if vacation_id is None:
+                return False
+            # Explicit deletes: foreign keys may be off on an old SQLite file opened elsewhere.
+            conn.execute(delete(reply_claims).where(reply_claims.c.vacation_id == vacation_id))
+            conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
+            conn.execute(delete(vacations).where(vacations.c.id == vacation_id))
+            return True
