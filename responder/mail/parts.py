@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from responder.mail.headers import parse_fields
+from responder.mail.headers import header_span, parse_fields
 from responder.mail.message import clean_text
 
 MAX_DEPTH = 5
@@ -19,7 +19,6 @@ MAX_PARTS = 100
 # Enough for the opening sentences of any notice; a heuristic needs no more.
 TEXT_LIMIT = 8192
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PARAMETER = re.compile(r""";\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""")
 _TAG = re.compile(r"<[^<>]*>")
 _BLANKS = re.compile(r"\s+")
@@ -44,13 +43,11 @@ def content_type(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _part(raw: bytes) -> Part:
-    match = _HEADER_END.search(raw)
     if raw.startswith((b"\r\n", b"\n")):
         header, body = b"", raw.lstrip(b"\r\n")  # a part with no header field at all
-    elif match:
-        header, body = raw[: match.end()], raw[match.end() :]
     else:
-        header, body = raw, b""
+        start = header_span(raw)[1]
+        header, body = raw[:start], raw[start:]
     fields = {name.lower(): value for name, value in reversed(parse_fields(header))}
     kind, params = content_type(fields.get("content-type", ""))
     encoding = clean_text(fields.get("content-transfer-encoding", "")).lower()
