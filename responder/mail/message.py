@@ -167,7 +167,7 @@ class Inbound:
         if any(_SURROGATE.search(value) for value in envelope):
             envelope = Envelope(*map(printable, envelope))
         self.envelope = envelope
-        self.raw = raw
+        self.raw = raw if isinstance(raw, bytes) else bytes(raw)
         # Per-message work that every recipient view of this message reuses (keyed by its owner).
         self.shared: dict[object, object] = {}
 

@@ -61,6 +61,8 @@ from publicsuffixlist import PublicSuffixList
 
 from responder.config.settings import VerifySettings, parse_dns_server
 from responder.mail.addresses import mailbox
+from responder.mail.headers import header_span
+from responder.mail.message import Inbound
 
 __all__ = [
     "MAX_RSA_BITS",
@@ -98,31 +100,61 @@ class Verification:
 
 
 def verify_sender(
-    raw: bytes,
-    sender: str,
-    client_address: str | None,
-    helo: str | None,
-    settings: VerifySettings,
+    inbound: Inbound, settings: VerifySettings, resolver: dns.resolver.Resolver | None = None
 ) -> Verification:
-    """Decide whether ``sender`` (a non-null envelope sender) is verified for message ``raw``.
+    """Decide whether the return path of ``inbound`` (a non-null envelope sender) is verified.
 
     Never raises. The checks run in a worker thread so that the caller regains control after
     ``settings.budget`` seconds even if parsing a huge message or DNS overruns; a worker still
-    running then is abandoned (it is a daemon thread and only ever winds down).
+    running then is abandoned (it is a daemon thread and only ever winds down). ``resolver`` is
+    the long-lived one of a service; without it the check builds its own.
+
+    Done once per message, sender, client and HELO: the recipients of one LMTP transaction share
+    the message (``Inbound.for_recipient``), and the second to ask waits for the first's result.
     """
+    try:
+        env = inbound.envelope
+        key = (_MEMO, inbound.return_path, env.client_address, env.helo, settings)
+        with _MEMO_LOCK:
+            memo = inbound.shared.get(key)
+            if not isinstance(memo, _Memo):
+                memo = inbound.shared[key] = _Memo()
+        with memo.lock:
+            if memo.result is None:
+                memo.result = _verify(inbound, settings, resolver)
+            return memo.result
+    except Exception as exc:  # the gate must fail closed, never crash the hook
+        return Verification(False, f"verify=error({type(exc).__name__})")
+
+
+_MEMO = "responder.verify.sender"
+_MEMO_LOCK = threading.Lock()
+
+
+class _Memo:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.result: Verification | None = None
+
+
+def _verify(
+    inbound: Inbound, settings: VerifySettings, resolver: dns.resolver.Resolver | None
+) -> Verification:
     try:
         if settings.require == "off":
             return Verification(True, "verify=off")
         if settings.require not in _ROUTES:
             return Verification(False, f"verify=error(unknown require {settings.require!r})")
         budget = max(0.0, float(settings.budget))
+        env = inbound.envelope
         check = _Check(
-            raw=raw if isinstance(raw, bytes) else bytes(raw),
-            sender=str(sender),
-            client_address=client_address,
-            helo=helo,
+            inbound=inbound,
+            sender=inbound.return_path,
+            client_address=env.client_address or None,
+            helo=env.helo or None,
             settings=settings,
             deadline=time.monotonic() + budget,
+            resolver=resolver,
         )
         finished = _within(budget + _SLACK, check.run)
         verdict = check.verdict
@@ -383,31 +415,13 @@ def _alignment(signer: str, rpd: str) -> str:
 # --- message headers and trusted Authentication-Results ----------------------------------------
 
 
-_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-def _header_block(raw: bytes) -> bytes:
-    """The top-level header block; attached messages are in the body."""
-    end = _END_OF_HEADER.search(raw)
-    return raw[: end.start()] if end else raw
-
-
-def _top_headers(block: bytes) -> list[tuple[str, str]]:
-    """The header fields (name, unfolded value) of a header block."""
-    fields: list[tuple[str, str]] = []
-    for number, line in enumerate(re.split(r"\r?\n", block.decode("utf-8", "replace"))):
-        if line[:1] in (" ", "\t"):
-            if fields:
-                fields[-1] = (fields[-1][0], fields[-1][1] + " " + line.strip())
-            continue
-        if number == 0 and line.startswith("From "):
-            continue  # mbox envelope line from a pipe(8) F flag
-        name, colon, value = line.partition(":")
-        if not colon or not name or any(c.isspace() for c in name):
-            break  # not a header field: the header block ends here, as for MUAs
-        fields.append((name, value.strip()))
-    return fields
+def _unfold(value: str) -> str:
+    """A raw field value on one line (RFC 5322 section 2.2.3), without the blanks around it."""
+    return _LINE_END.sub("", value).strip()
 
 
 def _authserv_id(value: str) -> str:
@@ -567,14 +581,17 @@ class _Check:
 
     def __init__(
         self,
-        raw: bytes,
+        inbound: Inbound,
         sender: str,
         client_address: str | None,
         helo: str | None,
         settings: VerifySettings,
         deadline: float,
+        resolver: dns.resolver.Resolver | None = None,
     ) -> None:
-        self.raw = raw
+        self.inbound = inbound
+        self.raw = inbound.raw
+        self.resolver = resolver
         self.sender = sender
         self.client_address = client_address
         self.helo = helo
@@ -625,8 +642,8 @@ class _Check:
             self._note("sender=invalid(no usable domain)")
             return False
         local, rpd = split
-        block = _header_block(self.raw)
-        headers = _top_headers(block[:_MAX_HEADER_BYTES])
+        # The fields the rules read (headers.parse_fields), unfolded for the Authentication-Results parser.
+        headers = [(name, _unfold(value)) for name, value in self.inbound.fields]
         self._from_problem = self._signed_from_problem(headers)
         upstream = trusted_results(headers, self.settings.trusted_authserv_ids, self.helo)
         if isinstance(upstream, str):
@@ -650,7 +667,7 @@ class _Check:
             return False
 
         try:
-            resolver = _make_resolver(self.settings)
+            resolver = self.resolver or _make_resolver(self.settings)
         except Exception as exc:
             reason = "bad dns_servers" if isinstance(exc, ValueError) else f"dns error {type(exc).__name__}"
             if spf_pending:
@@ -672,7 +689,7 @@ class _Check:
             if not any(name.strip().lower() == "dkim-signature" for name, _ in headers):
                 self._set_dkim(0, "dkim=none")
                 return False
-            if len(block) > _MAX_HEADER_BYTES:
+            if len(self.inbound.header) > _MAX_HEADER_BYTES:
                 self._set_dkim(0, "dkim=unchecked(header over 1 MiB)")
                 return False
             if time.monotonic() >= self.deadline:
@@ -700,7 +717,7 @@ class _Check:
         found = [addr for _name, addr in getaddresses(values) if addr]
         if len(found) != 1:
             return "From is not one mailbox"
-        if mailbox(found[0]) != mailbox(self.sender.strip().strip("<>")):
+        if mailbox(found[0]) != mailbox(self.sender):
             return "From is not the sender"
         return None
 
@@ -781,9 +798,8 @@ class _Check:
         return False
 
     def _signatures(self, rpd: str) -> tuple[Any, list[_Signature]]:
-        end = _END_OF_HEADER.search(self.raw)
         try:
-            message = _HeaderDKIM(self.raw, *(end.span() if end else (len(self.raw), len(self.raw))))
+            message = _HeaderDKIM(self.raw, *header_span(self.raw))
         except Exception:
             self._set_dkim(0, "dkim=permerror(malformed message)")
             return None, []
