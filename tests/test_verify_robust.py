@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -289,3 +291,27 @@ def test_concurrent_checks_use_their_own_resolver() -> None:
             thread.join()
     assert results["pass"] == [True] * 60
     assert results["fail"] == [False] * 60
+
+
+@pytest.mark.parametrize(
+    ("setup", "name", "module"),
+    [
+        ("import spf; del spf.DNSLookup", "DNSLookup", "responder.verify.spf"),
+        (
+            "import dkim.canonicalization; del dkim.canonicalization.strip_trailing_whitespace",
+            "strip_trailing_whitespace",
+            "responder.verify.dkim",
+        ),
+        (
+            "import dkim; del dkim.DomainSigner.verify_sig_process",
+            "verify_sig_process",
+            "responder.verify.dkim",
+        ),
+    ],
+)
+def test_a_renamed_library_hook_fails_the_import(setup: str, name: str, module: str) -> None:
+    # Patching a name the library no longer uses would silently bring back what the patch removes.
+    code = f"{setup}\nimport {module}\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "ImportError" in result.stderr and name in result.stderr, result.stderr
