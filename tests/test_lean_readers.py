@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from responder.hook.quickconf import parse_plain, read_document
-from responder.mail.headers import parse_fields
-from responder.mail.message import _split_header_block
+from responder.mail.headers import header_block, parse_fields
 from tests.helpers import MESSAGES
 
 HEADER_PIECES = [
@@ -112,7 +111,7 @@ def _without_obsolete_blanks(raw: bytes) -> bytes:
 
 def _email_fields(raw: bytes) -> list[tuple[str, str]]:
     """compat32's fields, with the obsolete syntax written the modern way first."""
-    block = _split_header_block(_without_obsolete_blanks(raw))
+    block = header_block(_without_obsolete_blanks(raw))
     parsed = BytesHeaderParser(policy=compat32).parsebytes(block)
     return [(name, str(value)) for name, value in parsed.raw_items()]
 
@@ -122,14 +121,14 @@ def _email_fields(raw: bytes) -> list[tuple[str, str]]:
 )
 def test_header_fields_of_the_corpus(path: Path) -> None:
     raw = path.read_bytes()
-    assert parse_fields(_split_header_block(raw)) == _email_fields(raw)
+    assert parse_fields(header_block(raw)) == _email_fields(raw)
 
 
 def test_header_fields_of_random_input() -> None:
     rng = random.Random(20261127)
     for _ in range(20000):
         raw = b"".join(rng.choice(HEADER_PIECES) for _ in range(rng.randint(0, 25)))
-        assert parse_fields(_split_header_block(raw)) == _email_fields(raw), raw
+        assert parse_fields(header_block(raw)) == _email_fields(raw), raw
 
 
 def _toml(text: str) -> dict[str, object] | None:

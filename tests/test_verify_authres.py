@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from responder.config.settings import VerifySettings
-from responder.verify.sender import Upstream, Verification, trusted_results, verify_sender
+from responder.verify.sender import Upstream, Verification, trusted_results
 from tests.dnsserver import DNSServer
+from tests.verifying import verify
 
 TRUSTED = "mx.example.net"
 BODY = b"\r\nHello.\r\n"
@@ -240,32 +241,30 @@ CASES: list[tuple[str, bytes, str | None, bool, str]] = [
 def test_authentication_results(
     server: DNSServer, raw: bytes, client: str | None, verified: bool, summary: str
 ) -> None:
-    result = verify_sender(raw, "bounce@example.com", client, None, settings(server))
+    result = verify(raw, "bounce@example.com", client, None, settings(server))
     assert result == Verification(verified, summary)
 
 
 def test_trusted_spf_result_does_no_dns(server: DNSServer) -> None:
     before = len(server.queried("example.com"))
     raw = message(ar(f"{TRUSTED}; spf=fail smtp.mailfrom=bounce@example.com; dkim=none"))
-    result = verify_sender(raw, "bounce@example.com", "192.0.2.1", None, settings(server))
+    result = verify(raw, "bounce@example.com", "192.0.2.1", None, settings(server))
     assert not result.verified
     assert len(server.queried("example.com")) == before
 
 
 def test_nothing_is_trusted_by_default(server: DNSServer) -> None:
-    result = verify_sender(
-        message(ar(SPF_PASS)), "bounce@example.com", None, None, settings(server, trusted=())
-    )
+    result = verify(message(ar(SPF_PASS)), "bounce@example.com", None, None, settings(server, trusted=()))
     assert result == Verification(False, "spf=skipped(no client address) dkim=none")
 
 
 def test_spf_mode_ignores_trusted_dkim(server: DNSServer) -> None:
-    result = verify_sender(message(ar(DKIM_PASS)), "bounce@example.com", None, None, settings(server, "spf"))
+    result = verify(message(ar(DKIM_PASS)), "bounce@example.com", None, None, settings(server, "spf"))
     assert result == Verification(False, "spf=skipped(no client address)")
 
 
 def test_dkim_mode_ignores_trusted_spf(server: DNSServer) -> None:
-    result = verify_sender(message(ar(SPF_PASS)), "bounce@example.com", None, None, settings(server, "dkim"))
+    result = verify(message(ar(SPF_PASS)), "bounce@example.com", None, None, settings(server, "dkim"))
     assert result == Verification(False, "dkim=none")
 
 
@@ -284,7 +283,7 @@ def test_trusted_results_reads_only_the_topmost_trusted_field() -> None:
 
 def test_trusted_dkim_pass_verifies_only_the_signed_mailbox(server: DNSServer) -> None:
     replayed = message(ar(DKIM_PASS)).replace(b"<bounce@example.com>", b"<carol@example.com>")
-    result = verify_sender(replayed, "bounce@example.com", None, None, settings(server, "dkim"))
+    result = verify(replayed, "bounce@example.com", None, None, settings(server, "dkim"))
     assert result == Verification(False, f"dkim=policy(d=example.com, From is not the sender, via {TRUSTED})")
 
 
@@ -371,5 +370,5 @@ HELO_CASES: list[tuple[str, str, str | None, bool, str]] = [
 def test_a_helo_name_cannot_add_results(
     server: DNSServer, value: str, helo: str | None, verified: bool, summary: str
 ) -> None:
-    result = verify_sender(message(ar(value)), "bounce@example.com", "198.51.100.1", helo, settings(server))
+    result = verify(message(ar(value)), "bounce@example.com", "198.51.100.1", helo, settings(server))
     assert result == Verification(verified, summary)

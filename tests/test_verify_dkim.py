@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from responder.config.settings import VerifySettings
-from responder.verify.sender import Verification, _body_hash, verify_sender
+from responder.verify.dkim import body_hash
+from responder.verify.sender import Verification
 from tests.dnsserver import DNSServer
+from tests.verifying import verify
 
 MESSAGE = (
     b"From: Alice <alice@example.com>\r\n"
@@ -397,7 +399,7 @@ CASES: list[tuple[str, str, Build, bool, str]] = [
 def test_dkim_results(
     server: DNSServer, keys: Keys, sender: str, build: Build, verified: bool, summary: str
 ) -> None:
-    result = verify_sender(build(keys), sender, None, None, settings(server))
+    result = verify(build(keys), sender, None, None, settings(server))
     assert result == Verification(verified, summary)
 
 
@@ -416,38 +418,38 @@ def test_weak_key_signature_is_otherwise_valid(keys: Keys) -> None:
 
 def test_policy_refusals_cost_no_dns(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="sha1", algorithm=b"rsa-sha1")
-    assert not verify_sender(message, "alice@example.com", None, None, settings(server)).verified
+    assert not verify(message, "alice@example.com", None, None, settings(server)).verified
     assert not server.queried("sha1._domainkey.example.com")
 
 
 def test_key_too_long_for_udp_came_over_tcp(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="padded")
-    assert verify_sender(message, "alice@example.com", None, None, settings(server)).verified
+    assert verify(message, "alice@example.com", None, None, settings(server)).verified
     assert "tcp" in {q.transport for q in server.queried("padded._domainkey.example.com")}
 
 
 def test_readme_example_summary(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "esp.example", keys.other)
-    result = verify_sender(message, "bounce@example.net", "192.0.2.1", None, settings(server, "aligned"))
+    result = verify(message, "bounce@example.net", "192.0.2.1", None, settings(server, "aligned"))
     assert result == Verification(False, "spf=softfail dkim=pass(d=esp.example, not aligned)")
 
 
 def test_aligned_mode_dkim_rescues_spf_fail(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main)
-    result = verify_sender(message, "alice@example.com", "198.51.100.1", None, settings(server, "aligned"))
+    result = verify(message, "alice@example.com", "198.51.100.1", None, settings(server, "aligned"))
     assert result == Verification(True, "spf=fail dkim=pass(d=example.com)")
 
 
 def test_aligned_mode_stops_at_spf_pass(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main, selector="untouched")
-    result = verify_sender(message, "alice@example.com", "192.0.2.1", None, settings(server, "aligned"))
+    result = verify(message, "alice@example.com", "192.0.2.1", None, settings(server, "aligned"))
     assert result == Verification(True, "spf=pass")
     assert not server.queried("untouched._domainkey.example.com")
 
 
 def test_spf_mode_ignores_dkim(server: DNSServer, keys: Keys) -> None:
     message = sign(MESSAGE, "example.com", keys.main)
-    result = verify_sender(message, "alice@example.com", None, None, settings(server, "spf"))
+    result = verify(message, "alice@example.com", None, None, settings(server, "spf"))
     assert result == Verification(False, "spf=skipped(no client address)")
 
 
@@ -455,7 +457,7 @@ def test_signature_count_is_limited(server: DNSServer, keys: Keys) -> None:
     message = MESSAGE
     for number in range(8):
         message = sign(message, "example.com", keys.main, selector=f"none{number}")
-    result = verify_sender(message, "alice@example.com", None, None, settings(server))
+    result = verify(message, "alice@example.com", None, None, settings(server))
     assert not result.verified
     assert result.summary.count("no key") == 5
     assert result.summary.count("dkim=unchecked(d=example.com, limit)") == 3
@@ -466,7 +468,7 @@ def test_long_whitespace_runs_are_cheap(server: DNSServer, keys: Keys) -> None:
     body = (b" " * 997 + b"x\r\n") * 2000 + b"\t" * 300_000 + b"end\r\n"
     message = sign(MESSAGE + body, "example.com", keys.main)
     started = time.monotonic()
-    result = verify_sender(message, "alice@example.com", None, None, settings(server))
+    result = verify(message, "alice@example.com", None, None, settings(server))
     assert time.monotonic() - started < 2.0
     assert result == Verification(True, "dkim=pass(d=example.com)")
 
@@ -509,12 +511,12 @@ def test_a_signature_verifies_the_mailbox_it_signed(
     server: DNSServer, keys: Keys, sender: str, author: str, verified: bool, summary: str
 ) -> None:
     message = sign(from_(MESSAGE, author), "example.com", keys.main)
-    assert verify_sender(message, sender, None, None, settings(server)) == Verification(verified, summary)
+    assert verify(message, sender, None, None, settings(server)) == Verification(verified, summary)
 
 
 def test_a_replayed_signature_costs_no_key_lookup(server: DNSServer, keys: Keys) -> None:
     message = sign(from_(MESSAGE, "carol@example.com"), "example.com", keys.main, selector="replayed")
-    assert not verify_sender(message, "dave@example.com", None, None, settings(server)).verified
+    assert not verify(message, "dave@example.com", None, None, settings(server)).verified
     assert not server.queried("replayed._domainkey.example.com")
 
 
@@ -522,21 +524,21 @@ def test_srs_sender_is_the_original_author(server: DNSServer, keys: Keys) -> Non
     # The forwarder signs with its own domain; the envelope sender is its SRS address.
     message = sign(MESSAGE, "fwd.example", keys.main)
     sender = "SRS0=HHH=TT=example.com=alice@fwd.example"
-    assert verify_sender(message, sender, None, None, settings(server)) == Verification(
+    assert verify(message, sender, None, None, settings(server)) == Verification(
         True, "dkim=pass(d=fwd.example)"
     )
 
 
 def test_a_second_from_field_is_refused(server: DNSServer, keys: Keys) -> None:
     message = b"From: alice@example.com\r\n" + sign(MESSAGE, "example.com", keys.main)
-    assert verify_sender(message, "alice@example.com", None, None, settings(server)) == Verification(
+    assert verify(message, "alice@example.com", None, None, settings(server)) == Verification(
         False, "dkim=policy(d=example.com, 2 From fields)"
     )
 
 
 def test_domain_identity_lets_any_mailbox_of_the_domain_through(server: DNSServer, keys: Keys) -> None:
     message = sign(from_(MESSAGE, "carol@example.com"), "example.com", keys.main)
-    result = verify_sender(message, "dave@example.com", None, None, settings(server, dkim_identity="domain"))
+    result = verify(message, "dave@example.com", None, None, settings(server, dkim_identity="domain"))
     assert result == Verification(True, "dkim=pass(d=example.com)")
 
 
@@ -560,12 +562,12 @@ def test_streamed_body_hash_is_dkimpys() -> None:
                 canonical = canonical[: int(tags[b"l"])]
             expected = hashlib.sha256(canonical).digest()
             for piece in (1, 2, 3, 7, 1 << 20):
-                assert _body_hash(raw, len(head), tags, piece) == expected, (raw, tags, piece)
+                assert body_hash(raw, len(head), tags, piece) == expected, (raw, tags, piece)
 
 
 def test_body_length_tag_ignores_what_was_appended(server: DNSServer, keys: Keys) -> None:
     field = dkim.sign(MESSAGE, b"sel", b"example.com", keys.main.pem, canonicalize=(b"relaxed", b"relaxed"),
                       include_headers=SIGNED_HEADERS, length=True)  # fmt: skip
     message = bytes(field) + MESSAGE + b"-- \r\nappended by a list\r\n"
-    result = verify_sender(message, "alice@example.com", None, None, settings(server))
+    result = verify(message, "alice@example.com", None, None, settings(server))
     assert result == Verification(True, "dkim=pass(d=example.com)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,8 +14,10 @@ from typing import Any
 import pytest
 
 from responder.config.settings import VerifySettings
+from responder.mail.message import Envelope, Inbound
 from responder.verify.sender import Verification, _within, verify_sender
 from tests.dnsserver import DNSServer
+from tests.verifying import verify
 
 TRUSTED = "mx.example.net"
 PLAIN = b"From: Bounce <bounce@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -52,7 +56,7 @@ def settings(server: DNSServer, **overrides: Any) -> VerifySettings:
 
 def timed(*args: Any) -> tuple[Verification, float]:
     started = time.monotonic()
-    result = verify_sender(*args)
+    result = verify(*args)
     return result, time.monotonic() - started
 
 
@@ -128,7 +132,7 @@ def test_garbage_messages(server: DNSServer, raw: bytes) -> None:
     ],
 )
 def test_garbage_senders(server: DNSServer, sender: str) -> None:
-    result = verify_sender(PLAIN, sender, "192.0.2.1", None, settings(server))
+    result = verify(PLAIN, sender, "192.0.2.1", None, settings(server))
     assert isinstance(result, Verification)
     assert result.verified is False
 
@@ -145,7 +149,7 @@ def test_garbage_senders(server: DNSServer, sender: str) -> None:
     ],
 )
 def test_unusual_but_valid_senders(server: DNSServer, sender: str, verified: bool) -> None:
-    result = verify_sender(PLAIN, sender, "192.0.2.1", None, settings(server))
+    result = verify(PLAIN, sender, "192.0.2.1", None, settings(server))
     assert result.verified is verified
 
 
@@ -154,7 +158,7 @@ def test_unusual_but_valid_senders(server: DNSServer, sender: str, verified: boo
     ["unknown", "999.1.1.1", "192.0.2.1/24", "\x00", "2001:db8::1%eth0", "[", " ", "192.0.2.1 198.51.100.1"],
 )
 def test_garbage_client_addresses(server: DNSServer, client: str) -> None:
-    result = verify_sender(PLAIN, "bounce@example.com", client, "\x00\xff", settings(server))
+    result = verify(PLAIN, "bounce@example.com", client, "\x00\xff", settings(server))
     assert result.verified is False
 
 
@@ -170,33 +174,34 @@ def test_garbage_client_addresses(server: DNSServer, client: str) -> None:
     ],
 )
 def test_odd_settings(server: DNSServer, overrides: dict[str, Any], summary: str) -> None:
-    result = verify_sender(PLAIN, "bounce@example.com", "192.0.2.1", None, settings(server, **overrides))
+    result = verify(PLAIN, "bounce@example.com", "192.0.2.1", None, settings(server, **overrides))
     assert result.summary == summary
 
 
 @pytest.mark.parametrize(
-    ("raw", "settings_value"),
+    ("inbound", "settings_value"),
     [
-        ("a str, not bytes", VerifySettings()),
+        ("a str, not a message", VerifySettings()),
         (None, VerifySettings()),
-        (PLAIN, None),
-        (PLAIN, object()),
+        (PLAIN, VerifySettings()),
+        (Inbound(Envelope("bounce@example.com", "alice@example.com"), PLAIN), None),
+        (Inbound(Envelope("bounce@example.com", "alice@example.com"), PLAIN), object()),
     ],
 )
-def test_wrong_types_do_not_raise(raw: Any, settings_value: Any) -> None:
-    result = verify_sender(raw, "bounce@example.com", None, None, settings_value)
+def test_wrong_types_do_not_raise(inbound: Any, settings_value: Any) -> None:
+    result = verify_sender(inbound, settings_value)
     assert result.verified is False
     assert result.summary.startswith("verify=error(")
 
 
 def test_off_verifies_anything_without_looking() -> None:
-    result = verify_sender(b"\x00garbage", "", None, None, VerifySettings(require="off"))
+    result = verify(b"\x00garbage", "", None, None, VerifySettings(require="off"))
     assert result == Verification(True, "verify=off")
 
 
 def test_bytearray_and_memoryview_are_accepted(server: DNSServer) -> None:
     for raw in (bytearray(PLAIN), memoryview(PLAIN)):
-        result = verify_sender(raw, "bounce@example.com", "192.0.2.1", None, settings(server))  # type: ignore[arg-type]
+        result = verify(raw, "bounce@example.com", "192.0.2.1", None, settings(server))  # type: ignore[arg-type]
         assert result.verified
 
 
@@ -273,7 +278,7 @@ def test_concurrent_checks_use_their_own_resolver() -> None:
 
         def check(name: str, server: DNSServer) -> None:
             for _ in range(20):
-                outcome = verify_sender(PLAIN, "bounce@example.com", "192.0.2.1", None, settings(server))
+                outcome = verify(PLAIN, "bounce@example.com", "192.0.2.1", None, settings(server))
                 results[name].append(outcome.verified)
 
         threads = [
@@ -286,3 +291,27 @@ def test_concurrent_checks_use_their_own_resolver() -> None:
             thread.join()
     assert results["pass"] == [True] * 60
     assert results["fail"] == [False] * 60
+
+
+@pytest.mark.parametrize(
+    ("setup", "name", "module"),
+    [
+        ("import spf; del spf.DNSLookup", "DNSLookup", "responder.verify.spf"),
+        (
+            "import dkim.canonicalization; del dkim.canonicalization.strip_trailing_whitespace",
+            "strip_trailing_whitespace",
+            "responder.verify.dkim",
+        ),
+        (
+            "import dkim; del dkim.DomainSigner.verify_sig_process",
+            "verify_sig_process",
+            "responder.verify.dkim",
+        ),
+    ],
+)
+def test_a_renamed_library_hook_fails_the_import(setup: str, name: str, module: str) -> None:
+    # Patching a name the library no longer uses would silently bring back what the patch removes.
+    code = f"{setup}\nimport {module}\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "ImportError" in result.stderr and name in result.stderr, result.stderr

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from responder.config.settings import VerifySettings
-from responder.verify.sender import verify_sender
 from tests.dnsserver import DNSServer
+from tests.verifying import verify
 
 MESSAGE = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 INSIDE = "192.0.2.1"  # authorised by pass.example
@@ -112,43 +112,43 @@ def settings(server: DNSServer, require: str = "spf", **overrides: float) -> Ver
     ],
 )
 def test_spf_results(server: DNSServer, sender: str, client: str | None, summary: str) -> None:
-    result = verify_sender(MESSAGE, sender, client, "mx.client.example", settings(server))
+    result = verify(MESSAGE, sender, client, "mx.client.example", settings(server))
     assert result.summary == summary
     assert result.verified is (summary == "spf=pass")
 
 
 def test_helo_only_pass_never_counts(server: DNSServer) -> None:
     # The HELO name would pass for this client, the sender domain has no SPF record.
-    result = verify_sender(MESSAGE, "bounce@nospf.example", INSIDE, "helo.example", settings(server))
+    result = verify(MESSAGE, "bounce@nospf.example", INSIDE, "helo.example", settings(server))
     assert result == result.__class__(False, "spf=none")
     assert not server.queried("helo.example")
 
 
 def test_missing_helo_is_fine(server: DNSServer) -> None:
-    assert verify_sender(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server)).verified
+    assert verify(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server)).verified
 
 
 def test_large_record_comes_over_tcp(server: DNSServer) -> None:
     # 120 ip4 terms are longer than the 1232-byte EDNS limit: the resolver must retry over TCP.
-    verify_sender(MESSAGE, "bounce@long.example", INSIDE, None, settings(server))
+    verify(MESSAGE, "bounce@long.example", INSIDE, None, settings(server))
     assert "tcp" in {q.transport for q in server.queried("long.example")}
 
 
 def test_aligned_mode_uses_spf(server: DNSServer) -> None:
-    result = verify_sender(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server, require="aligned"))
+    result = verify(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server, require="aligned"))
     assert result.verified
     assert result.summary == "spf=pass"
 
 
 def test_dkim_mode_does_no_spf(server: DNSServer) -> None:
     before = len(server.queried("pass.example"))
-    result = verify_sender(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server, require="dkim"))
+    result = verify(MESSAGE, "bounce@pass.example", INSIDE, None, settings(server, require="dkim"))
     assert result == result.__class__(False, "dkim=none")
     assert len(server.queried("pass.example")) == before
 
 
 def test_lookups_are_absolute_names(server: DNSServer) -> None:
     # No search domain is ever appended, even for a single-label sender domain.
-    result = verify_sender(MESSAGE, "root@localhost", INSIDE, None, settings(server))
+    result = verify(MESSAGE, "root@localhost", INSIDE, None, settings(server))
     assert result.summary == "spf=none"
     assert [q.name for q in server.queried("localhost")] == ["localhost"]

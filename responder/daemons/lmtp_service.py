@@ -36,7 +36,7 @@ from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailabl
 from responder.hook.fast import _first_header_rule as first_header_rule
 from responder.hook.log import printable
 from responder.lmtp.client import parse_socket
-from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
+from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import setup_logging
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
@@ -44,6 +44,8 @@ from responder.smtp.transport import SmtpTransport
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    import dns.resolver
 
     from responder.decide.templates import Renderer
     from responder.mail.reply import Outgoing
@@ -212,6 +214,7 @@ class Generation:
         self.loop = loop
         relay = PooledSmtpTransport(settings.smtp, loop, keep=settings.server.workers)
         self.services = WarmServices(settings, relay)
+        self.services.resolver = _resolver(settings)
         self.executor = ThreadPoolExecutor(settings.server.workers, thread_name_prefix=_WORKER_PREFIX)
         self.headers = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix=_HEADER_PREFIX)
         self.xforward_hosts = [ipaddress.ip_network(h, strict=False) for h in settings.server.xforward_hosts]
@@ -258,6 +261,17 @@ class Generation:
         self.loop.call_soon_threadsafe(self.services.relay.close)
 
 
+def _resolver(settings: Settings) -> dns.resolver.Resolver | None:
+    """The generation's DNS resolver (resolv.conf read once); None leaves each check to report the fault."""
+    from responder.verify.dns import make_resolver
+
+    try:
+        return make_resolver(settings.verify)
+    except Exception as exc:
+        log.warning("no DNS resolver for sender verification: %s", printable(str(exc)))
+        return None
+
+
 def _one_line(text: str) -> str:
     return printable(" ".join(text.split()))[:300]
 
@@ -267,9 +281,10 @@ def _status(envelope: Envelope, decision: Decision) -> str:
     return f"250 2.0.0 <{printable(envelope.recipient)}> {decision.action}{reason}"
 
 
-def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str | None:
+def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
-    ctx = Context(Inbound(envelope, raw), services)
+    envelope = inbound.envelope
+    ctx = Context(inbound, services)
     try:
         found = first_header_rule(ctx)
     except Exception:  # a fault in a rule, or the database asked for: the full decision meets it again
@@ -282,14 +297,15 @@ def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str
     return _status(envelope, decision)
 
 
-def decide(services: Services, envelope: Envelope, raw: bytes, job: Job | None = None) -> str:
+def decide(services: Services, inbound: Inbound, job: Job | None = None) -> str:
     """Decide one recipient (in a worker thread); the LMTP reply line. Never a 5xx."""
+    envelope = inbound.envelope
     rcpt = printable(envelope.recipient)
     if job is not None and job.abandoned:
         return f"451 4.4.7 <{rcpt}> deadline passed, try again later"  # nobody reads it any more
     _running.job = job
     try:
-        decision = respond(Inbound(envelope, raw), services)
+        decision = respond(inbound, services)
     except TransientError as exc:
         log.error("deferring: %s", printable(str(exc)))
         return f"451 4.3.0 <{rcpt}> {_one_line(str(exc)) or 'try again later'}"
@@ -493,8 +509,22 @@ class Service:
         generation = self.generation
         generation.in_flight += 1
         try:
+            # One message for all its recipients: parsed once, its sender verified once.
+            message = Inbound(
+                Envelope(
+                    sender=transaction.sender,
+                    recipient="",
+                    client_address=transaction.client_address,
+                    helo=transaction.helo,
+                    queue_id=transaction.queue_id,
+                ),
+                data,
+            )
             replies = await asyncio.gather(
-                *(self._decide(generation, transaction, rcpt, data) for rcpt in transaction.recipients)
+                *(
+                    self._decide(generation, message.for_recipient(rcpt.address, rcpt.original))
+                    for rcpt in transaction.recipients
+                )
             )
             return list(replies)
         finally:
@@ -502,32 +532,19 @@ class Service:
             if generation.retired and generation.in_flight == 0:
                 await asyncio.to_thread(generation.close)
 
-    async def _decide(
-        self, generation: Generation, transaction: Transaction, rcpt: Recipient, raw: bytes
-    ) -> str:
-        envelope = Envelope(
-            sender=transaction.sender,
-            recipient=rcpt.address,
-            original_recipient=rcpt.original,
-            client_address=transaction.client_address,
-            helo=transaction.helo,
-            queue_id=transaction.queue_id,
-        )
+    async def _decide(self, generation: Generation, inbound: Inbound) -> str:
+        rcpt = inbound.envelope.recipient
         loop = asyncio.get_running_loop()
         deadline = generation.settings.deliver.deadline
         job = Job(time.monotonic() + deadline)
         generation.jobs.add(job)
         try:
-            early = loop.run_in_executor(
-                generation.headers, decide_on_headers, generation.services, envelope, raw
-            )
+            early = loop.run_in_executor(generation.headers, decide_on_headers, generation.services, inbound)
             if await _within(early, deadline):
                 status = early.result()
                 if status is not None:
                     return status
-                work = loop.run_in_executor(
-                    generation.executor, decide, generation.services, envelope, raw, job
-                )
+                work = loop.run_in_executor(generation.executor, decide, generation.services, inbound, job)
                 in_time = await _within(work, job.deadline - time.monotonic())
                 if not in_time and not job.abandon():
                     # The response is with the relay: its answer decides, within the relay's timeout.
@@ -535,8 +552,8 @@ class Service:
                 if in_time:
                     return work.result()
             job.abandon()
-            log.error("deferring: deadline of %gs passed for <%s>", deadline, printable(rcpt.address))
-            return f"451 4.4.7 <{printable(rcpt.address)}> deadline passed, try again later"
+            log.error("deferring: deadline of %gs passed for <%s>", deadline, printable(rcpt))
+            return f"451 4.4.7 <{printable(rcpt)}> deadline passed, try again later"
         finally:
             generation.jobs.discard(job)
 

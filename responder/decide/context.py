@@ -14,6 +14,8 @@ from responder.mail.message import Inbound, normalize_address
 
 if TYPE_CHECKING:
     # Not at run time: the pipe hook runs the header rules before it loads the configuration.
+    import dns.resolver
+
     from responder.config.settings import Settings
     from responder.decide.records import Retirement, Vacation
     from responder.decide.templates import Renderer
@@ -92,6 +94,8 @@ class Services:
         # The hook's whole-run deadline as a time.monotonic() instant; the relay steps end before it.
         self.deadline = deadline
         self._renderer: Renderer | None = None
+        # One DNS resolver for every sender verification (the service builds one per generation).
+        self.resolver: dns.resolver.Resolver | None = None
 
     @property
     def store(self) -> Store:

@@ -409,14 +409,7 @@ def unverified(ctx: Context) -> str | None:
     # Imported here: DNS, SPF and DKIM libraries are loaded only for a response about to go out.
     from responder.verify.sender import verify_sender
 
-    env = ctx.inbound.envelope
-    result = verify_sender(
-        ctx.inbound.raw,
-        env.sender.strip().strip("<>"),
-        env.client_address or None,
-        env.helo or None,
-        ctx.settings.verify,
-    )
+    result = verify_sender(ctx.inbound, ctx.settings.verify, ctx.services.resolver)
     if not result.verified:
         return result.summary
     ctx.notes.append(result.summary)

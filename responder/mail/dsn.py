@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import socket
 from dataclasses import dataclass
 from email import policy
@@ -11,6 +10,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
 
+from responder.mail.headers import header_span
 from responder.mail.message import Inbound, canonical_address
 from responder.mail.reply import LOOP_HEADER, MAX_SUBJECT, Outgoing, cut_text, literal_text
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 SUBJECT_PREFIX = "Undelivered Mail Returned to Sender"
 # Enough for any real header block; a message with a huge one is still reported, cut short.
 MAX_HEADERS = 64 * 1024
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,7 @@ def address_field(address: str) -> str:
 
 def original_headers(raw: bytes) -> str:
     """The header block of ``raw`` as text, without the blank line that ends it, cut at MAX_HEADERS."""
-    match = _HEADER_END.search(raw)
-    block = raw[: match.start()] if match else raw
+    block = raw[: header_span(raw)[0]]
     if len(block) > MAX_HEADERS:
         block = block[:MAX_HEADERS].rpartition(b"\n")[0]
     return block.decode("utf-8", "replace").replace("\r\n", "\n") + "\n"
@@ -77,7 +75,7 @@ def compose_dsn(
     hostname: str,
 ) -> Outgoing:
     """A multipart/report DSN to the envelope sender only, from the null sender (RFC 3464, RFC 6522)."""
-    sender = inbound.envelope.sender.strip().strip("<>")
+    sender = inbound.return_path
     sender = canonical_address(sender) or sender
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = from_header

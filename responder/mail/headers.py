@@ -18,6 +18,23 @@ import re
 # email.feedparser.headerRE: a field name and colon, a unix-from line, or a continuation line; and
 # the obsolete form with blanks before the colon (RFC 5322 obs-optional).
 _FIELD_LINE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\041-\071\073-\176]+[\t ]+:|[\t ])")
+# The empty line that ends the top-level header block, with the line end before it.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_span(raw: bytes | memoryview) -> tuple[int, int]:
+    """(end of the header block's last line, before its line end; start of the body) of ``raw``.
+
+    Both are ``len(raw)`` when no empty line ends the header. Only the header block is ever parsed: a
+    30 MB body must not cost a full MIME parse, and attached messages are in the body.
+    """
+    match = _HEADER_END.search(raw)
+    return match.span() if match else (len(raw), len(raw))
+
+
+def header_block(raw: bytes) -> bytes:
+    """The top-level header block of ``raw``, up to and including the empty line that ends it."""
+    return raw[: header_span(raw)[1]]
 
 
 def _lines(text: str) -> list[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from functools import cached_property
 from typing import NamedTuple
 
-from responder.mail.headers import parse_fields
+from responder.mail.headers import header_block, parse_fields
 
 # The email package is imported only where it is needed: the pipe hook decides most messages on the
 # header fields alone (responder.mail.headers), and importing it costs as much as starting Python. For the
@@ -26,7 +27,6 @@ _QUOTED_PAIR = re.compile(r"\\(.)")
 # Lone surrogates: what an undecodable byte or a broken encoded word leaves in a str; no codec writes them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def clean_text(value: str) -> str:
@@ -152,14 +152,12 @@ class Envelope(NamedTuple):
     queue_id: str = ""
 
 
-def _split_header_block(raw: bytes) -> bytes:
-    # Parse only the header block: a 30 MB body must not cost a full MIME parse.
-    match = _HEADER_END.search(raw)
-    return raw[: match.end()] if match else raw
-
-
 class Inbound:
-    """One message as received, with lazily parsed headers that never raise on access."""
+    """One message as received, with lazily parsed headers that never raise on access.
+
+    The recipients of one LMTP transaction share one message: ``for_recipient`` gives each its own
+    envelope over the same parsed header and the same ``shared`` results (sender verification).
+    """
 
     def __init__(self, envelope: Envelope, raw: bytes) -> None:
         # Bytes that are not UTF-8 (in argv, in an LMTP command) arrive as surrogate escapes, which no
@@ -169,14 +167,40 @@ class Inbound:
         if any(_SURROGATE.search(value) for value in envelope):
             envelope = Envelope(*map(printable, envelope))
         self.envelope = envelope
-        self.raw = raw
+        self.raw = raw if isinstance(raw, bytes) else bytes(raw)
+        # Per-message work that every recipient view of this message reuses (keyed by its owner).
+        self.shared: dict[object, object] = {}
+
+    def for_recipient(self, recipient: str, original_recipient: str = "") -> Inbound:
+        """This message for another recipient of the same transaction; parsed parts are shared."""
+        view = copy.copy(self)
+        view.envelope = Envelope(
+            *map(
+                printable, self.envelope._replace(recipient=recipient, original_recipient=original_recipient)
+            )
+        )
+        return view
+
+    @cached_property
+    def header(self) -> bytes:
+        """The top-level header block with LF line ends, as the pipe hook gets it and LMTP does not.
+
+        Normalised here, once, so that every path (hook, thin client, LMTP) parses the same fields and
+        digests the same bytes; the body is left as it came (DKIM hashes it from ``raw``).
+        """
+        return header_block(self.raw).replace(b"\r\n", b"\n")
+
+    @cached_property
+    def fields(self) -> list[tuple[str, str]]:
+        """The (name, raw value) pairs of the header, in order, as ``headers.parse_fields`` reads them."""
+        return parse_fields(self.header)
 
     @cached_property
     def _fields(self) -> dict[str, list[str]]:
         # The raw values, as compat32's raw_items() has them: its fetch would turn 8-bit values into
         # lossy Header objects.
         fields: dict[str, list[str]] = {}
-        for name, value in parse_fields(_split_header_block(self.raw)):
+        for name, value in self.fields:
             fields.setdefault(name.lower(), []).append(value)
         return fields
 
@@ -217,7 +241,12 @@ class Inbound:
             return self.message_id
         import hashlib
 
-        return "sha256:" + hashlib.sha256(_split_header_block(self.raw)).hexdigest()
+        return "sha256:" + hashlib.sha256(self.header).hexdigest()
+
+    @property
+    def return_path(self) -> str:
+        """The envelope sender as given, without blanks and angle brackets."""
+        return self.envelope.sender.strip().strip("<>")
 
     @cached_property
     def sender_address(self) -> str | None:

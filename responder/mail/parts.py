@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from responder.mail.headers import parse_fields
+from responder.mail.headers import header_span, parse_fields
 from responder.mail.message import clean_text
 
 MAX_DEPTH = 5
@@ -19,7 +19,6 @@ MAX_PARTS = 100
 # Enough for the opening sentences of any notice; a heuristic needs no more.
 TEXT_LIMIT = 8192
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _TEXT_START = re.compile(rb"[^\r\n]")
 _PARAMETER = re.compile(r""";\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""")
 _TAG = re.compile(r"<[^<>]*>")
@@ -46,16 +45,15 @@ def content_type(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _part(raw: bytes | memoryview) -> Part:
+    # The body stays a view of the message: a copy of each part would double a large message.
     view = memoryview(raw)
-    match = _HEADER_END.search(raw)
     if bytes(view[:2]).startswith((b"\r\n", b"\n")):
         # A part with no header field at all: the body starts after the leading line breaks.
         text = _TEXT_START.search(raw)
         header, body = b"", view[text.start() if text else len(view) :]
-    elif match:
-        header, body = bytes(view[: match.end()]), view[match.end() :]
     else:
-        header, body = bytes(raw), view[len(view) :]
+        start = header_span(raw)[1]
+        header, body = bytes(view[:start]), view[start:]
     fields = {name.lower(): value for name, value in reversed(parse_fields(header))}
     kind, params = content_type(fields.get("content-type", ""))
     encoding = clean_text(fields.get("content-transfer-encoding", "")).lower()

@@ -98,7 +98,7 @@ def compose_reply(
     hostname: str,
 ) -> Outgoing:
     """The reply to ``inbound``: To the envelope sender only, never Reply-To or From (RFC 3834 section 4)."""
-    sender = inbound.envelope.sender.strip().strip("<>")
+    sender = inbound.return_path
     sender = canonical_address(sender) or sender
     normalized = inbound.sender_address or sender
     msg = EmailMessage(policy=policy.SMTP)
