@@ -13,12 +13,12 @@ import pytest
 
 from responder.cli.main import deliver_in_process
 from responder.config.settings import Settings, parse_duration, settings_from_mapping
-from responder.decide.audit import record_direct
 from responder.decide.rules import RULES
 from responder.hook import fast as fastpath
 from responder.hook.log import HookLog
 from responder.logsetup import setup_logging
 from responder.store.database import DecisionRecord, Store
+from responder.store.direct import record_direct
 from tests.conftest import ConfigFactory
 from tests.helpers import Case, deliver_args, hook_env, run_hook, sample
 from tests.test_corpus import CASES
@@ -347,3 +347,31 @@ def test_hook_through_the_fast_path_end_to_end(make_config: ConfigFactory, db_ur
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr.decode().count("reason=null-sender") == 1
     assert [(r.reason, r.queue_id) for r in _rows(db_url)] == [("null-sender", "QN")]
+
+
+def test_rules_of_the_header_phase_read_only_the_header_view() -> None:
+    """The walker hands a HEADERS rule a HeaderView; mypy holds the rule to it through this annotation."""
+    import typing
+
+    from responder.decide import rules
+    from responder.decide.context import HeaderView
+
+    header_rules = [rule for rule in RULES if rule.phase == rules.HEADERS]
+    assert {rule.reason for rule in header_rules} == HEADER_REASONS
+    for rule in header_rules:
+        assert typing.get_type_hints(rule.check, vars(rules))["ctx"] is HeaderView, rule.reason
+    # The phases follow one another in the table: the hook's header phase is a prefix of it.
+    order = [rules.PHASES.index(rule.phase) for rule in RULES]
+    assert order == sorted(order)
+
+
+def test_a_header_view_asked_past_its_phase_sends_the_message_down_the_full_path() -> None:
+    from responder.decide import rules
+    from responder.decide.context import HeaderFacts, NeedsFullPath
+    from responder.mail.message import Envelope, Inbound
+
+    raw = b"From: bob@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
+    view = HeaderFacts(Inbound(Envelope("bob@example.org", "alice@example.com"), raw), 50)
+    assert rules.first_firing(view, rules.HEADER_PHASE) is None
+    with pytest.raises(NeedsFullPath):
+        rules.first_firing(view)

@@ -32,8 +32,8 @@ from responder.config.settings import ConfigError, Settings, SmtpSettings, load
 from responder.daemons.sockets import clear_stale_socket
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond
+from responder.decide.rules import HEADER_PHASE, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
-from responder.hook.fast import _first_header_rule as first_header_rule
 from responder.hook.log import printable
 from responder.lmtp.client import parse_socket
 from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
@@ -271,12 +271,12 @@ def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str
     """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
     ctx = Context(Inbound(envelope, raw), services)
     try:
-        found = first_header_rule(ctx)
+        found = first_firing(ctx, HEADER_PHASE)
     except Exception:  # a fault in a rule, or the database asked for: the full decision meets it again
         return None
     if found is None:
         return None
-    decision = Decision(*found)
+    decision = Decision(found.rule.action, found.rule.reason, found.detail)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
     return _status(envelope, decision)

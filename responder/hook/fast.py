@@ -1,9 +1,9 @@
 """The pipe hook's first steps, before anything heavy is imported: hand over to the service, or decide.
 
 ``responder deliver`` runs once per message. When ``[server] socket`` is set and the service answers,
-the message goes there (responder.lmtp.client). Otherwise, with a SQLite database, the header rules,
-the part of the rule table before ``no-vacation``, run here on the raw header fields; a message one of
-them suppresses is logged and audited through ``sqlite3`` alone (responder.decide.audit). Everything
+the message goes there (responder.lmtp.client). Otherwise, with a SQLite database, the HEADERS phase of
+the rule table runs here on a HeaderFacts (rules.first_firing); a message one of its rules suppresses
+is logged and audited through ``sqlite3`` alone (responder.store.direct). Everything
 else returns None and the caller takes the full path: the validated configuration, SQLAlchemy,
 templates, DNS and SMTP. All of it runs under the hook's deadline (responder.hook.deadline), armed
 here once ``deliver.deadline`` is read.
@@ -21,16 +21,12 @@ from responder.cli.main import UsageError, resolve_envelope
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, NoReturn
+    from typing import Any
 
-    from responder.decide.context import Context
     from responder.hook.deadline import HookDeadline
 
 DECIDED = "decided"
 DEFER = "defer"
-
-# The header phase of the rule table ends where the database rules begin.
-FIRST_DATABASE_RULE = "no-vacation"
 
 # Defaults of the keys read here; tests check them against responder.config.settings.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -55,10 +51,6 @@ _ENVELOPE_FLAGS = {
     "--queue-id": "queue_id",
 }
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-class NeedsFullPath(Exception):
-    """The message needs more than this path has: the full path decides it."""
 
 
 class _Invalid(Exception):
@@ -152,22 +144,6 @@ class LogOptions:
         self.syslog_socket = options.text("syslog_socket")
 
 
-class _Blocked:
-    """Stands in for the services and settings: only the attributes given exist; the rest is NeedsFullPath.
-
-    A rule in the header phase that asks for the database, the relay or a setting not read here (as
-    auto-response-suppress does for OOF/NDR, to learn whether the response would be a bounce) thereby
-    sends the message down the full path, which answers it.
-    """
-
-    def __init__(self, name: str, **known: object) -> None:
-        self.__dict__.update(known)
-        self.__dict__["_name"] = name
-
-    def __getattr__(self, attribute: str) -> NoReturn:
-        raise NeedsFullPath(f"{self.__dict__['_name']}.{attribute}")
-
-
 def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | None:
     """DECIDED or DEFER when settled here, None when the full path must decide.
 
@@ -198,7 +174,7 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
             if outcome is not None:
                 return outcome
         return _decide_on_headers(document, envelope, raw, hook)
-    except (_Invalid, NeedsFullPath):
+    except _Invalid:
         return None
 
 
@@ -242,7 +218,7 @@ def _stderr(line: str) -> None:
 def _decide_on_headers(
     document: Mapping[str, object], envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
 ) -> str | None:
-    from responder.decide.audit import direct_supported
+    from responder.store.direct import direct_supported
 
     database = _Options(document, "database")
     url = database.text("url")
@@ -250,29 +226,26 @@ def _decide_on_headers(
     if not direct_supported(url):
         return None
     deliver = _Options(document, "deliver")
-    settings = _Blocked(
-        "settings", deliver=_Blocked("settings.deliver", max_received=deliver.integer("max_received"))
-    )
     log_options = LogOptions(document)
 
-    from typing import cast
-
-    from responder.decide.context import Context, Services, utcnow
+    from responder.decide.context import HeaderFacts, NeedsFullPath, utcnow
+    from responder.decide.rules import HEADER_PHASE, first_firing
     from responder.mail.message import Envelope, Inbound
 
-    services = _Blocked("services", settings=settings, clock=utcnow)
-    # The stand-in has exactly what the header rules read; anything else raises NeedsFullPath.
-    ctx = Context(Inbound(Envelope(**envelope), raw), cast("Services", services))
+    ctx = HeaderFacts(Inbound(Envelope(**envelope), raw), deliver.integer("max_received"))
     try:
-        found = _first_header_rule(ctx)
-    except Exception:  # NeedsFullPath, or a fault in a rule: the full path meets it again and logs it
+        found = first_firing(ctx, HEADER_PHASE)
+    except NeedsFullPath:
+        return None
+    except Exception:  # a fault in a rule: the full path meets it again and logs it
         return None
     if found is None:
         return None
-    action, reason, detail = found
+    action, reason, detail = found.rule.action, found.rule.reason, found.detail
 
-    from responder.decide.audit import decision_message, decision_row, record_direct
+    from responder.decide.audit import decision_message, decision_row
     from responder.hook.log import HookLog
+    from responder.store.direct import record_direct
 
     log = HookLog(log_options)
     if hook is not None:
@@ -280,25 +253,8 @@ def _decide_on_headers(
         hook.settle(action, reason)
         hook.say = lambda line: log.emit("ERROR", line)
     log.info(decision_message(ctx.inbound, action, reason, detail))
-    problem = record_direct(url, busy_timeout, decision_row(ctx, action, reason, detail))
+    problem = record_direct(url, busy_timeout, decision_row(ctx, utcnow(), action, reason, detail))
     if problem is not None:
         log.warning(problem)
     log.close()
     return DECIDED
-
-
-def _first_header_rule(ctx: Context) -> tuple[str, str, str] | None:
-    """(action, reason, detail) of the first header rule that fires; None when none does."""
-    # engine.decide walks the same table; it is not called here because importing the engine loads
-    # the email package, which this path exists to avoid.
-    from responder.decide.rules import RULES
-
-    for rule in RULES:
-        if rule.reason == FIRST_DATABASE_RULE:
-            return None
-        if not rule.applies(ctx):
-            continue
-        detail = rule.check(ctx)
-        if detail is not None:
-            return rule.action, rule.reason, "; ".join(part for part in (detail, *ctx.notes) if part)
-    return None
