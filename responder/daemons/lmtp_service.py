@@ -34,10 +34,9 @@ from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond
 from responder.decide.rules import HEADER_PHASE, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
-from responder.hook.log import printable
 from responder.lmtp.client import parse_socket
 from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
-from responder.logsetup import setup_logging
+from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
 

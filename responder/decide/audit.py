@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from responder.hook.log import printable
+from responder.logsetup import printable
 
 if TYPE_CHECKING:
     from responder.decide.context import HeaderView
