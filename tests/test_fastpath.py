@@ -336,3 +336,32 @@ def test_a_header_view_asked_past_its_phase_sends_the_message_down_the_full_path
     assert rules.first_firing(view, rules.HEADER_PHASE) is None
     with pytest.raises(NeedsFullPath):
         rules.first_firing(view)
+
+
+def test_the_full_path_goes_on_from_the_header_phase_on_its_inbound_and_file(
+    make_config: ConfigFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the header path learnt is handed on: the parsed file and, the phase done, its Inbound."""
+    config = make_config()
+    argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
+    handoff = fastpath.deliver_fast(argv, sample("personal.eml"))
+    assert isinstance(handoff, fastpath.Handoff) and handoff.inbound is not None
+    # The file is not read again, and the header phase is not walked again: a bulk message in the
+    # Inbound handed on is past the rule that would suppress it.
+    config.unlink()
+    bulk = handoff._replace(
+        inbound=type(handoff.inbound)(handoff.inbound.envelope, sample("precedence-bulk.eml"))
+    )
+    assert deliver_in_process(argv, b"", handoff=bulk) == 0
+    assert "reason=no-vacation" in capsys.readouterr().err
+    assert [row.reason for row in _rows(db_url)] == ["no-vacation"]
+
+
+def test_without_a_readable_file_the_full_path_reports_it_and_defers(
+    make_config: ConfigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(tmp_path / "missing.toml"), *deliver_args("bob@example.org", "alice@example.com")]
+    handoff = fastpath.deliver_fast(argv, sample("personal.eml"))
+    assert isinstance(handoff, fastpath.Handoff) and handoff.document is None
+    assert deliver_in_process(argv, sample("personal.eml"), handoff=handoff) == 75
+    assert "missing.toml does not exist; deferring" in capsys.readouterr().err
