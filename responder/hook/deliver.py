@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import sys
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 from responder.errors import TransientError
 
+# typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
+# here loads neither (responder.lmtp.client). mypy reads this name the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import BinaryIO

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
+# typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
+# here loads neither (responder.lmtp.client). mypy reads this name the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping, Sequence
@@ -18,6 +20,8 @@ ENVELOPE_FLAGS = {
     "--helo": "helo",
     "--queue-id": "queue_id",
 }
+# Options of the hook itself that the quick reader takes too.
+HOOK_FLAGS = {**ENVELOPE_FLAGS, "--service": "service"}
 
 
 class UsageError(Exception):
@@ -52,7 +56,7 @@ def hook_arguments(argv: Sequence[str]) -> dict[str, str] | None:
             command = True
             continue
         name, equals, value = arg.partition("=")
-        key = ENVELOPE_FLAGS.get(name) if command else ("config" if name == "--config" else None)
+        key = HOOK_FLAGS.get(name) if command else ("config" if name == "--config" else None)
         if key is None:
             return None
         if not equals:
@@ -87,6 +91,10 @@ def command_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersActio
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     deliver = commands.add_parser("deliver", help="decide and act on one message on stdin (the MTA hook)")
     add_envelope_arguments(deliver)
+    deliver.add_argument(
+        "--service",
+        help="the LMTP service's socket (unix:/path): hand the message there, then read the configuration",
+    )
     return parser, commands
 
 

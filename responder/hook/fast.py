@@ -17,12 +17,14 @@ the full path resumes where it stopped (responder.hook.deliver).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
-
 from responder.hook.envelope import UsageError, hook_arguments, resolve_envelope
 
+# typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
+# here loads neither (responder.lmtp.client). mypy reads this name the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import Any
 
     from responder.hook.deadline import HookDeadline
     from responder.mail.message import Inbound
@@ -46,17 +48,24 @@ LAST_WORD = 0.5
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-class Handoff(NamedTuple):
+class Handoff:
     """What this path learnt of a message it leaves to the full path, so that nothing is done twice.
 
     ``document`` is the parsed configuration file (None when it could not be read or parsed: the full
     loader says why); ``inbound`` is set once the header phase ran, and found nothing, on it.
     """
 
-    envelope: dict[str, str]
-    config: str
-    document: dict[str, Any] | None
-    inbound: Inbound | None = None
+    def __init__(
+        self,
+        envelope: dict[str, str],
+        config: str,
+        document: dict[str, Any] | None,
+        inbound: Inbound | None = None,
+    ) -> None:
+        self.envelope = envelope
+        self.config = config
+        self.document = document
+        self.inbound = inbound
 
 
 class _Invalid(Exception):
@@ -155,6 +164,14 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
         envelope = resolve_envelope(args)
     except UsageError:
         return None
+    given = args.pop("service", "")
+    if given:
+        # Named on the command line: the message goes there before the configuration is even read.
+        if hook is not None:
+            hook.name(envelope)
+        outcome = _through_service(given, DEFAULTS["server"]["connect_timeout"], envelope, raw, hook)
+        if outcome is not None:
+            return outcome
     config = config_file(args.get("config"))
     document = read_document(config)
     handoff = Handoff(envelope, config, document)
@@ -166,8 +183,8 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
             hook.name(envelope)
         server = _Options(document, "server")
         socket = server.text("socket")
-        if socket:
-            outcome = _through_service(socket, server, envelope, raw, hook)
+        if socket and not given:
+            outcome = _through_service(socket, server.duration("connect_timeout"), envelope, raw, hook)
             if outcome is not None:
                 return outcome
         return _decide_on_headers(handoff, raw, hook)
@@ -176,7 +193,7 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
 
 
 def _through_service(
-    socket: str, server: _Options, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
+    socket: str, connect_timeout: float, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
 ) -> str | None:
     from responder.hook.deadline import DEFAULT_DEADLINE, MARGIN
     from responder.lmtp import client as lmtpclient
@@ -186,7 +203,7 @@ def _through_service(
     outcome, problem = lmtpclient.deliver(
         socket,
         raw=raw,
-        connect_timeout=min(server.duration("connect_timeout"), timeout),
+        connect_timeout=min(connect_timeout, timeout),
         timeout=timeout,
         **envelope,
     )
@@ -237,7 +254,8 @@ def _decide_on_headers(handoff: Handoff, raw: bytes, hook: HookDeadline | None) 
         return handoff
     if found is None:
         # The header phase is done: the full path resumes after it, on the same Inbound.
-        return handoff._replace(inbound=ctx.inbound)
+        handoff.inbound = ctx.inbound
+        return handoff
     action, reason, detail = found.rule.action, found.rule.reason, found.detail
 
     import logging
