@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
+import traceback
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ def syslog_unavailable(path: str, problem: BaseException | None) -> str:
 def _syslog_reachable(path: str) -> None:
     """Raise OSError unless the syslog daemon at ``path`` takes a connection, as SysLogHandler tries:
     a datagram socket, else a stream socket (some syslogds listen so)."""
+    import socket
+
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         with socket.socket(socket.AF_UNIX, kind) as sock:
             try:
@@ -62,8 +64,6 @@ class OneLineFormatter(logging.Formatter):
         return printable(super().formatMessage(record))
 
     def formatException(self, ei: logging._SysExcInfoType) -> str:
-        import traceback
-
         # A traceback keeps its lines; an exception's own text (which may quote input) adds none.
         text = super().formatException(ei)
         exc, seen = ei[1], set()
