@@ -88,7 +88,7 @@ def _deliver(argv: Sequence[str], stdin: BinaryIO | None, hook: HookDeadline) ->
         setup_logging()
         logging.getLogger("responder").error("cannot read the message: %s; deferring", exc)
         return EX_TEMPFAIL
-    handoff: Handoff | None = None
+    outcome: str | Handoff | None
     try:
         from responder.hook.fast import DECIDED, deliver_fast
 
@@ -98,8 +98,7 @@ def _deliver(argv: Sequence[str], stdin: BinaryIO | None, hook: HookDeadline) ->
         outcome = None
     if isinstance(outcome, str):
         return EX_OK if outcome == DECIDED else EX_TEMPFAIL
-    handoff = outcome
-    return deliver_in_process(argv, raw, hook, handoff)
+    return deliver_in_process(argv, raw, hook, outcome)
 
 
 def _start(argv: Sequence[str], handoff: Handoff | None) -> tuple[dict[str, str], Settings]:
