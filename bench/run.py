@@ -243,7 +243,7 @@ class Bench:
         sender = f"{tag}@example.org"
         return sender, AWAY, message(sender, AWAY)
 
-    def phase(self, title: str, config: Path, sieve: bool) -> None:
+    def phase(self, title: str, config: Path, sieve: bool, extra: tuple[str, ...] = ()) -> None:
         floors = {i.name: Samples() for i in self.interpreters}
         hooks: dict[tuple[str, str], Samples] = {}
         sieve_samples: dict[str, Samples] = {}
@@ -255,7 +255,7 @@ class Bench:
                     sender, recipient, data = self.case(label, f"{title[:3]}{index}r{number}")
                     command = [
                         interpreter.python, "-m", "responder", "--config", str(config), "deliver",
-                        "--sender", sender, "--recipient", recipient, "--queue-id", f"B{number}",
+                        "--sender", sender, "--recipient", recipient, "--queue-id", f"B{number}", *extra,
                     ]  # fmt: skip
                     hooks.setdefault((interpreter.name, label), Samples()).add(*run_once(command, data, env))
                     if sieve and interpreter is self.main:
@@ -466,6 +466,10 @@ def main() -> None:
         bench.start_service()
         print("phase 2: service running (thin client, sieve-test) ...", flush=True)
         bench.phase("via service", bench.with_service, sieve=sieve)
+        print("phase 3: service named by deliver --service ...", flush=True)
+        bench.phase(
+            "via --service", bench.with_service, sieve=False, extra=("--service", f"unix:{bench.socket}")
+        )
         print("throughput ...", flush=True)
         throughput = bench.throughput()
         memory: list[tuple[int, float, float]] = []

@@ -7,12 +7,12 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from responder.cli.main import deliver_in_process
+from responder.hook.deliver import deliver_in_process
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, run_hook, sample, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
@@ -191,30 +191,20 @@ def test_a_traceback_keeps_its_lines_but_input_adds_none(capsys: pytest.CaptureF
     assert "ValueError: bad <bob@example.org\\x0afake: line>" in err
 
 
-@pytest.mark.parametrize("writer", ["logsetup", "hooklog"])
-def test_syslog_going_away_later_costs_no_line(
-    writer: str, short_dir: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_syslog_going_away_later_costs_no_line(short_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """A daemon that stops after the start: its lines go to stderr after one warning."""
     import logging
 
     from responder.config.settings import settings_from_mapping
-    from responder.hook.log import HookLog
     from responder.logsetup import setup_logging
 
     path = str(short_dir / "log")
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(path)
     options = settings_from_mapping({"log": {"syslog": True, "syslog_socket": path}}).log
-    info: Callable[[str], None]
-    warning: Callable[[str], None]
-    if writer == "logsetup":
-        setup_logging(options)
-        logger = logging.getLogger("responder")
-        info, warning = logger.info, logger.warning
-    else:
-        hook = HookLog(options)
-        info, warning = hook.info, hook.warning
+    setup_logging(options)
+    logger = logging.getLogger("responder")
+    info, warning = logger.info, logger.warning
     info("first")
     assert receiver.recv(4096).endswith(b"first\x00")
     receiver.close()

@@ -1,28 +1,23 @@
-"""Command line: argv and stdin to the engine; the only place that maps outcomes to exit codes.
-
-Under Postfix pipe(8) every exit status other than 0 and 75 bounces the message to its possibly
-forged sender, so ``deliver`` exits 0 after every decision and 75 only for transient local faults.
-"""
+"""Command line: argv to the subcommands; ``deliver``, the MTA hook, is responder.hook.deliver's."""
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import suppress
 
-from responder import __version__
 from responder.errors import TransientError
+from responder.hook.envelope import UsageError, add_envelope_arguments, command_parser
 
-# typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
+# typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
+# here loads neither (responder.lmtp.client). mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     import logging
-    from collections.abc import Mapping, Sequence
-    from typing import BinaryIO, NoReturn
+    from collections.abc import Sequence
+    from typing import BinaryIO
 
     from responder.config.settings import Listen, Settings
-    from responder.hook.deadline import HookDeadline
     from responder.mail.message import Envelope
 
 # Nothing heavy at module level: ``deliver`` runs once per message, and responder.hook.fast settles most
@@ -33,8 +28,6 @@ EX_FAILURE = 1
 EX_USAGE = 2
 EX_TEMPFAIL = 75
 
-# Bytes kept of one message; the rest is read (the MTA requires it) and discarded.
-MAX_MESSAGE = 64 * 1024 * 1024
 HOOK_COMMANDS = frozenset({"deliver"})
 
 
@@ -44,48 +37,12 @@ def _logger() -> logging.Logger:
     return logging.getLogger("responder")
 
 
-class UsageError(Exception):
-    """Bad command line: argparse must not exit with its own status under an MTA.
-
-    ``usage`` is what an administrator at a terminal is shown with it; the hook only logs the message.
-    """
-
-    def __init__(self, message: str, usage: str = "") -> None:
-        super().__init__(message)
-        self.usage = usage
-
-
-def _envelope_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sender", help="envelope sender (default: $SENDER, as Dovecot sets it)")
-    parser.add_argument("--recipient", help="envelope recipient (default: $RECIPIENT)")
-    parser.add_argument("--original-recipient", help="recipient before rewriting (default: $ORIG_RECIPIENT)")
-    parser.add_argument("--client-address", default="", help="SMTP client IP address, for SPF")
-    parser.add_argument("--helo", default="", help="SMTP client HELO name, for SPF")
-    parser.add_argument("--queue-id", default="", help="MTA queue id, for logs and the audit")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    import argparse
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            # A command without its subcommand gets the list of subcommands, as git and systemctl do.
-            missing_command = message.startswith("the following arguments are required: COMMAND")
-            raise UsageError(message, self.format_help() if missing_command else self.format_usage())
-
-    parser = _Parser(prog="responder", description="RFC 3834 autoresponder for verified senders.")
-    parser.add_argument(
-        "--config", help="configuration file (default: $RESPONDER_CONFIG or /etc/responder/responder.toml)"
-    )
-    parser.add_argument("--version", action="version", version=f"responder {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    deliver = commands.add_parser("deliver", help="decide and act on one message on stdin (the MTA hook)")
-    _envelope_arguments(deliver)
+    parser, commands = command_parser()
     explain = commands.add_parser(
         "explain", help="print the decision for a message on stdin; no side effects"
     )
-    _envelope_arguments(explain)
+    add_envelope_arguments(explain)
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     policy = commands.add_parser(
         "policy", help="run the Postfix policy server that refuses retired recipients at RCPT"
@@ -126,153 +83,17 @@ def _command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-def read_message(stream: BinaryIO | None) -> bytes:
-    """Read standard input to the end, keeping at most MAX_MESSAGE bytes."""
-    if stream is None:
-        return b""
-    # One sized read fills one buffer (a buffered stream reads until it is full or at EOF): chunks
-    # joined at the end would hold the message twice. A stream that returns less is topped up.
-    kept = stream.read(MAX_MESSAGE)
-    while more := stream.read(1 << 20):
-        if len(kept) < MAX_MESSAGE:
-            kept += more[: MAX_MESSAGE - len(kept)]
-    return kept
-
-
 def envelope_from(args: argparse.Namespace) -> Envelope:
+    from responder.hook.envelope import resolve_envelope
     from responder.mail.message import Envelope
 
     return Envelope(**resolve_envelope(vars(args)))
-
-
-def resolve_envelope(flags: Mapping[str, str | None]) -> dict[str, str]:
-    """Flags first, then the variables Dovecot's vnd.dovecot.pipe sets; a missing one is a usage error.
-
-    The Envelope fields as a dict: the thin client of the service needs them without loading message.
-    """
-    sender = flags.get("sender")
-    recipient_flag = flags.get("recipient")
-    if sender is None:
-        sender = os.environ.get("SENDER")
-    recipient = recipient_flag if recipient_flag is not None else os.environ.get("RECIPIENT")
-    if sender is None and recipient_flag is None and recipient:
-        # Dovecot's vnd.dovecot.pipe leaves SENDER out altogether for a null envelope sender.
-        sender = ""
-    if sender is None:
-        raise UsageError("no envelope sender: pass --sender (Postfix: ${sender} with null_sender=)")
-    if not recipient:
-        raise UsageError("no envelope recipient: pass --recipient (Postfix: ${recipient})")
-    original = flags.get("original_recipient")
-    if original is None:
-        original = os.environ.get("ORIG_RECIPIENT", "")
-    return {
-        "sender": sender,
-        "recipient": recipient,
-        "original_recipient": original,
-        "client_address": flags.get("client_address") or "",
-        "helo": flags.get("helo") or "",
-        "queue_id": flags.get("queue_id") or "",
-    }
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     from responder.config.settings import config_path, load
 
     return load(config_path(args.config))
-
-
-def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
-    """The MTA hook. Returns 0 or 75 and nothing else, whatever happens, within deadline + margin."""
-    from responder.hook.deadline import HookDeadline
-
-    # First of all: reading the message, the configuration and the database all run under it.
-    hook = HookDeadline()
-    try:
-        return _deliver(argv, stdin, hook)
-    finally:
-        hook.cancel()
-
-
-def _deliver(argv: Sequence[str], stdin: BinaryIO | None, hook: HookDeadline) -> int:
-    raw = b""
-    try:
-        raw = read_message(stdin)
-    except OSError as exc:
-        from responder.logsetup import setup_logging
-
-        setup_logging()
-        _logger().error("cannot read the message: %s; deferring", exc)
-        return EX_TEMPFAIL
-    status = _deliver_fast(argv, raw, hook)
-    if status is not None:
-        return status
-    return deliver_in_process(argv, raw, hook)
-
-
-def _deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline) -> int | None:
-    """The exit status when responder.hook.fast settled the message (service or header rules), else None."""
-    try:
-        from responder.hook.fast import DECIDED, deliver_fast
-
-        outcome = deliver_fast(argv, raw, hook)
-    except Exception:
-        # A fault there must not cost the message; the full path decides it (and meets any real bug).
-        return None
-    if outcome is None:
-        return None
-    return EX_OK if outcome == DECIDED else EX_TEMPFAIL
-
-
-def deliver_in_process(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> int:
-    """The full path: the validated configuration and the whole rule table. Returns 0 or 75.
-
-    Without ``hook`` (a caller in a process of its own making) only the soft deadline applies.
-    """
-    from responder.config.settings import ConfigError
-    from responder.hook.deadline import HookDeadline
-    from responder.logsetup import setup_logging
-    from responder.mail.message import Inbound
-
-    if hook is None:
-        hook = HookDeadline(backstop=False)
-    log = _logger()
-    try:
-        args = build_parser().parse_args(argv)
-        envelope = envelope_from(args)
-        settings = _settings(args)
-    except (UsageError, ConfigError) as exc:
-        # A broken master.cf or configuration file is the admin's to fix; keep the mail meanwhile.
-        setup_logging()
-        log.error("%s; deferring", exc)
-        return EX_TEMPFAIL
-    hook.arm(settings.deliver.deadline)
-    setup_logging(settings.log)
-    hook.say = log.error
-    hook.name(envelope._asdict())
-    from responder.decide.context import Services
-    from responder.decide.engine import respond
-
-    services = Services(settings, on_settled=hook.settle, deadline=hook.started + settings.deliver.deadline)
-    try:
-        with hook.soft():
-            respond(Inbound(envelope, raw), services)
-    except TransientError as exc:
-        log.error("deferring: %s", exc)
-        return EX_TEMPFAIL
-    except Exception:
-        log.exception(
-            "queue_id=%s sender=<%s> recipient=<%s> action=drop reason=internal-error",
-            envelope.queue_id or "-",
-            envelope.sender,
-            envelope.recipient,
-        )
-        return EX_OK
-    finally:
-        try:
-            services.close()
-        except Exception:
-            log.debug("closing the services failed", exc_info=True)
-    return EX_OK
 
 
 def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
@@ -286,6 +107,8 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
 
     if stdin is not None and stdin.isatty():
         print("responder: reading the message from standard input; end it with Ctrl-D", file=sys.stderr)
+    from responder.hook.deliver import read_message
+
     raw = read_message(stdin)
     settings = _settings(args)
     setup_logging(settings.log)
@@ -332,32 +155,18 @@ def run_serve(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _guarded_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
-    """run_deliver, with anything it did not foresee (a broken install, a signal) turned into 75."""
-    try:
-        return run_deliver(argv, stdin)
-    except SystemExit as exc:
-        if exc.code in (None, EX_OK):  # --help, --version
-            return EX_OK
-        _last_words(f"unexpected exit {exc.code!r}; deferring")
-        return EX_TEMPFAIL
-    except BaseException as exc:  # the hook must never end with another status
-        _last_words(f"unexpected {exc!r}; deferring")
-        return EX_TEMPFAIL
-
-
-def _last_words(text: str) -> None:
-    # With descriptor 2 closed the write fails (EBADF; sys.stderr may even be None): the status matters more.
-    with suppress(AttributeError, OSError, ValueError):
-        sys.stderr.write(f"responder: {text}\n")
-
-
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if stdin is None and sys.stdin is not None:
         stdin = sys.stdin.buffer
     if _command_word(argv) in HOOK_COMMANDS:
-        return _guarded_deliver(argv, stdin)
+        try:
+            from responder.hook.deliver import guarded_deliver
+        except BaseException as exc:  # a broken install: as entry.py, the message is kept, not bounced
+            with suppress(AttributeError, OSError, ValueError):
+                sys.stderr.write(f"responder: cannot load the hook ({exc!r}); deferring\n")
+            return EX_TEMPFAIL
+        return guarded_deliver(argv, stdin)
     from responder.config.settings import ConfigError
 
     try:

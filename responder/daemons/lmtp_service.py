@@ -32,12 +32,11 @@ from responder.config.settings import ConfigError, Settings, SmtpSettings, load
 from responder.daemons.sockets import clear_stale_socket
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond
+from responder.decide.rules import HEADER_PHASE, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
-from responder.hook.fast import _first_header_rule as first_header_rule
-from responder.hook.log import printable
 from responder.lmtp.client import parse_socket
 from responder.lmtp.session import Session, SessionClosed, Transaction
-from responder.logsetup import setup_logging
+from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
 
@@ -286,12 +285,12 @@ def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     envelope = inbound.envelope
     ctx = Context(inbound, services)
     try:
-        found = first_header_rule(ctx)
+        found = first_firing(ctx, HEADER_PHASE)
     except Exception:  # a fault in a rule, or the database asked for: the full decision meets it again
         return None
     if found is None:
         return None
-    decision = Decision(*found)
+    decision = Decision(found.rule.action, found.rule.reason, found.detail)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
     return _status(envelope, decision)

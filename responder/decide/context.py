@@ -70,6 +70,57 @@ class IntervalClaim(NamedTuple):
         self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token)
 
 
+class NeedsFullPath(Exception):
+    """A header view was asked for what only the full context has (the database): the full path decides."""
+
+
+class HeaderView(Protocol):
+    """What the rules of the HEADERS phase may read: the message, its envelope, and the header settings.
+
+    The pipe hook runs these rules on a HeaderFacts before the configuration or the database is
+    loaded; mypy holds every HEADERS rule (annotated with this) to it. ``kind`` is the one question
+    that may need the database: a HeaderFacts raises NeedsFullPath for it.
+    """
+
+    @property
+    def inbound(self) -> Inbound: ...
+    @property
+    def recipients(self) -> tuple[str, ...]: ...
+    @property
+    def sender_key(self) -> str: ...
+    @property
+    def max_received(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def notes(self) -> list[str]: ...
+
+
+class HeaderFacts:
+    """The facts of one delivery that need neither the configuration file nor the database."""
+
+    def __init__(self, inbound: Inbound, max_received: int) -> None:
+        self.inbound = inbound
+        self.max_received = max_received
+        # Findings of the stateful rules (verification results, limits), for the audit detail.
+        self.notes: list[str] = []
+
+    @cached_property
+    def recipients(self) -> tuple[str, ...]:
+        """The normalized envelope recipient, then the original recipient when it differs."""
+        env = self.inbound.envelope
+        found = (normalize_address(env.recipient), normalize_address(env.original_recipient))
+        return tuple(dict.fromkeys(a for a in found if a))
+
+    @cached_property
+    def sender_key(self) -> str:
+        return sender_key(self.inbound.sender_address or "")
+
+    @property
+    def kind(self) -> str:
+        raise NeedsFullPath("the kind of response is a database lookup")
+
+
 class Services:
     """Collaborators shared by every delivery of a process; each is built on first use.
 
@@ -135,26 +186,17 @@ class Services:
             self._store.close()
 
 
-class Context:
+class Context(HeaderFacts):
     """One delivery being decided. ``dry_run`` (explain) reads the store but never writes to it."""
 
     def __init__(self, inbound: Inbound, services: Services, dry_run: bool = False) -> None:
-        self.inbound = inbound
+        super().__init__(inbound, services.settings.deliver.max_received)
         self.services = services
         self.settings = services.settings
         self.dry_run = dry_run
         self.now = services.clock()
         self.started = time.monotonic()
         self.claims: list[Claim] = []
-        # Findings of the stateful rules (verification results, limits), for the audit detail.
-        self.notes: list[str] = []
-
-    @cached_property
-    def recipients(self) -> tuple[str, ...]:
-        """The normalized envelope recipient, then the original recipient when it differs."""
-        env = self.inbound.envelope
-        found = (normalize_address(env.recipient), normalize_address(env.original_recipient))
-        return tuple(dict.fromkeys(a for a in found if a))
 
     @cached_property
     def vacation(self) -> Vacation | None:
@@ -196,10 +238,6 @@ class Context:
         if self.vacation is not None:
             mine |= self.vacation.own_addresses()
         return frozenset(mine)
-
-    @cached_property
-    def sender_key(self) -> str:
-        return sender_key(self.inbound.sender_address or "")
 
     @cached_property
     def interval(self) -> dt.timedelta:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from responder.decide.audit import decision_message, decision_row
 from responder.decide.context import BOUNCE, Claim, Context, Services
-from responder.decide.rules import DROP, RULES
+from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
 from responder.mail.reply import Outgoing, compose_reply
@@ -28,14 +28,14 @@ class Decision:
     level: int = logging.INFO
 
 
-def decide(ctx: Context) -> Decision:
-    """The first rule that fires decides; when none does, compose the reply or the bounce."""
-    for rule in RULES:
-        if not rule.applies(ctx):
-            continue
-        detail = rule.check(ctx)
-        if detail is not None:
-            return Decision(rule.action, rule.reason, _join(detail, *ctx.notes))
+def decide(ctx: Context, phases: frozenset[str] = ALL_PHASES) -> Decision:
+    """The first rule of ``phases`` that fires decides; when none does, compose the reply or the bounce.
+
+    The pipe hook, having run the header phase itself, asks for the phases after it.
+    """
+    found = first_firing(ctx, phases)
+    if found is not None:
+        return Decision(found.rule.action, found.rule.reason, found.detail)
     from responder.decide.templates import RenderError
 
     try:
@@ -98,7 +98,9 @@ def _confirm(ctx: Context, done: list[Claim]) -> None:
     ctx.claims.clear()
 
 
-def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Decision:
+def respond(
+    inbound: Inbound, services: Services, dry_run: bool = False, phases: frozenset[str] = ALL_PHASES
+) -> Decision:
     """Decide and act on one delivery; raises TransientError when the MTA should retry.
 
     Claims taken while deciding are kept only when the response went out, or may have (the relay
@@ -107,7 +109,7 @@ def respond(inbound: Inbound, services: Services, dry_run: bool = False) -> Deci
     """
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
-        decision = decide(ctx)
+        decision = decide(ctx, phases)
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
         # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
@@ -181,7 +183,7 @@ def record(ctx: Context, decision: Decision) -> None:
     from responder.decide.records import DecisionRecord
 
     # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
-    row = decision_row(ctx, decision.action, decision.reason, decision.detail)
+    row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
     try:
         ctx.services.store.record(DecisionRecord(**row))
     except TransientError as exc:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from responder.decide.context import BOUNCE, REPLY, RESPONSES, Context
+from responder.decide.context import BOUNCE, REPLY, RESPONSES, Context, HeaderView, NeedsFullPath
 from responder.mail.addresses import routing_operator, strip_batv
 from responder.mail.message import LOOP_HEADER, clean_text, decode_text, is_null_sender, normalize_address
 
@@ -152,17 +152,61 @@ ROBOT_NAME = re.compile(
 )
 
 
+# The phases of the table, in order. HEADERS rules read only the envelope and the message (HeaderView):
+# the pipe hook runs them before it loads the configuration or the database. STORE rules read the
+# database, NETWORK rules DNS and the counters of responses about to go out.
+HEADERS = "headers"
+STORE = "store"
+NETWORK = "network"
+PHASES = (HEADERS, STORE, NETWORK)
+ALL_PHASES = frozenset(PHASES)
+
+
 # A NamedTuple, not a dataclass: the pipe hook's header phase imports this module (see message.py).
 class Rule(NamedTuple):
     reason: str
     action: str
     summary: str
     check: Callable[[Context], str | None]
+    phase: str
     applies_to: frozenset[str] = RESPONSES
 
-    def applies(self, ctx: Context) -> bool:
+    def applies(self, ctx: HeaderView) -> bool:
         # Rules for both kinds must not ask for ctx.kind: that is a database lookup.
         return self.applies_to >= RESPONSES or ctx.kind in self.applies_to
+
+
+class Firing(NamedTuple):
+    """The rule that fired, and the detail for the log and the audit (with the context's notes)."""
+
+    rule: Rule
+    detail: str
+
+
+HEADER_PHASE = frozenset({HEADERS})
+AFTER_HEADERS = ALL_PHASES - HEADER_PHASE
+
+
+def first_firing(ctx: HeaderView, phases: frozenset[str] = ALL_PHASES) -> Firing | None:
+    """The first rule of the given phases, in table order, that fires for ``ctx``; None when none does.
+
+    Every caller walks the table through here: the engine (every phase, or AFTER_HEADERS when the pipe
+    hook ran the header phase already), the pipe hook and the service's header lane (HEADER_PHASE).
+    A view that is not a full Context can answer the HEADERS rules only; NeedsFullPath otherwise.
+    """
+    for rule in RULES:
+        if rule.phase not in phases or not rule.applies(ctx):
+            continue
+        if isinstance(ctx, Context):
+            detail = rule.check(ctx)
+        elif rule.phase == HEADERS:
+            # HEADERS rules take a HeaderView (test_rules_of_the_header_phase_read_only_the_header_view).
+            detail = cast("Callable[[HeaderView], str | None]", rule.check)(ctx)
+        else:
+            raise NeedsFullPath(f"{rule.reason} needs the full context")
+        if detail is not None:
+            return Firing(rule, "; ".join(part for part in (detail, *ctx.notes) if part))
+    return None
 
 
 def _header_token(value: str) -> str:
@@ -171,12 +215,12 @@ def _header_token(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
-def null_sender(ctx: Context) -> str | None:
+def null_sender(ctx: HeaderView) -> str | None:
     sender = ctx.inbound.envelope.sender
     return f"envelope sender {sender or '<>'!s}" if is_null_sender(sender) else None
 
 
-def malformed(ctx: Context) -> str | None:
+def malformed(ctx: HeaderView) -> str | None:
     if ctx.inbound.sender_address is None:
         return "envelope sender is not a valid address"
     if not ctx.recipients:
@@ -186,12 +230,12 @@ def malformed(ctx: Context) -> str | None:
     return None
 
 
-def routed_sender(ctx: Context) -> str | None:
+def routed_sender(ctx: HeaderView) -> str | None:
     operator = routing_operator(ctx.inbound.envelope.sender)
     return f"sender address routes elsewhere: {operator}" if operator else None
 
 
-def system_sender(ctx: Context) -> str | None:
+def system_sender(ctx: HeaderView) -> str | None:
     # The sender key also unwraps SRS and sub-addresses: a forwarded no-reply sender is still one.
     for address in (ctx.inbound.sender_address or "", ctx.sender_key):
         local = strip_batv(address.rpartition("@")[0])
@@ -200,7 +244,7 @@ def system_sender(ctx: Context) -> str | None:
     return None
 
 
-def auto_submitted(ctx: Context) -> str | None:
+def auto_submitted(ctx: HeaderView) -> str | None:
     for value in ctx.inbound.values("Auto-Submitted"):
         keyword = _header_token(value)
         if keyword != "no":
@@ -208,7 +252,7 @@ def auto_submitted(ctx: Context) -> str | None:
     return None
 
 
-def null_return_path(ctx: Context) -> str | None:
+def null_return_path(ctx: HeaderView) -> str | None:
     """The message's own Return-Path says it once travelled with the null sender (a bounce or an
     auto-reply that something resent with a real one)."""
     for value in ctx.inbound.values("Return-Path"):
@@ -218,7 +262,7 @@ def null_return_path(ctx: Context) -> str | None:
     return None
 
 
-def precedence(ctx: Context) -> str | None:
+def precedence(ctx: HeaderView) -> str | None:
     for value in ctx.inbound.values("Precedence"):
         keyword = _header_token(value)
         if keyword in BULK_PRECEDENCE:
@@ -226,14 +270,14 @@ def precedence(ctx: Context) -> str | None:
     return None
 
 
-def list_header(ctx: Context) -> str | None:
+def list_header(ctx: HeaderView) -> str | None:
     for name in LIST_HEADERS:
         if ctx.inbound.has(name):
             return name
     return None
 
 
-def autoreply_header(ctx: Context) -> str | None:
+def autoreply_header(ctx: HeaderView) -> str | None:
     for name, meaning in AUTOREPLY_HEADERS.items():
         for value in ctx.inbound.values(name):
             keyword = _header_token(value)
@@ -242,7 +286,7 @@ def autoreply_header(ctx: Context) -> str | None:
     return None
 
 
-def auto_response_suppress(ctx: Context) -> str | None:
+def auto_response_suppress(ctx: HeaderView) -> str | None:
     """All stops both responses; OOF stops only vacation replies and NDR only bounces (MS-OXCMAIL)."""
     tokens: set[str] = set()
     for value in ctx.inbound.values("X-Auto-Response-Suppress"):
@@ -257,7 +301,7 @@ def auto_response_suppress(ctx: Context) -> str | None:
     return None
 
 
-def loop(ctx: Context) -> str | None:
+def loop(ctx: HeaderView) -> str | None:
     if ctx.inbound.has(LOOP_HEADER):
         return f"{LOOP_HEADER} present"
     for name in LOOP_ADDRESS_HEADERS:
@@ -267,12 +311,12 @@ def loop(ctx: Context) -> str | None:
             if mine:
                 return f"{name} names {min(mine)}"
     received = len(ctx.inbound.values("Received"))
-    if received > ctx.settings.deliver.max_received:
+    if received > ctx.max_received:
         return f"{received} Received fields"
     return None
 
 
-def report(ctx: Context) -> str | None:
+def report(ctx: HeaderView) -> str | None:
     """multipart/report, or a report part or report-type inside another type (mixed, alternative)."""
     from responder.mail.parts import content_type, parts
 
@@ -289,7 +333,7 @@ def report(ctx: Context) -> str | None:
     return None
 
 
-def _person_forwarded(ctx: Context) -> bool:
+def _person_forwarded(ctx: HeaderView) -> bool:
     """A reply or forward: what it quotes or attaches says nothing about who wrote it."""
     from responder.mail.parts import first_text
 
@@ -301,7 +345,7 @@ def _person_forwarded(ctx: Context) -> bool:
     return any(marker in opening for marker in FORWARD_TEXT)
 
 
-def bounce_heuristic(ctx: Context) -> str | None:
+def bounce_heuristic(ctx: HeaderView) -> str | None:
     """A bounce in an MTA's own words: its subject or opening sentence, and a second signal that no
     person's message has (a robot sender, or the returned message attached)."""
     from responder.mail.parts import first_text, parts
@@ -329,7 +373,7 @@ def bounce_heuristic(ctx: Context) -> str | None:
     return None
 
 
-def _robot_sender(ctx: Context) -> str | None:
+def _robot_sender(ctx: HeaderView) -> str | None:
     senders = [ctx.inbound.sender_address or ""]
     names: list[str] = []
     for value in ctx.inbound.values("From"):
@@ -418,50 +462,87 @@ def unverified(ctx: Context) -> str | None:
 
 RULES: tuple[Rule, ...] = (
     # Envelope and header rules: no database, no DNS, no heavy imports.
-    Rule("null-sender", SUPPRESS, "the envelope sender is null (<>, empty or MAILER-DAEMON)", null_sender),
-    Rule("malformed", SUPPRESS, "invalid envelope sender or recipient, or no header at all", malformed),
+    Rule(
+        "null-sender",
+        SUPPRESS,
+        "the envelope sender is null (<>, empty or MAILER-DAEMON)",
+        null_sender,
+        HEADERS,
+    ),
+    Rule(
+        "malformed", SUPPRESS, "invalid envelope sender or recipient, or no header at all", malformed, HEADERS
+    ),
     Rule(
         "routed-sender",
         SUPPRESS,
         "the sender's local part holds a routing operator (@, % or !) or a source route",
         routed_sender,
+        HEADERS,
     ),
-    Rule("system-sender", SUPPRESS, "the sender is a list manager, daemon or no-reply robot", system_sender),
-    Rule("auto-submitted", SUPPRESS, "Auto-Submitted is present with a value other than no", auto_submitted),
     Rule(
-        "null-return-path", SUPPRESS, "the message's own Return-Path is <> or MAILER-DAEMON", null_return_path
+        "system-sender",
+        SUPPRESS,
+        "the sender is a list manager, daemon or no-reply robot",
+        system_sender,
+        HEADERS,
     ),
-    Rule("precedence", SUPPRESS, "Precedence is bulk, junk, list or auto_reply", precedence),
-    Rule("list-header", SUPPRESS, "a List-* or Mailing-List header field is present", list_header),
+    Rule(
+        "auto-submitted",
+        SUPPRESS,
+        "Auto-Submitted is present with a value other than no",
+        auto_submitted,
+        HEADERS,
+    ),
+    Rule(
+        "null-return-path",
+        SUPPRESS,
+        "the message's own Return-Path is <> or MAILER-DAEMON",
+        null_return_path,
+        HEADERS,
+    ),
+    Rule("precedence", SUPPRESS, "Precedence is bulk, junk, list or auto_reply", precedence, HEADERS),
+    Rule("list-header", SUPPRESS, "a List-* or Mailing-List header field is present", list_header, HEADERS),
     Rule(
         "autoreply-header",
         SUPPRESS,
         "a vendor auto-reply marker (X-Autoreply, X-Autorespond, ...)",
         autoreply_header,
+        HEADERS,
     ),
     Rule(
         "auto-response-suppress",
         SUPPRESS,
         "X-Auto-Response-Suppress says All, OOF (for a reply) or NDR (for a bounce)",
         auto_response_suppress,
+        HEADERS,
     ),
     Rule(
         "loop",
         SUPPRESS,
         "too many Received fields, our own reply coming back, or X-Loop naming the recipient",
         loop,
+        HEADERS,
     ),
     # The two rules that read past the header come last among the header rules.
-    Rule("report", SUPPRESS, "a report: multipart/report, or a report part or report-type elsewhere", report),
+    Rule(
+        "report",
+        SUPPRESS,
+        "a report: multipart/report, or a report part or report-type elsewhere",
+        report,
+        HEADERS,
+    ),
     Rule(
         "bounce-heuristic",
         SUPPRESS,
         "a bounce's subject or opening text, from a robot sender or with the returned message attached",
         bounce_heuristic,
+        HEADERS,
     ),
     # Database rules.
-    Rule("no-vacation", SUPPRESS, "the recipient has no active vacation and is not retired", no_vacation),
-    Rule("own-address", SUPPRESS, "the sender is the recipient or one of its aliases", own_address),
+    Rule(
+        "no-vacation", SUPPRESS, "the recipient has no active vacation and is not retired", no_vacation, STORE
+    ),
+    Rule("own-address", SUPPRESS, "the sender is the recipient or one of its aliases", own_address, STORE),
     # Replies only: RFC 3834 section 2 keeps personal responses to mail addressed to the person; a DSN
     # reports on the envelope recipient, which a sender reaching a retired address through Bcc or an
     # alias needs to learn about just the same (lists are already out, by list-header).
@@ -470,9 +551,10 @@ RULES: tuple[Rule, ...] = (
         SUPPRESS,
         "neither the recipient nor an alias is in To/Cc/Bcc/Resent-*",
         not_addressed,
+        STORE,
         applies_to=frozenset({REPLY}),
     ),
-    Rule("interval", SUPPRESS, "this sender already got this response within the interval", interval),
+    Rule("interval", SUPPRESS, "this sender already got this response within the interval", interval, STORE),
     # After every cheap rule, so that list mail, robots and recipients without a vacation never cost
     # a DNS query. "drop": the response would be due, but the return path may be forged.
     Rule(
@@ -480,6 +562,7 @@ RULES: tuple[Rule, ...] = (
         DROP,
         "the envelope sender is not proven by SPF, aligned DKIM or trusted Authentication-Results",
         unverified,
+        NETWORK,
     ),
     # Last, so that only responses about to go out are counted. "drop", not "suppress": nothing about
     # the message forbids an answer (that is what suppress means, as for the RFC 3834 rules above);
@@ -489,6 +572,7 @@ RULES: tuple[Rule, ...] = (
         DROP,
         "a per-sender, sender-domain, recipient or global rate limit is reached",
         rate_limit,
+        NETWORK,
     ),
 )
 

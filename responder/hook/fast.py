@@ -1,36 +1,36 @@
 """The pipe hook's first steps, before anything heavy is imported: hand over to the service, or decide.
 
 ``responder deliver`` runs once per message. When ``[server] socket`` is set and the service answers,
-the message goes there (responder.lmtp.client). Otherwise, with a SQLite database, the header rules,
-the part of the rule table before ``no-vacation``, run here on the raw header fields; a message one of
-them suppresses is logged and audited through ``sqlite3`` alone (responder.decide.audit). Everything
+the message goes there (responder.lmtp.client). Otherwise, with a SQLite database, the HEADERS phase of
+the rule table runs here on a HeaderFacts (rules.first_firing); a message one of its rules suppresses
+is logged and audited through ``sqlite3`` alone (responder.store.direct). Everything
 else returns None and the caller takes the full path: the validated configuration, SQLAlchemy,
 templates, DNS and SMTP. All of it runs under the hook's deadline (responder.hook.deadline), armed
 here once ``deliver.deadline`` is read.
 
-This path reads only the configuration keys it needs, with the same rules as responder.config.settings; a
-value it cannot take as the full loader would sends the message down the full path, which reports it.
-The rest of the file is validated when a message needs the rest.
+This path reads the file with ``tomllib`` and only the keys it needs, with the same rules as
+responder.config.settings; a value it cannot take as the full loader would sends the message down the
+full path, which reports it. The rest of the file is validated when a message needs the rest. What it
+learnt (envelope, the parsed file, the Inbound after the header phase) goes on in a Handoff, so that
+the full path resumes where it stopped (responder.hook.deliver).
 """
 
 from __future__ import annotations
 
-from responder.cli.main import UsageError, resolve_envelope
+from responder.hook.envelope import UsageError, hook_arguments, resolve_envelope
 
-# typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
+# typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
+# here loads neither (responder.lmtp.client). mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, NoReturn
+    from typing import Any
 
-    from responder.decide.context import Context
     from responder.hook.deadline import HookDeadline
+    from responder.mail.message import Inbound
 
 DECIDED = "decided"
 DEFER = "defer"
-
-# The header phase of the rule table ends where the database rules begin.
-FIRST_DATABASE_RULE = "no-vacation"
 
 # Defaults of the keys read here; tests check them against responder.config.settings.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -45,49 +45,49 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The service answers 451 at its deliver.deadline; the client waits for that answer until this long
 # before the backstop ends the process, so that it logs the deferral itself.
 LAST_WORD = 0.5
-
-_ENVELOPE_FLAGS = {
-    "--sender": "sender",
-    "--recipient": "recipient",
-    "--original-recipient": "original_recipient",
-    "--client-address": "client_address",
-    "--helo": "helo",
-    "--queue-id": "queue_id",
-}
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-class NeedsFullPath(Exception):
-    """The message needs more than this path has: the full path decides it."""
+class Handoff:
+    """What this path learnt of a message it leaves to the full path, so that nothing is done twice.
+
+    ``document`` is the parsed configuration file (None when it could not be read or parsed: the full
+    loader says why); ``inbound`` is set once the header phase ran, and found nothing, on it.
+    """
+
+    def __init__(
+        self,
+        envelope: dict[str, str],
+        config: str,
+        document: dict[str, Any] | None,
+        inbound: Inbound | None = None,
+    ) -> None:
+        self.envelope = envelope
+        self.config = config
+        self.document = document
+        self.inbound = inbound
 
 
 class _Invalid(Exception):
     """A configuration value this path cannot take; the full loader will say what is wrong."""
 
 
-def hook_arguments(argv: Sequence[str]) -> dict[str, str] | None:
-    """``[--config X] deliver [--flag value | --flag=value]...``; None for anything else (argparse's)."""
-    found: dict[str, str] = {}
-    command = False
-    position = 0
-    while position < len(argv):
-        arg = argv[position]
-        position += 1
-        if not command and arg == "deliver":
-            command = True
-            continue
-        name, equals, value = arg.partition("=")
-        key = _ENVELOPE_FLAGS.get(name) if command else ("config" if name == "--config" else None)
-        if key is None:
-            return None
-        if not equals:
-            # argparse would read a following "-x" as an option; leave such lines to it.
-            if position >= len(argv) or argv[position].startswith("-"):
-                return None
-            value = argv[position]
-            position += 1
-        found[key] = value
-    return found if command else None
+def config_file(explicit: str | None) -> str:
+    """The configuration file named by --config, else $RESPONDER_CONFIG, else the default."""
+    import os
+
+    return explicit or os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG
+
+
+def read_document(path: str) -> dict[str, Any] | None:
+    """The parsed file, or None when it cannot be read or is not valid TOML (the full loader says why)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
 
 
 def parse_duration(value: object) -> float:
@@ -152,29 +152,11 @@ class LogOptions:
         self.syslog_socket = options.text("syslog_socket")
 
 
-class _Blocked:
-    """Stands in for the services and settings: only the attributes given exist; the rest is NeedsFullPath.
-
-    A rule in the header phase that asks for the database, the relay or a setting not read here (as
-    auto-response-suppress does for OOF/NDR, to learn whether the response would be a bounce) thereby
-    sends the message down the full path, which answers it.
-    """
-
-    def __init__(self, name: str, **known: object) -> None:
-        self.__dict__.update(known)
-        self.__dict__["_name"] = name
-
-    def __getattr__(self, attribute: str) -> NoReturn:
-        raise NeedsFullPath(f"{self.__dict__['_name']}.{attribute}")
-
-
-def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | None:
-    """DECIDED or DEFER when settled here, None when the full path must decide.
+def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | Handoff | None:
+    """DECIDED or DEFER when settled here; else what the full path goes on from (None: from scratch).
 
     ``hook`` is the process's deadline; without one (an in-process caller) nothing is armed.
     """
-    import os
-
     args = hook_arguments(argv)
     if args is None:
         return None
@@ -182,28 +164,36 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
         envelope = resolve_envelope(args)
     except UsageError:
         return None
-    from responder.hook.quickconf import read_document
-
-    document = read_document(args.get("config") or os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG)
+    given = args.pop("service", "")
+    if given:
+        # Named on the command line: the message goes there before the configuration is even read.
+        if hook is not None:
+            hook.name(envelope)
+        outcome = _through_service(given, DEFAULTS["server"]["connect_timeout"], envelope, raw, hook)
+        if outcome is not None:
+            return outcome
+    config = config_file(args.get("config"))
+    document = read_document(config)
+    handoff = Handoff(envelope, config, document)
     if document is None:
-        return None
+        return handoff
     try:
         if hook is not None:
             hook.arm(_Options(document, "deliver").duration("deadline"))
             hook.name(envelope)
         server = _Options(document, "server")
         socket = server.text("socket")
-        if socket:
-            outcome = _through_service(socket, server, envelope, raw, hook)
+        if socket and not given:
+            outcome = _through_service(socket, server.duration("connect_timeout"), envelope, raw, hook)
             if outcome is not None:
                 return outcome
-        return _decide_on_headers(document, envelope, raw, hook)
-    except (_Invalid, NeedsFullPath):
-        return None
+        return _decide_on_headers(handoff, raw, hook)
+    except _Invalid:
+        return handoff
 
 
 def _through_service(
-    socket: str, server: _Options, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
+    socket: str, connect_timeout: float, envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
 ) -> str | None:
     from responder.hook.deadline import DEFAULT_DEADLINE, MARGIN
     from responder.lmtp import client as lmtpclient
@@ -213,7 +203,7 @@ def _through_service(
     outcome, problem = lmtpclient.deliver(
         socket,
         raw=raw,
-        connect_timeout=min(server.duration("connect_timeout"), timeout),
+        connect_timeout=min(connect_timeout, timeout),
         timeout=timeout,
         **envelope,
     )
@@ -239,66 +229,49 @@ def _stderr(line: str) -> None:
         pass  # a lost line must not turn into deciding the message a second time
 
 
-def _decide_on_headers(
-    document: Mapping[str, object], envelope: dict[str, str], raw: bytes, hook: HookDeadline | None
-) -> str | None:
-    from responder.decide.audit import direct_supported
+def _decide_on_headers(handoff: Handoff, raw: bytes, hook: HookDeadline | None) -> str | Handoff:
+    from responder.store.direct import direct_supported
 
-    database = _Options(document, "database")
+    assert handoff.document is not None
+    database = _Options(handoff.document, "database")
     url = database.text("url")
     busy_timeout = database.duration("busy_timeout")
     if not direct_supported(url):
-        return None
-    deliver = _Options(document, "deliver")
-    settings = _Blocked(
-        "settings", deliver=_Blocked("settings.deliver", max_received=deliver.integer("max_received"))
-    )
-    log_options = LogOptions(document)
+        return handoff
+    max_received = _Options(handoff.document, "deliver").integer("max_received")
+    log_options = LogOptions(handoff.document)
 
-    from typing import cast
-
-    from responder.decide.context import Context, Services, utcnow
+    from responder.decide.context import HeaderFacts, NeedsFullPath, utcnow
+    from responder.decide.rules import HEADER_PHASE, first_firing
     from responder.mail.message import Envelope, Inbound
 
-    services = _Blocked("services", settings=settings, clock=utcnow)
-    # The stand-in has exactly what the header rules read; anything else raises NeedsFullPath.
-    ctx = Context(Inbound(Envelope(**envelope), raw), cast("Services", services))
+    ctx = HeaderFacts(Inbound(Envelope(**handoff.envelope), raw), max_received)
     try:
-        found = _first_header_rule(ctx)
-    except Exception:  # NeedsFullPath, or a fault in a rule: the full path meets it again and logs it
-        return None
+        found = first_firing(ctx, HEADER_PHASE)
+    except NeedsFullPath:
+        return handoff
+    except Exception:  # a fault in a rule: the full path meets it again and logs it
+        return handoff
     if found is None:
-        return None
-    action, reason, detail = found
+        # The header phase is done: the full path resumes after it, on the same Inbound.
+        handoff.inbound = ctx.inbound
+        return handoff
+    action, reason, detail = found.rule.action, found.rule.reason, found.detail
 
-    from responder.decide.audit import decision_message, decision_row, record_direct
-    from responder.hook.log import HookLog
+    import logging
 
-    log = HookLog(log_options)
+    from responder.decide.audit import decision_message, decision_row
+    from responder.logsetup import setup_logging
+    from responder.store.direct import record_direct
+
+    setup_logging(log_options)
+    log = logging.getLogger("responder")
     if hook is not None:
         # Nothing is owed past this point: a backstop from here on loses the audit row, not the decision.
         hook.settle(action, reason)
-        hook.say = lambda line: log.emit("ERROR", line)
-    log.info(decision_message(ctx.inbound, action, reason, detail))
-    problem = record_direct(url, busy_timeout, decision_row(ctx, action, reason, detail))
+        hook.say = log.error
+    log.info("%s", decision_message(ctx.inbound, action, reason, detail))
+    problem = record_direct(url, busy_timeout, decision_row(ctx, utcnow(), action, reason, detail))
     if problem is not None:
-        log.warning(problem)
-    log.close()
+        log.warning("%s", problem)
     return DECIDED
-
-
-def _first_header_rule(ctx: Context) -> tuple[str, str, str] | None:
-    """(action, reason, detail) of the first header rule that fires; None when none does."""
-    # engine.decide walks the same table; it is not called here because importing the engine loads
-    # the email package, which this path exists to avoid.
-    from responder.decide.rules import RULES
-
-    for rule in RULES:
-        if rule.reason == FIRST_DATABASE_RULE:
-            return None
-        if not rule.applies(ctx):
-            continue
-        detail = rule.check(ctx)
-        if detail is not None:
-            return rule.action, rule.reason, "; ".join(part for part in (detail, *ctx.notes) if part)
-    return None

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder.hook.log import printable as escape_controls
+from responder.logsetup import printable as escape_controls
 
 log = logging.getLogger("responder")
 

@@ -76,7 +76,7 @@ def print_table(headings: Sequence[str], rows: Sequence[Sequence[str]], empty: s
     Cells are printed with control characters escaped: audit rows written before they were escaped
     there may still hold what a sender sent.
     """
-    from responder.hook.log import printable
+    from responder.logsetup import printable
 
     if not rows:
         print(empty)
