@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from responder.config.settings import ConfigError, Settings, load, parse_duration, settings_from_mapping
+from responder.config.load import ConfigError, load, settings_from_mapping
+from responder.config.settings import Settings
+from responder.config.values import parse_duration
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 

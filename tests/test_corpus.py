@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from responder.config.settings import Settings, settings_from_mapping
+from responder.config.load import settings_from_mapping
+from responder.config.settings import Settings
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.mail.message import Envelope, Inbound

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from responder.config.settings import Settings, format_duration, parse_duration
+from responder.config.settings import Settings
+from responder.config.values import format_duration, parse_duration
 from responder.mail.message import normalize_address
 
 if TYPE_CHECKING:

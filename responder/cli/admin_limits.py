@@ -8,7 +8,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from responder.cli.admin import EX_OK, AdminError, _address, print_table
-from responder.config.settings import Limit, Settings, format_duration, parse_duration
+from responder.config.settings import Settings
+from responder.config.values import Limit, format_duration, parse_duration
 from responder.decide.limits import GLOBAL_KEY, SCOPES
 from responder.mail.addresses import sender_domain, sender_key
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import BinaryIO, NoReturn
 
-    from responder.config.settings import Listen, Settings
+    from responder.config.settings import Settings
+    from responder.config.values import SocketSpec
     from responder.hook.deadline import HookDeadline
     from responder.mail.message import Envelope
 
@@ -101,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _listen_argument(text: str) -> Listen:
+def _listen_argument(text: str) -> SocketSpec:
     import argparse
 
-    from responder.config.settings import parse_listen
+    from responder.config.values import parse_socket
 
     try:
-        return parse_listen(text)
+        return parse_socket(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -175,7 +176,7 @@ def resolve_envelope(flags: Mapping[str, str | None]) -> dict[str, str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from responder.config.settings import config_path, load
+    from responder.config.load import config_path, load
 
     return load(config_path(args.config))
 
@@ -227,7 +228,7 @@ def deliver_in_process(argv: Sequence[str], raw: bytes, hook: HookDeadline | Non
 
     Without ``hook`` (a caller in a process of its own making) only the soft deadline applies.
     """
-    from responder.config.settings import ConfigError
+    from responder.config.load import ConfigError
     from responder.hook.deadline import HookDeadline
     from responder.logsetup import setup_logging
     from responder.mail.message import Inbound
@@ -319,7 +320,7 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """The LMTP service: 0 after a stop by signal, 1 when it cannot start."""
-    from responder.config.settings import config_path
+    from responder.config.load import config_path
     from responder.daemons.lmtp_service import ServeError, serve
 
     path = config_path(args.config)
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         stdin = sys.stdin.buffer
     if _command_word(argv) in HOOK_COMMANDS:
         return _guarded_deliver(argv, stdin)
-    from responder.config.settings import ConfigError
+    from responder.config.load import ConfigError
 
     try:
         args = build_parser().parse_args(argv)

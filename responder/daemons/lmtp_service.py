@@ -13,7 +13,6 @@ flight for up to ``server.stop_timeout``, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import ipaddress
 import logging
@@ -28,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
-from responder.config.settings import ConfigError, Settings, SmtpSettings, load
-from responder.daemons.sockets import clear_stale_socket
+from responder.config.load import ConfigError, load
+from responder.config.settings import Settings, SmtpSettings
+from responder.daemons import sockets
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
 from responder.hook.fast import _first_header_rule as first_header_rule
 from responder.hook.log import printable
-from responder.lmtp.client import parse_socket
 from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
 from responder.logsetup import setup_logging
 from responder.mail.message import Envelope, Inbound
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("responder")
 
-# The socket file is chmod-ed after bind; meanwhile only its owner may connect.
-_UMASK = 0o077
 # Threads that run the header rules; they never wait for DNS, the relay or a template.
 HEADER_THREADS = 2
 _WORKER_PREFIX = "responder-worker"
@@ -310,6 +307,8 @@ class Service:
     """The listening socket, the sessions on it, and the current generation."""
 
     def __init__(self, config_path: Path, settings: Settings) -> None:
+        if settings.server.socket is None:
+            raise ServeError("server.socket is not set: nothing to listen on")
         self.config_path = config_path
         self.settings = settings
         self.generation: Generation
@@ -339,7 +338,7 @@ class Service:
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             server.close()
-            self._unlink_socket()
+            sockets.unlink(self.listen)
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
         await self._drain(self.generation.settings.server.stop_timeout)
         # Whatever still runs in a worker now was given up (its client was answered or cut off).
@@ -371,32 +370,11 @@ class Service:
         await asyncio.wait(late, timeout=1)
 
     async def _bind(self) -> asyncio.AbstractServer:
-        spec = parse_socket(self.listen)
-        if spec is None:
-            raise ServeError("server.socket is not set: nothing to listen on")
-        family, address = spec
+        mode = self.generation.settings.server.socket_mode
         try:
-            if family == socketlib.AF_UNIX:
-                assert isinstance(address, str)
-                clear_stale_socket(address)
-                previous = os.umask(_UMASK)
-                try:
-                    server = await asyncio.start_unix_server(self._session, path=address)
-                finally:
-                    os.umask(previous)
-                os.chmod(address, self.generation.settings.server.socket_mode)
-                return server
-            assert isinstance(address, tuple)
-            return await asyncio.start_server(self._session, address[0], address[1], reuse_address=True)
+            return await sockets.listen(self.listen, self._session, mode)
         except OSError as exc:
             raise ServeError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
-
-    def _unlink_socket(self) -> None:
-        spec = parse_socket(self.listen)
-        if spec is not None and spec[0] == socketlib.AF_UNIX:
-            assert isinstance(spec[1], str)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spec[1])
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -550,8 +528,6 @@ async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
 def serve(config_path: Path, settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; ServeError when the service cannot start."""
     setup_logging(settings.log)
-    if not settings.server.socket:
-        raise ServeError("server.socket is not set: nothing to listen on")
     service = Service(config_path, settings)
     asyncio.run(service.run())
     if service.left_behind and _busy_workers():

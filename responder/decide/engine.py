@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from responder.config.settings import format_duration
+from responder.config.values import format_duration
 from responder.decide.audit import decision_message, decision_row
 from responder.decide.context import BOUNCE, Claim, Context, Services
 from responder.decide.rules import DROP, RULES

@@ -27,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, RowMapping, make_url
 
 from responder.decide.records import Retirement
-from responder.errors import StoreUnavailable
+from responder.errors import SchemaMismatch, StoreUnavailable
 from responder.paths import resource_dir
 from responder.store.schema import (
     SCHEMA_REVISION,
@@ -350,7 +350,7 @@ class Store:
         revision = self.current_revision()
         if revision != SCHEMA_REVISION:
             found = revision or "empty"
-            raise StoreUnavailable(
+            raise SchemaMismatch(
                 f"database schema is {found}, this responder needs {SCHEMA_REVISION}: "
                 "run `responder db upgrade`"
             )

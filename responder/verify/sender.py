@@ -59,7 +59,8 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from responder.config.settings import VerifySettings, parse_dns_server
+from responder.config.settings import VerifySettings
+from responder.config.values import parse_dns_server
 from responder.mail.addresses import mailbox
 
 __all__ = [
