@@ -17,7 +17,6 @@ import importlib
 import ipaddress
 import logging
 import os
-import signal
 import socket as socketlib
 import sys
 import threading
@@ -29,15 +28,16 @@ import aiosmtplib
 
 from responder.config.load import ConfigError, load
 from responder.config.settings import Settings, SmtpSettings
-from responder.daemons import sockets
+from responder.daemons import runtime, sockets
 from responder.decide.context import Context, Services
-from responder.decide.engine import Decision, log_decision, record, respond
-from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
+from responder.decide.engine import Decision, log_decision, record, respond_safely
+from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable
 from responder.hook.fast import _first_header_rule as first_header_rule
 from responder.hook.log import printable
 from responder.lmtp.session import Recipient, Session, SessionClosed, Transaction
 from responder.logsetup import setup_logging
 from responder.mail.message import Envelope, Inbound
+from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import SmtpTransport
 
 if TYPE_CHECKING:
@@ -255,15 +255,6 @@ class Generation:
         self.loop.call_soon_threadsafe(self.services.relay.close)
 
 
-def _one_line(text: str) -> str:
-    return printable(" ".join(text.split()))[:300]
-
-
-def _status(envelope: Envelope, decision: Decision) -> str:
-    reason = f" ({decision.reason})" if decision.reason else ""
-    return f"250 2.0.0 <{printable(envelope.recipient)}> {decision.action}{reason}"
-
-
 def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str | None:
     """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
     ctx = Context(Inbound(envelope, raw), services)
@@ -276,7 +267,7 @@ def decide_on_headers(services: Services, envelope: Envelope, raw: bytes) -> str
     decision = Decision(*found)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
-    return _status(envelope, decision)
+    return Outcome(DECIDED, decision.action, decision.reason).lmtp_reply(printable(envelope.recipient))
 
 
 def decide(services: Services, envelope: Envelope, raw: bytes, job: Job | None = None) -> str:
@@ -286,21 +277,9 @@ def decide(services: Services, envelope: Envelope, raw: bytes, job: Job | None =
         return f"451 4.4.7 <{rcpt}> deadline passed, try again later"  # nobody reads it any more
     _running.job = job
     try:
-        decision = respond(Inbound(envelope, raw), services)
-    except TransientError as exc:
-        log.error("deferring: %s", printable(str(exc)))
-        return f"451 4.3.0 <{rcpt}> {_one_line(str(exc)) or 'try again later'}"
-    except Exception:
-        log.exception(
-            "queue_id=%s sender=<%s> recipient=<%s> action=drop reason=internal-error",
-            printable(envelope.queue_id) or "-",
-            printable(envelope.sender),
-            rcpt,
-        )
-        return f"250 2.0.0 <{rcpt}> drop (internal-error)"
+        return respond_safely(Inbound(envelope, raw), services).lmtp_reply(rcpt)
     finally:
         _running.job = None
-    return _status(envelope, decision)
 
 
 class Service:
@@ -314,8 +293,7 @@ class Service:
         self.generation: Generation
         self.listen = settings.server.socket
         self.hostname = settings.smtp.hostname or socketlib.gethostname()
-        self.sessions: dict[asyncio.Task[None], Session | None] = {}
-        self.peers: dict[asyncio.Task[None], str | None] = {}
+        self.sessions = runtime.Connections()
         self.stopping = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         # Set once stopped: worker threads may still be running decisions that were given up.
@@ -328,15 +306,13 @@ class Service:
         self.generation = Generation(self.settings, loop)
         await asyncio.to_thread(self.generation.warm)
         server = await self._bind()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        signals = runtime.Signals(self.stop, self.reload, "LMTP")
         settings = self.generation.settings.server
         log.info("listening for LMTP on %s (workers=%d)", self.listen, settings.workers)
         try:
             await self.stopping.wait()
         finally:
-            loop.remove_signal_handler(signal.SIGHUP)
+            signals.stop_reloading()
             server.close()
             sockets.unlink(self.listen)
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
@@ -344,8 +320,7 @@ class Service:
         # Whatever still runs in a worker now was given up (its client was answered or cut off).
         self.left_behind = True
         await asyncio.to_thread(self.generation.close, False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        signals.remove()
         log.info("stopped")
 
     def stop(self) -> None:
@@ -355,19 +330,15 @@ class Service:
 
     async def _drain(self, timeout: float) -> None:
         """Wait for the sessions and reloads in flight; cut off those still busy at ``timeout``."""
-        pending = set(self.sessions) | set(self.background)
-        if not pending:
-            return
-        _done, late = await asyncio.wait(pending, timeout=timeout)
-        if not late:
-            return
-        # Their decisions are given up: none of them may send after its client lost the answer.
-        for job in list(self.generation.jobs):
-            job.abandon()
-        for task in late:
-            task.cancel()
-        log.warning("%d sessions still busy after %gs; closed", len(late), timeout)
-        await asyncio.wait(late, timeout=1)
+
+        def abandon() -> None:
+            # Their decisions are given up: none of them may send after its client lost the answer.
+            for job in list(self.generation.jobs):
+                job.abandon()
+
+        late = await runtime.drain(set(self.sessions.open) | self.background, timeout, abandon)
+        if late:
+            log.warning("%d sessions still busy after %gs; closed", late, timeout)
 
     async def _bind(self) -> asyncio.AbstractServer:
         mode = self.generation.settings.server.socket_mode
@@ -404,45 +375,20 @@ class Service:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def _make_room(self, client: str | None) -> bool:
-        """Room for a session of ``client`` (a TCP peer's address; None on the UNIX socket).
-
-        At max_connections the longest idle session is sent away, and one TCP peer holds at most
-        half of them, making room among its own. False when every candidate is busy.
-        """
-        limit = self.generation.settings.server.max_connections
-        if client is not None:
-            mine = [task for task, peer in self.peers.items() if peer == client]
-            if len(mine) >= max(1, limit // 2):
-                return self._evict([self.sessions.get(task) for task in mine])
-        if len(self.sessions) < limit:
-            return True
-        return self._evict(list(self.sessions.values()))
-
-    @staticmethod
-    def _evict(candidates: list[Session | None]) -> bool:
-        idle = [session for session in candidates if session is not None and session.idle]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda session: session.idle_since)
-        oldest.idle = False  # told once; it is on its way out
-        oldest.evict()
-        return True
-
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else None
         try:
-            if self.stopping.is_set() or not self._make_room(client):
+            limit = self.generation.settings.server.max_connections
+            if self.stopping.is_set() or not self.sessions.make_room(client, limit):
                 # Said at once, so that a client decides for itself or retries instead of waiting.
                 busy = "shutting down" if self.stopping.is_set() else "too many connections"
                 writer.write(f"421 4.3.2 Service {busy}, try again later\r\n".encode())
                 writer.close()
                 return
-            self.sessions[task] = None
-            self.peers[task] = client
+            self.sessions.add(task, client)
             settings = self.generation.settings.server
             session = Session(
                 reader,
@@ -454,7 +400,7 @@ class Service:
                 stopping=self.stopping,
                 xforward=self.generation.xforward_allowed(peer),
             )
-            self.sessions[task] = session
+            self.sessions.add(task, client, session)
             await session.run()
         except (SessionClosed, ConnectionError) as exc:
             log.info("LMTP client went away: %s", printable(str(exc)) or type(exc).__name__)
@@ -463,8 +409,7 @@ class Service:
             log.exception("LMTP session failed")
             writer.close()
         finally:
-            self.sessions.pop(task, None)
-            self.peers.pop(task, None)
+            self.sessions.remove(task)
 
     async def deliver(self, transaction: Transaction, data: bytes) -> list[str]:
         """One status per recipient, decided concurrently on the generation current at DATA."""

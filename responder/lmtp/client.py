@@ -12,6 +12,7 @@ from __future__ import annotations
 import _socket
 
 from responder.config.values import SocketSpec, parse_socket
+from responder.outcome import DECIDED, DEFER
 
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
@@ -19,9 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-DECIDED = "decided"
-DEFER = "defer"
+# deliver()'s results: the service decided, the MTA must retry, or no service took the message.
 UNREACHABLE = "unreachable"
+__all__ = ["DECIDED", "DEFER", "PIECE", "UNREACHABLE", "deliver", "to_wire", "xtext"]
 
 # What may not travel inside <...> on a command line; such an envelope is decided in-process.
 _UNSAFE = frozenset("<>\r\n\x00")
