@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from responder.config.settings import PolicySettings, Settings
 from responder.config.values import SocketSpec
 from responder.daemons import runtime, sockets
+from responder.daemons.lines import Lines
 from responder.decide.context import utcnow
 from responder.decide.records import Retirement
 from responder.mail.message import normalize_address
@@ -57,42 +58,24 @@ class Request:
     problem: str = ""
 
 
-class _Lines:
-    """Lines from a client, each at most MAX_LINE bytes; what a client pipelines stays buffered."""
+class _Reader:
+    """The request lines of one connection."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
-        self.buffer = bytearray()
+        self.lines = Lines(MAX_LINE, give_up=MAX_DRAIN)
+
+    async def fill(self, dropping: bool = False) -> bool:
+        chunk = await self.reader.read(65536)
+        self.lines.buffer += chunk
+        return bool(chunk)
 
     async def wait(self) -> bool:
         """Wait until there is something to read; False at the end of the stream."""
-        if not self.buffer:
-            self.buffer += await self.reader.read(65536)
-        return bool(self.buffer)
+        return bool(self.lines.buffer) or await self.fill()
 
     async def readline(self) -> bytes | int:
-        """The next line with its LF; the length of a line over MAX_LINE, which is dropped; or at the
-        end of the stream, what is left (no LF)."""
-        dropped = 0
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[: end + 1])
-                del self.buffer[: end + 1]
-                if dropped or len(line) > MAX_LINE:
-                    return dropped + len(line)
-                return line
-            if len(self.buffer) > MAX_LINE:
-                dropped += len(self.buffer)
-                self.buffer.clear()
-                if dropped > MAX_DRAIN:
-                    return dropped
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                rest = bytes(self.buffer)
-                self.buffer.clear()
-                return rest
-            self.buffer += chunk
+        return await self.lines.readline(self.fill)
 
 
 class _Slot:
@@ -186,7 +169,7 @@ class PolicyServer:
             return
         slot = self.slots[task] = _Slot(task)
         self.connections.add(task, client, slot)
-        lines = _Lines(reader)
+        lines = _Reader(reader)
         try:
             while not self.stopping.is_set():
                 request = await self._read(lines, slot)
@@ -215,7 +198,7 @@ class PolicyServer:
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _read(self, lines: _Lines, slot: _Slot) -> Request | None:
+    async def _read(self, lines: _Reader, slot: _Slot) -> Request | None:
         """The next request, or None when the client closed the connection between requests."""
         # Idle between requests: Postfix keeps connections open for up to smtpd_policy_service_max_idle.
         try:
@@ -231,7 +214,7 @@ class PolicyServer:
             return await self._read_request(lines)
 
     @staticmethod
-    async def _read_request(lines: _Lines) -> Request:
+    async def _read_request(lines: _Reader) -> Request:
         request = Request()
         size = 0
         while True:
