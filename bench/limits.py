@@ -37,7 +37,8 @@ from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from responder.config.settings import Settings, settings_from_mapping
+from responder.config.load import settings_from_mapping
+from responder.config.settings import Settings
 from responder.decide.context import Context, Services
 from responder.decide.engine import decide
 from responder.decide.limits import check_limits

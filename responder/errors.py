@@ -1,4 +1,16 @@
-"""Faults that map to the MTA's "try again later" (exit 75), kept apart from ordinary decisions."""
+"""The exit statuses, and the faults that map to the MTA's "try again later" (exit 75)."""
+
+
+class ExitCode:
+    """sysexits.h values; under Postfix the hook may only ever exit EX_OK or EX_TEMPFAIL.
+
+    Plain ints (not an enum): the pipe hook's cheapest path imports this module.
+    """
+
+    EX_OK = 0
+    EX_FAILURE = 1
+    EX_USAGE = 2
+    EX_TEMPFAIL = 75
 
 
 class TransientError(Exception):
@@ -7,6 +19,10 @@ class TransientError(Exception):
 
 class StoreUnavailable(TransientError):
     """The database cannot be reached, is locked past its timeout, or has an outdated schema."""
+
+
+class SchemaMismatch(StoreUnavailable):
+    """The database has a schema other than the one this code was written for."""
 
 
 class RelayUnavailable(TransientError, ConnectionError):

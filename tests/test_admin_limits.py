@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from responder.cli.main import main
-from responder.config.settings import Limit
+from responder.config.values import Limit
 from responder.decide.limits import window
 from responder.store.database import CounterWindow, DecisionRecord, Store
 from responder.store.schema import decisions, rate_counters, reply_claims

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from responder.config.settings import Settings, settings_from_mapping
+from responder.config.load import settings_from_mapping
+from responder.config.settings import Settings
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.errors import RelayUnavailable

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from responder.config.settings import ConfigError, Settings, load, parse_duration, settings_from_mapping
+from responder.config.load import ConfigError, load, settings_from_mapping
+from responder.config.settings import Settings
+from responder.config.values import (
+    Limit,
+    SocketSpec,
+    parse_duration,
+    parse_limit,
+    parse_mode,
+    parse_socket,
+)
 from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, hook_env, run_hook, sample, vacation_set
 
@@ -26,6 +35,60 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "spec", "spelled"),
+    [
+        ("unix:/run/responder/lmtp", SocketSpec(path="/run/responder/lmtp"), "unix:/run/responder/lmtp"),
+        ("127.0.0.1:24", SocketSpec(host="127.0.0.1", port=24), "127.0.0.1:24"),
+        ("inet:localhost:10037", SocketSpec(host="localhost", port=10037), "localhost:10037"),
+        ("[::1]:24", SocketSpec(host="::1", port=24), "[::1]:24"),
+        ("127.0.0.1:0", SocketSpec(host="127.0.0.1", port=0), "127.0.0.1:0"),
+    ],
+)
+def test_socket_specs(text: str, spec: SocketSpec, spelled: str) -> None:
+    assert parse_socket(text) == spec
+    assert str(spec) == spelled
+    assert parse_socket(spelled) == spec
+
+
+@pytest.mark.parametrize("key", ["policy.listen", "server.socket"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("unix:run/lmtp", "a UNIX socket needs an absolute path"),
+        ("localhost", "expected unix:/path or HOST:PORT"),
+        ("localhost:port", "expected unix:/path or HOST:PORT"),
+        ("localhost:65536", "expected unix:/path or HOST:PORT"),
+        (":24", "expected unix:/path or HOST:PORT"),
+    ],
+)
+def test_one_socket_syntax_for_both_daemons(key: str, text: str, message: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=f"bad value for {key}: {message}"):
+        settings_from_mapping({section: {name: text}})
+
+
+def test_the_service_socket_needs_a_fixed_port() -> None:
+    # The hook must know where to connect; the policy server may let the system choose.
+    with pytest.raises(ConfigError, match=r"bad value for server\.socket: the service needs a fixed port"):
+        settings_from_mapping({"server": {"socket": "127.0.0.1:0"}})
+    assert settings_from_mapping({"policy": {"listen": "127.0.0.1:0"}}).policy.listen.port == 0
+    assert settings_from_mapping({"server": {"socket": ""}}).server.socket is None
+
+
+def test_limits_and_modes() -> None:
+    assert parse_limit(" 10 / 1d ") == Limit(10, 86400)
+    assert parse_limit("OFF") is None
+    assert str(Limit(50, 3600)) == "50/1h"
+    for bad in ("10", "0/1d", "10/1.5s", "10/1 d", "ten/1d"):
+        with pytest.raises(ValueError, match=r"COUNT/WINDOW|count|window|duration"):
+            parse_limit(bad)
+    assert (parse_mode("0660"), parse_mode("600")) == (0o660, 0o600)
+    for bad in ("0680", "66", "00660", "rw-"):
+        with pytest.raises(ValueError, match="octal file mode"):
+            parse_mode(bad)
 
 
 def test_defaults() -> None:

@@ -8,7 +8,8 @@ from typing import Unpack
 
 import pytest
 
-from responder.config.settings import Settings, settings_from_mapping
+from responder.config.load import settings_from_mapping
+from responder.config.settings import Settings
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.decide.records import VacationChanges

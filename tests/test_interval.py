@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from responder.config.settings import settings_from_mapping
+from responder.config.load import settings_from_mapping
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.errors import RelayUnavailable

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
-from responder.config.settings import ConfigError, Limit, settings_from_mapping
+from responder.config.load import ConfigError, settings_from_mapping
+from responder.config.values import Limit
 from responder.decide.context import Services
 from responder.decide.engine import Decision, respond
 from responder.decide.limits import window

@@ -195,7 +195,7 @@ def test_syslog_going_away_later_costs_no_line(short_dir: Path, capfd: pytest.Ca
     """A daemon that stops after the start: its lines go to stderr after one warning."""
     import logging
 
-    from responder.config.settings import settings_from_mapping
+    from responder.config.load import settings_from_mapping
     from responder.logsetup import setup_logging
 
     path = str(short_dir / "log")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.config.settings import settings_from_mapping
+from responder.config.load import settings_from_mapping
 from responder.errors import DeadlineExceeded, RelayUnconfirmed
 from responder.mail.reply import Outgoing
 from responder.smtp.transport import SmtpTransport

@@ -10,7 +10,7 @@ from typing import Unpack
 
 import pytest
 
-from responder.config.settings import settings_from_mapping
+from responder.config.load import settings_from_mapping
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.decide.records import VacationChanges

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from responder.config.settings import settings_from_mapping
+from responder.config.load import settings_from_mapping
 from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.mail.message import Envelope, Inbound

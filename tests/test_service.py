@@ -167,6 +167,21 @@ def test_commands_out_of_place_get_5xx_and_the_session_goes_on(
     client.close()
 
 
+def test_command_lines_are_bounded_and_an_overlong_one_is_answered_in_step(
+    start_service: ServiceFactory, socket_path: Path
+) -> None:
+    start_service()
+    client = LmtpClient(socket_path)
+    assert client.reply()[0] == 220
+    limit = 4096  # lmtp.session.COMMAND_LIMIT: the CR counted, the LF not
+    assert client.command("NOOP " + "x" * (limit - 6)) == (250, "2.0.0 Ok")
+    assert client.command("NOOP " + "x" * (limit - 5)) == (500, "5.5.2 Line too long")
+    # A runaway line far over the limit, sent in one go: dropped to its end, then the session goes on.
+    assert client.command("NOOP " + "x" * (300 * 1024)) == (500, "5.5.2 Line too long")
+    assert client.command("NOOP") == (250, "2.0.0 Ok")
+    client.close()
+
+
 def test_a_huge_message_with_huge_lines_is_cut_never_refused(
     start_service: ServiceFactory, socket_path: Path, db_url: str
 ) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from responder.config.settings import settings_from_mapping
+from responder.config.load import settings_from_mapping
 from responder.decide.context import Services
 from responder.errors import StoreUnavailable
 from responder.store.database import Store

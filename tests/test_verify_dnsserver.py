@@ -13,7 +13,7 @@ import dns.rcode
 import dns.resolver
 import pytest
 
-from responder.config.settings import parse_dns_server
+from responder.config.values import parse_dns_server
 from tests.dnsserver import DNSServer
 
 

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import BinaryIO
 
-    from responder.config.settings import Listen, Settings
+    from responder.config.settings import Settings
+    from responder.config.values import SocketSpec
     from responder.mail.message import Envelope
 
 # Nothing heavy at module level: ``deliver`` runs once per message, and responder.hook.fast settles most
@@ -59,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _listen_argument(text: str) -> Listen:
+def _listen_argument(text: str) -> SocketSpec:
     import argparse
 
-    from responder.config.settings import parse_listen
+    from responder.config.values import parse_socket
 
     try:
-        return parse_listen(text)
+        return parse_socket(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -91,7 +92,7 @@ def envelope_from(args: argparse.Namespace) -> Envelope:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from responder.config.settings import config_path, load
+    from responder.config.load import config_path, load
 
     return load(config_path(args.config))
 
@@ -143,7 +144,7 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """The LMTP service: 0 after a stop by signal, 1 when it cannot start."""
-    from responder.config.settings import config_path
+    from responder.config.load import config_path
     from responder.daemons.lmtp_service import ServeError, serve
 
     path = config_path(args.config)
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
                 sys.stderr.write(f"responder: cannot load the hook ({exc!r}); deferring\n")
             return EX_TEMPFAIL
         return guarded_deliver(argv, stdin)
-    from responder.config.settings import ConfigError
+    from responder.config.load import ConfigError
 
     try:
         args = build_parser().parse_args(argv)

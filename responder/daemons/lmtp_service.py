@@ -13,12 +13,10 @@ flight for up to ``server.stop_timeout``, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import ipaddress
 import logging
 import os
-import signal
 import socket as socketlib
 import sys
 import threading
@@ -28,16 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
-from responder.config.settings import ConfigError, Settings, SmtpSettings, load
-from responder.daemons.sockets import clear_stale_socket
+from responder.config.load import ConfigError, load
+from responder.config.settings import Settings, SmtpSettings
+from responder.daemons import runtime, sockets
 from responder.decide.context import Context, Services
-from responder.decide.engine import Decision, log_decision, record, respond
+from responder.decide.engine import Decision, log_decision, record, respond_safely
 from responder.decide.rules import HEADER_PHASE, first_firing
-from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable, TransientError
-from responder.lmtp.client import parse_socket
+from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable
 from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
+from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import SmtpTransport
 
 if TYPE_CHECKING:
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("responder")
 
-# The socket file is chmod-ed after bind; meanwhile only its owner may connect.
-_UMASK = 0o077
 # Threads that run the header rules; they never wait for DNS, the relay or a template.
 HEADER_THREADS = 2
 _WORKER_PREFIX = "responder-worker"
@@ -271,15 +268,6 @@ def _resolver(settings: Settings) -> dns.resolver.Resolver | None:
         return None
 
 
-def _one_line(text: str) -> str:
-    return printable(" ".join(text.split()))[:300]
-
-
-def _status(envelope: Envelope, decision: Decision) -> str:
-    reason = f" ({decision.reason})" if decision.reason else ""
-    return f"250 2.0.0 <{printable(envelope.recipient)}> {decision.action}{reason}"
-
-
 def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
     envelope = inbound.envelope
@@ -293,7 +281,7 @@ def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     decision = Decision(found.rule.action, found.rule.reason, found.detail)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
-    return _status(envelope, decision)
+    return Outcome(DECIDED, decision.action, decision.reason).lmtp_reply(printable(envelope.recipient))
 
 
 def decide(services: Services, inbound: Inbound, job: Job | None = None) -> str:
@@ -304,34 +292,23 @@ def decide(services: Services, inbound: Inbound, job: Job | None = None) -> str:
         return f"451 4.4.7 <{rcpt}> deadline passed, try again later"  # nobody reads it any more
     _running.job = job
     try:
-        decision = respond(inbound, services)
-    except TransientError as exc:
-        log.error("deferring: %s", printable(str(exc)))
-        return f"451 4.3.0 <{rcpt}> {_one_line(str(exc)) or 'try again later'}"
-    except Exception:
-        log.exception(
-            "queue_id=%s sender=<%s> recipient=<%s> action=drop reason=internal-error",
-            printable(envelope.queue_id) or "-",
-            printable(envelope.sender),
-            rcpt,
-        )
-        return f"250 2.0.0 <{rcpt}> drop (internal-error)"
+        return respond_safely(inbound, services).lmtp_reply(rcpt)
     finally:
         _running.job = None
-    return _status(envelope, decision)
 
 
 class Service:
     """The listening socket, the sessions on it, and the current generation."""
 
     def __init__(self, config_path: Path, settings: Settings) -> None:
+        if settings.server.socket is None:
+            raise ServeError("server.socket is not set: nothing to listen on")
         self.config_path = config_path
         self.settings = settings
         self.generation: Generation
         self.listen = settings.server.socket
         self.hostname = settings.smtp.hostname or socketlib.gethostname()
-        self.sessions: dict[asyncio.Task[None], Session | None] = {}
-        self.peers: dict[asyncio.Task[None], str | None] = {}
+        self.sessions = runtime.Connections()
         self.stopping = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         # Set once stopped: worker threads may still be running decisions that were given up.
@@ -344,24 +321,21 @@ class Service:
         self.generation = Generation(self.settings, loop)
         await asyncio.to_thread(self.generation.warm)
         server = await self._bind()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        signals = runtime.Signals(self.stop, self.reload, "LMTP")
         settings = self.generation.settings.server
         log.info("listening for LMTP on %s (workers=%d)", self.listen, settings.workers)
         try:
             await self.stopping.wait()
         finally:
-            loop.remove_signal_handler(signal.SIGHUP)
+            signals.stop_reloading()
             server.close()
-            self._unlink_socket()
+            sockets.unlink(self.listen)
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
         await self._drain(self.generation.settings.server.stop_timeout)
         # Whatever still runs in a worker now was given up (its client was answered or cut off).
         self.left_behind = True
         await asyncio.to_thread(self.generation.close, False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        signals.remove()
         log.info("stopped")
 
     def stop(self) -> None:
@@ -371,47 +345,22 @@ class Service:
 
     async def _drain(self, timeout: float) -> None:
         """Wait for the sessions and reloads in flight; cut off those still busy at ``timeout``."""
-        pending = set(self.sessions) | set(self.background)
-        if not pending:
-            return
-        _done, late = await asyncio.wait(pending, timeout=timeout)
-        if not late:
-            return
-        # Their decisions are given up: none of them may send after its client lost the answer.
-        for job in list(self.generation.jobs):
-            job.abandon()
-        for task in late:
-            task.cancel()
-        log.warning("%d sessions still busy after %gs; closed", len(late), timeout)
-        await asyncio.wait(late, timeout=1)
+
+        def abandon() -> None:
+            # Their decisions are given up: none of them may send after its client lost the answer.
+            for job in list(self.generation.jobs):
+                job.abandon()
+
+        late = await runtime.drain(set(self.sessions.open) | self.background, timeout, abandon)
+        if late:
+            log.warning("%d sessions still busy after %gs; closed", late, timeout)
 
     async def _bind(self) -> asyncio.AbstractServer:
-        spec = parse_socket(self.listen)
-        if spec is None:
-            raise ServeError("server.socket is not set: nothing to listen on")
-        family, address = spec
+        mode = self.generation.settings.server.socket_mode
         try:
-            if family == socketlib.AF_UNIX:
-                assert isinstance(address, str)
-                clear_stale_socket(address)
-                previous = os.umask(_UMASK)
-                try:
-                    server = await asyncio.start_unix_server(self._session, path=address)
-                finally:
-                    os.umask(previous)
-                os.chmod(address, self.generation.settings.server.socket_mode)
-                return server
-            assert isinstance(address, tuple)
-            return await asyncio.start_server(self._session, address[0], address[1], reuse_address=True)
+            return await sockets.listen(self.listen, self._session, mode)
         except OSError as exc:
             raise ServeError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
-
-    def _unlink_socket(self) -> None:
-        spec = parse_socket(self.listen)
-        if spec is not None and spec[0] == socketlib.AF_UNIX:
-            assert isinstance(spec[1], str)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spec[1])
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -441,45 +390,20 @@ class Service:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def _make_room(self, client: str | None) -> bool:
-        """Room for a session of ``client`` (a TCP peer's address; None on the UNIX socket).
-
-        At max_connections the longest idle session is sent away, and one TCP peer holds at most
-        half of them, making room among its own. False when every candidate is busy.
-        """
-        limit = self.generation.settings.server.max_connections
-        if client is not None:
-            mine = [task for task, peer in self.peers.items() if peer == client]
-            if len(mine) >= max(1, limit // 2):
-                return self._evict([self.sessions.get(task) for task in mine])
-        if len(self.sessions) < limit:
-            return True
-        return self._evict(list(self.sessions.values()))
-
-    @staticmethod
-    def _evict(candidates: list[Session | None]) -> bool:
-        idle = [session for session in candidates if session is not None and session.idle]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda session: session.idle_since)
-        oldest.idle = False  # told once; it is on its way out
-        oldest.evict()
-        return True
-
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else None
         try:
-            if self.stopping.is_set() or not self._make_room(client):
+            limit = self.generation.settings.server.max_connections
+            if self.stopping.is_set() or not self.sessions.make_room(client, limit):
                 # Said at once, so that a client decides for itself or retries instead of waiting.
                 busy = "shutting down" if self.stopping.is_set() else "too many connections"
                 writer.write(f"421 4.3.2 Service {busy}, try again later\r\n".encode())
                 writer.close()
                 return
-            self.sessions[task] = None
-            self.peers[task] = client
+            self.sessions.add(task, client)
             settings = self.generation.settings.server
             session = Session(
                 reader,
@@ -491,7 +415,7 @@ class Service:
                 stopping=self.stopping,
                 xforward=self.generation.xforward_allowed(peer),
             )
-            self.sessions[task] = session
+            self.sessions.add(task, client, session)
             await session.run()
         except (SessionClosed, ConnectionError) as exc:
             log.info("LMTP client went away: %s", printable(str(exc)) or type(exc).__name__)
@@ -500,8 +424,7 @@ class Service:
             log.exception("LMTP session failed")
             writer.close()
         finally:
-            self.sessions.pop(task, None)
-            self.peers.pop(task, None)
+            self.sessions.remove(task)
 
     async def deliver(self, transaction: Transaction, data: bytes) -> list[str]:
         """One status per recipient, decided concurrently on the generation current at DATA."""
@@ -566,8 +489,6 @@ async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
 def serve(config_path: Path, settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; ServeError when the service cannot start."""
     setup_logging(settings.log)
-    if not settings.server.socket:
-        raise ServeError("server.socket is not set: nothing to listen on")
     service = Service(config_path, settings)
     asyncio.run(service.run())
     if service.left_behind and _busy_workers():

@@ -14,24 +14,21 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import re
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from responder.config.settings import Listen, PolicySettings, Settings
-from responder.daemons.sockets import clear_stale_socket
+from responder.config.settings import PolicySettings, Settings
+from responder.config.values import SocketSpec
+from responder.daemons import runtime, sockets
+from responder.daemons.lines import Lines
 from responder.decide.context import utcnow
 from responder.decide.records import Retirement
 from responder.mail.message import normalize_address
 
 log = logging.getLogger("responder")
-
-EX_OK = 0
-EX_FAILURE = 1
 
 DUNNO = "DUNNO"
 DEFER_TEXT = "DEFER_IF_PERMIT 4.3.0 Temporary lookup failure"
@@ -40,7 +37,6 @@ MAX_LINE = 4096
 MAX_REQUEST = 64 * 1024
 # An oversized request is read to its end, so that the connection stays in step; up to this much.
 MAX_DRAIN = 1024 * 1024
-LOOKUP_THREADS = 4
 # In-flight requests get this long to finish on SIGTERM before their connections are cut.
 STOP_GRACE = 5.0
 _NAME = re.compile(rb"^[a-z_][a-z0-9_]*$")
@@ -59,42 +55,36 @@ class Request:
     problem: str = ""
 
 
-class _Lines:
-    """Lines from a client, each at most MAX_LINE bytes; what a client pipelines stays buffered."""
+class _Reader:
+    """The request lines of one connection."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
-        self.buffer = bytearray()
+        self.lines = Lines(MAX_LINE, give_up=MAX_DRAIN)
+
+    async def fill(self, dropping: bool = False) -> bool:
+        chunk = await self.reader.read(65536)
+        self.lines.buffer += chunk
+        return bool(chunk)
 
     async def wait(self) -> bool:
         """Wait until there is something to read; False at the end of the stream."""
-        if not self.buffer:
-            self.buffer += await self.reader.read(65536)
-        return bool(self.buffer)
+        return bool(self.lines.buffer) or await self.fill()
 
     async def readline(self) -> bytes | int:
-        """The next line with its LF; the length of a line over MAX_LINE, which is dropped; or at the
-        end of the stream, what is left (no LF)."""
-        dropped = 0
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[: end + 1])
-                del self.buffer[: end + 1]
-                if dropped or len(line) > MAX_LINE:
-                    return dropped + len(line)
-                return line
-            if len(self.buffer) > MAX_LINE:
-                dropped += len(self.buffer)
-                self.buffer.clear()
-                if dropped > MAX_DRAIN:
-                    return dropped
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                rest = bytes(self.buffer)
-                self.buffer.clear()
-                return rest
-            self.buffer += chunk
+        return await self.lines.readline(self.fill)
+
+
+class _Slot:
+    """One connection as the connection cap sees it."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+        self.idle = True
+        self.idle_since = time.monotonic()
+
+    def evict(self) -> None:
+        self.task.cancel()
 
 
 class _Throttle:
@@ -128,36 +118,21 @@ class PolicyServer:
         self.settings = settings
         self.lookup = lookup
         self.clock = clock
-        self.executor = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="policy-lookup")
+        self.executor = ThreadPoolExecutor(settings.lookup_threads, thread_name_prefix="policy-lookup")
         self.throttle = _Throttle()
         self.server: asyncio.Server | None = None
-        self.listen: Listen | None = None
-        self.connections: dict[asyncio.Task[None], bool] = {}  # task -> busy with a request
-        # When each connection last finished a request (or opened): the longest idle makes room.
-        self.idle_since: dict[asyncio.Task[None], float] = {}
-        self.peers: dict[asyncio.Task[None], str | None] = {}
+        self.listen: SocketSpec | None = None
+        self.connections = runtime.Connections()
+        self.slots: dict[asyncio.Task[None], _Slot] = {}
         self.stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    async def start(self, listen: Listen) -> str:
+    async def start(self, listen: SocketSpec) -> str:
         """Bind ``listen``; return where it listens (with the port the system chose for port 0)."""
         self.listen = listen
-        if listen.path:
-            clear_stale_socket(listen.path)
-            # Until the chmod below, only the owner may connect.
-            previous = os.umask(0o077)
-            try:
-                self.server = await asyncio.start_unix_server(self._connection, path=listen.path)
-            finally:
-                os.umask(previous)
-            os.chmod(listen.path, self.settings.socket_mode)
-            return f"unix:{listen.path}"
-        self.server = await asyncio.start_server(
-            self._connection, host=listen.host, port=listen.port, reuse_address=True
-        )
-        bound = [sock.getsockname() for sock in self.server.sockets]
-        return ", ".join(f"[{b[0]}]:{b[1]}" if ":" in b[0] else f"{b[0]}:{b[1]}" for b in bound)
+        self.server = await sockets.listen(listen, self._connection, self.settings.socket_mode)
+        return sockets.bound_address(self.server, listen)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -167,76 +142,41 @@ class PolicyServer:
         assert self.server is not None
         await self.stopping.wait()
         self.server.close()
-        if self.listen is not None and self.listen.path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.listen.path)
-        for task, busy in list(self.connections.items()):
-            if not busy:
-                task.cancel()
-        pending = list(self.connections)
-        if pending:
-            _done, still = await asyncio.wait(pending, timeout=STOP_GRACE)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still)
+        if self.listen is not None:
+            sockets.unlink(self.listen)
+        for slot in list(self.slots.values()):
+            if slot.idle:
+                slot.evict()
+        await runtime.drain(set(self.slots), STOP_GRACE)
         await self.server.wait_closed()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- one connection -------------------------------------------------------------------------------
-
-    def _make_room(self, client: str | None) -> bool:
-        """Room for one more connection of ``client`` (a TCP peer's address; None on a UNIX socket).
-
-        Idle connections (a client that connected and sends nothing) must not lock smtpd out: at
-        max_connections the longest idle one is closed, and one TCP peer holds at most half of
-        them, making room among its own. False when every candidate is busy.
-        """
-        limit = self.settings.max_connections
-        if client is not None:
-            mine = [task for task, peer in self.peers.items() if peer == client]
-            if len(mine) >= max(1, limit // 2):
-                return self._close_idle(mine)
-        if len(self.connections) < limit:
-            return True
-        return self._close_idle(list(self.connections))
-
-    def _close_idle(self, candidates: list[asyncio.Task[None]]) -> bool:
-        idle = [task for task in candidates if not self.connections.get(task, True) and not task.done()]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda task: self.idle_since.get(task, 0.0))
-        self.connections.pop(oldest, None)
-        self.peers.pop(oldest, None)
-        oldest.cancel()
-        return True
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else None
-        if self.stopping.is_set() or not self._make_room(client):
+        if self.stopping.is_set() or not self.connections.make_room(client, self.settings.max_connections):
             self.throttle.warn(
                 "connections", "policy: %d connections open, refusing another", len(self.connections)
             )
             writer.close()
             return
-        self.connections[task] = False
-        self.peers[task] = client
-        self.idle_since[task] = time.monotonic()
-        lines = _Lines(reader)
+        slot = self.slots[task] = _Slot(task)
+        self.connections.add(task, client, slot)
+        lines = _Reader(reader)
         try:
             while not self.stopping.is_set():
-                request = await self._read(lines, task)
+                request = await self._read(lines, slot)
                 if request is None:
                     break
                 action = await self._answer(request)
                 writer.write(f"action={action}\n\n".encode("ascii"))
                 async with asyncio.timeout(self.settings.request_timeout):
                     await writer.drain()
-                self.connections[task] = False
-                self.idle_since[task] = time.monotonic()
+                slot.idle, slot.idle_since = True, time.monotonic()
         except _Closed as exc:
             if str(exc):
                 self.throttle.warn("closed", "policy: dropping a connection: %s", exc)
@@ -249,14 +189,13 @@ class PolicyServer:
                 raise
             log.debug("policy: idle connection closed to make room")
         finally:
-            self.connections.pop(task, None)
-            self.idle_since.pop(task, None)
-            self.peers.pop(task, None)
+            self.connections.remove(task)
+            self.slots.pop(task, None)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _read(self, lines: _Lines, task: asyncio.Task[None]) -> Request | None:
+    async def _read(self, lines: _Reader, slot: _Slot) -> Request | None:
         """The next request, or None when the client closed the connection between requests."""
         # Idle between requests: Postfix keeps connections open for up to smtpd_policy_service_max_idle.
         try:
@@ -267,12 +206,12 @@ class PolicyServer:
             return None
         if not more:
             return None
-        self.connections[task] = True
+        slot.idle = False
         async with asyncio.timeout(self.settings.request_timeout):
             return await self._read_request(lines)
 
     @staticmethod
-    async def _read_request(lines: _Lines) -> Request:
+    async def _read_request(lines: _Reader) -> Request:
         request = Request()
         size = 0
         while True:
@@ -357,44 +296,31 @@ def _loggable(value: str) -> str:
 # -- the command --------------------------------------------------------------------------------------
 
 
-async def _serve(server: PolicyServer, listen: Listen) -> None:
+async def _serve(server: PolicyServer, listen: SocketSpec) -> None:
     where = await server.start(listen)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.stop)
-    # Sent by service managers to reload; the lookups read the database, so there is nothing to reload.
-    loop.add_signal_handler(
-        signal.SIGHUP, log.info, "policy: SIGHUP: nothing to reload (restart to apply configuration changes)"
-    )
+    # The lookups read the database each time: there is nothing to reload.
+    signals = runtime.Signals(server.stop, None, "policy")
     log.info("policy: listening on %s (on database errors: %s)", where, server.settings.on_error)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        signals.remove()
     log.info("policy: stopped")
 
 
 def run_policy(args: argparse.Namespace, settings: Settings) -> int:
     """``responder policy``: serve until SIGTERM; 0 after a clean stop, 1 when it cannot start."""
-    from responder.errors import StoreUnavailable
+    from responder.errors import ExitCode
     from responder.logsetup import setup_logging
     from responder.store.database import Store
-    from responder.store.schema import SCHEMA_REVISION
 
     setup_logging(settings.log)
     policy = settings.policy
-    listen: Listen = args.listen or policy.listen
+    listen: SocketSpec = args.listen or policy.listen
     store = Store.open(settings.database.url, settings.database.busy_timeout, pooled=True)
     try:
-        try:
-            revision = store.current_revision()
-        except StoreUnavailable as exc:
-            log.warning("policy: %s; answering %s until it is back", exc, policy.on_error.upper())
-        else:
-            if revision != SCHEMA_REVISION:
-                log.error(
-                    "policy: database schema is %s, this responder needs %s: run `responder db upgrade`",
-                    revision or "empty",
-                    SCHEMA_REVISION,
-                )
-                return EX_FAILURE
+        if not runtime.check_schema(store, "policy", f"answering {policy.on_error.upper()} until it is back"):
+            return ExitCode.EX_FAILURE
 
         def lookup(address: str) -> Retirement | None:
             return store.retirement_for([address])
@@ -403,7 +329,7 @@ def run_policy(args: argparse.Namespace, settings: Settings) -> int:
             asyncio.run(_serve(PolicyServer(policy, lookup), listen))
         except OSError as exc:
             log.error("policy: cannot listen on %s: %s", listen, exc)
-            return EX_FAILURE
-        return EX_OK
+            return ExitCode.EX_FAILURE
+        return ExitCode.EX_OK
     finally:
         store.close()

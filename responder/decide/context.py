@@ -307,7 +307,7 @@ class Context(HeaderFacts):
         if verdict == WON:
             return None
         self.claims.remove(claim)
-        from responder.config.settings import format_duration
+        from responder.config.values import format_duration
 
         return f"already {kind.done} within {format_duration(interval.total_seconds())}"
 

@@ -11,11 +11,9 @@ from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
 from responder.mail.reply import Outgoing, compose_reply
+from responder.outcome import DECIDED, DEFER, INTERNAL_ERROR, Outcome
 
 log = logging.getLogger("responder")
-
-# Not a decision: the MTA keeps the message and retries (exit 75).
-DEFER = "defer"
 
 
 @dataclass(frozen=True)
@@ -188,3 +186,27 @@ def record(ctx: Context, decision: Decision) -> None:
         ctx.services.store.record(DecisionRecord(**row))
     except TransientError as exc:
         log.warning("audit not written: %s", exc)
+
+
+def respond_safely(inbound: Inbound, services: Services) -> Outcome:
+    """respond() with every fault turned into an Outcome, logged once, audited where it can be.
+
+    A deferral is audited by respond() when the database can take the row (a relay fault); a fault
+    in the code is decided as a drop with reason ``internal-error`` and audited like any decision.
+    """
+    from responder.logsetup import printable
+
+    try:
+        decision = respond(inbound, services)
+    except TransientError as exc:
+        log.error("deferring: %s", printable(str(exc)))
+        return Outcome(DEFER, DEFER, "tempfail", printable(" ".join(str(exc).split())))
+    except Exception as exc:
+        failed = Decision(DROP, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", level=logging.ERROR)
+        log.exception("%s", decision_message(inbound, failed.action, failed.reason, failed.detail))
+        try:
+            record(Context(inbound, services), failed)
+        except Exception:
+            log.warning("audit not written for the internal error", exc_info=True)
+        return Outcome(INTERNAL_ERROR, failed.action, failed.reason, failed.detail)
+    return Outcome(DECIDED, decision.action, decision.reason, decision.detail)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from responder.config.settings import Limit, LimitSettings
+from responder.config.settings import LimitSettings
+from responder.config.values import Limit
 from responder.mail.addresses import sender_domain
 
 if TYPE_CHECKING:

@@ -173,7 +173,7 @@ SAMPLE_SUBJECT = "Sample subject"
 
 def reply_variables(vacation: Vacation, sender: str, subject: str, interval: dt.timedelta) -> dict[str, Any]:
     """The variables of a reply template: the vacation's text and schedule, and the message answered."""
-    from responder.config.settings import format_duration
+    from responder.config.values import format_duration
 
     zone = ZoneInfo(vacation.timezone)
     return {

@@ -105,7 +105,7 @@ def _start(argv: Sequence[str], handoff: Handoff | None) -> tuple[dict[str, str]
     """The envelope and the validated settings: from the hand-off, or from argv and the file."""
     from pathlib import Path
 
-    from responder.config.settings import load, settings_from_mapping
+    from responder.config.load import load, settings_from_mapping
     from responder.hook.envelope import parse_deliver_line, resolve_envelope
     from responder.hook.fast import config_file
 
@@ -128,7 +128,7 @@ def deliver_in_process(
     """
     import logging
 
-    from responder.config.settings import ConfigError
+    from responder.config.load import ConfigError
     from responder.hook.deadline import HookDeadline
     from responder.hook.envelope import UsageError
     from responder.logsetup import setup_logging

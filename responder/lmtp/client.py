@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import _socket
 
+from responder.config.values import SocketSpec, parse_socket
+from responder.outcome import DECIDED, DEFER
+
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-DECIDED = "decided"
-DEFER = "defer"
+# deliver()'s results: the service decided, the MTA must retry, or no service took the message.
 UNREACHABLE = "unreachable"
+__all__ = ["DECIDED", "DEFER", "PIECE", "UNREACHABLE", "deliver", "to_wire", "xtext"]
 
 # What may not travel inside <...> on a command line; such an envelope is decided in-process.
 _UNSAFE = frozenset("<>\r\n\x00")
@@ -27,20 +30,6 @@ _UNSAFE = frozenset("<>\r\n\x00")
 
 class _Failed(Exception):
     """The conversation went wrong after the connection was made: the MTA must retry."""
-
-
-def parse_socket(text: str) -> tuple[int, str | tuple[str, int]] | None:
-    """``unix:/path``, ``[inet:]host:port`` or ``[v6addr]:port`` as (family, address); None if neither."""
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        return (_socket.AF_UNIX, path) if path.startswith("/") else None
-    spec = text[len("inet:") :] if text.startswith("inet:") else text
-    host, colon, port = spec.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return _socket.AF_INET6 if ":" in host else _socket.AF_INET, (host, int(port))
 
 
 def xtext(value: str) -> str:
@@ -109,13 +98,11 @@ class _Conversation:
         return text
 
 
-def _connect(spec: tuple[int, str | tuple[str, int]], timeout: float) -> _socket.socket | None:
-    family, address = spec
-    candidates: list[tuple[int, str | tuple[Any, ...]]] = [(family, address)]
-    if family != _socket.AF_UNIX:
-        assert isinstance(address, tuple)
+def _connect(spec: SocketSpec, timeout: float) -> _socket.socket | None:
+    candidates: list[tuple[int, str | tuple[Any, ...]]] = [(_socket.AF_UNIX, spec.path)]
+    if not spec.path:
         try:
-            found = _socket.getaddrinfo(address[0], address[1], 0, _socket.SOCK_STREAM)
+            found = _socket.getaddrinfo(spec.host, spec.port, 0, _socket.SOCK_STREAM)
         except OSError:
             return None
         candidates = [(entry[0], entry[4]) for entry in found]
@@ -132,7 +119,7 @@ def _connect(spec: tuple[int, str | tuple[str, int]], timeout: float) -> _socket
 
 
 def deliver(
-    socket_spec: str,
+    socket_spec: str | SocketSpec,
     *,
     sender: str,
     recipient: str,
@@ -151,9 +138,10 @@ def deliver(
     an envelope that cannot travel as a command line): the caller decides in-process. Once a service
     took the envelope, every failure is DEFER, so that a message is never decided twice.
     """
-    spec = parse_socket(socket_spec)
-    if spec is None:
-        return UNREACHABLE, f"server.socket {socket_spec!r} is not unix:/path or host:port"
+    try:
+        spec = socket_spec if isinstance(socket_spec, SocketSpec) else parse_socket(socket_spec)
+    except ValueError as exc:
+        return UNREACHABLE, f"server.socket: {exc}"
     if any(not _UNSAFE.isdisjoint(value) for value in (sender, recipient, original_recipient)):
         return UNREACHABLE, "the envelope cannot be written as LMTP command lines"
     sock = _connect(spec, connect_timeout)

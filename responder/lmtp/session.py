@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from responder.daemons.lines import Lines
 from responder.logsetup import printable as escape_controls
 
 log = logging.getLogger("responder")
@@ -151,7 +152,8 @@ class Session:
         self.stopping = stopping
         # Whether this client may tell the client address, HELO and queue id (server.xforward_hosts).
         self.xforward = xforward
-        self.buffer = bytearray()
+        # A command line may be COMMAND_LIMIT bytes before its line end.
+        self.lines = Lines(COMMAND_LIMIT + 1)
         self.greeted = False
         self.transaction: Transaction | None = None
         self.facts = Transaction()
@@ -160,6 +162,15 @@ class Session:
         self.idle = False
         self.idle_since = 0.0
         self.evicted = asyncio.Event()
+
+    @property
+    def buffer(self) -> bytearray:
+        """What the client sent and was not read yet: commands and DATA share it."""
+        return self.lines.buffer
+
+    @buffer.setter
+    def buffer(self, value: bytearray) -> None:
+        self.lines.buffer = value
 
     def evict(self) -> None:
         """Make room for another client: an idle session says 421 and closes."""
@@ -205,28 +216,18 @@ class Session:
 
     async def read_command(self) -> str:
         idle = self.transaction is None
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 1]
-                if len(line) > COMMAND_LIMIT:
-                    return "\x00too long"
-                return line.rstrip(b"\r").decode("utf-8", "surrogateescape")
-            if len(self.buffer) > COMMAND_LIMIT:
-                # Drop the runaway line up to its end, then answer it.
-                del self.buffer[:]
-                while True:
-                    await self._fill(idle=False)
-                    end = self.buffer.find(b"\n")
-                    if end >= 0:
-                        del self.buffer[: end + 1]
-                        return "\x00too long"
-                    del self.buffer[:]
-            if idle and self.stopping.is_set() and not self.buffer:
+
+        async def fill(dropping: bool) -> bool:
+            if idle and not dropping and self.stopping.is_set() and not self.buffer:
                 await self._close_with("421 4.3.2 Service shutting down")
                 raise SessionClosed
-            await self._fill(idle=idle and not self.buffer)
+            await self._fill(idle=idle and not dropping and not self.buffer)
+            return True  # the end of the stream raises SessionClosed
+
+        line = await self.lines.readline(fill)
+        if isinstance(line, int):
+            return "\x00too long"
+        return line[:-1].rstrip(b"\r").decode("utf-8", "surrogateescape")
 
     async def read_data(self) -> bytes:
         """The message after 354: dot-unstuffed, LF line ends, at most max_message_size bytes kept.

@@ -8,7 +8,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from responder.errors import StoreUnavailable
+from responder.errors import SchemaMismatch, StoreUnavailable
 from responder.paths import resource_dir
 from responder.store.engine import Database
 from responder.store.schema import SCHEMA_REVISION
@@ -44,7 +44,7 @@ class Migrations(Database):
         revision = self.current_revision()
         if revision != SCHEMA_REVISION:
             found = revision or "empty"
-            raise StoreUnavailable(
+            raise SchemaMismatch(
                 f"database schema is {found}, this responder needs {SCHEMA_REVISION}: "
                 "run `responder db upgrade`"
             )

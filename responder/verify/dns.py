@@ -12,7 +12,8 @@ import dns.nameserver
 import dns.rdata
 import dns.resolver
 
-from responder.config.settings import VerifySettings, parse_dns_server
+from responder.config.settings import VerifySettings
+from responder.config.values import parse_dns_server
 
 
 class DnsTrouble(Exception):

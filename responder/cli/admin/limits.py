@@ -7,7 +7,8 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from responder.cli.admin.common import EX_OK, AdminError, parse_address, print_json, print_table
-from responder.config.settings import Limit, Settings, format_duration, parse_duration
+from responder.config.settings import Settings
+from responder.config.values import Limit, format_duration, parse_duration
 from responder.decide.limits import GLOBAL_KEY, SCOPES
 from responder.mail.addresses import sender_domain, sender_key
 

@@ -20,7 +20,8 @@ from responder.cli.admin.common import (
     schedule_options,
     wall_time,
 )
-from responder.config.settings import Settings, format_duration, parse_duration
+from responder.config.settings import Settings
+from responder.config.values import format_duration, parse_duration
 from responder.decide.records import Vacation, VacationChanges
 
 if TYPE_CHECKING:
