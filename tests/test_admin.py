@@ -18,20 +18,20 @@ from responder.cli.main import main
 from responder.store.database import DecisionRecord, Store
 from responder.store.schema import SCHEMA_REVISION
 from tests.conftest import ConfigFactory
-from tests.helpers import MESSAGES, deliver_args, run_hook, sample
+from tests.helpers import MESSAGES, deliver_args, run_admin, run_hook, sample
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
 
 
 def _ok(config: Path, *args: str) -> str:
-    result = run_hook(config, *args)
+    result = run_admin(config, *args)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
 
 
 def _fails(config: Path, *args: str) -> str:
-    result = run_hook(config, *args)
+    result = run_admin(config, *args)
     assert result.returncode == 1, result.stdout.decode()
     return result.stderr.decode()
 
