@@ -225,6 +225,7 @@ def test_deadline_defers(make_config: ConfigFactory, sink: SmtpSink) -> None:
     assert len(sink.wait_for(1)) == 1  # the claim was given back
 
 
+@pytest.mark.race
 def test_ten_processes_same_message_one_reply(make_config: ConfigFactory, sink: SmtpSink) -> None:
     config = make_config()
     vacation_set(config, RCPT, "--message", "I am away.")
