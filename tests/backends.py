@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,20 +93,30 @@ def databases() -> Iterator[Databases]:
         made.drop_all()
 
 
-def sqlite_url(path: Path) -> str:
-    url = f"sqlite:///{path}"
-    store = Store.open(url)
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file per session at the head revision; tests get copies of it (migrating takes long)."""
+    path = tmp_path_factory.mktemp("migrated") / "responder.sqlite3"
+    store = Store.open(f"sqlite:///{path}")
     store.upgrade()
     store.close()
-    return url
+    return path
+
+
+def sqlite_url(migrated: Path, path: Path) -> str:
+    """A copy of the migrated file at ``path``: the same bytes an upgrade would write, WAL mode included."""
+    shutil.copyfile(migrated, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=backend_params())
-def backend_url(request: pytest.FixtureRequest, databases: Databases, tmp_path: Path) -> str:
+def backend_url(
+    request: pytest.FixtureRequest, databases: Databases, tmp_path: Path, migrated_sqlite: Path
+) -> str:
     """A database at the head revision without rows: SQLite file, PostgreSQL or MariaDB."""
     kind: str = request.param
     if kind == "sqlite":
-        return sqlite_url(tmp_path / "responder.sqlite3")
+        return sqlite_url(migrated_sqlite, tmp_path / "responder.sqlite3")
     return databases.migrated(kind)
 
 

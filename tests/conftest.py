@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from responder.store.database import Store
 from tests.helpers import FakeClock, write_config
 from tests.sink import SmtpSink
 
-# backend_url / databases: the same test on SQLite, PostgreSQL and MariaDB.
+# backend_url / databases: the same test on SQLite, PostgreSQL and MariaDB; migrated_sqlite.
 pytest_plugins = ("tests.backends",)
 
 
@@ -26,13 +27,10 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(db_path: Path) -> Iterator[str]:
-    """A fresh SQLite file migrated to head by alembic."""
-    url = f"sqlite:///{db_path}"
-    store = Store.open(url)
-    store.upgrade()
-    store.close()
-    yield url
+def db_url(db_path: Path, migrated_sqlite: Path) -> str:
+    """A fresh SQLite file at the head revision: a copy of the one the session migrated with alembic."""
+    shutil.copyfile(migrated_sqlite, db_path)
+    return f"sqlite:///{db_path}"
 
 
 @pytest.fixture

@@ -111,6 +111,15 @@ class SmtpSink:
         self._thread.join(timeout=10)
         self._loop.close()
 
+    def received(self) -> list[Received]:
+        """What has arrived so far, at once.
+
+        A message is recorded before its 250 is sent, so once the sender has its answer (the hook has
+        exited, ``respond`` has returned) anything it sent is in here: absence needs no waiting.
+        """
+        with self.lock:
+            return list(self.messages)
+
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Wait until at least ``count`` messages arrived; return them all."""
         deadline = time.monotonic() + timeout

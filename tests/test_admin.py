@@ -18,22 +18,33 @@ from responder.cli.main import main
 from responder.store.database import DecisionRecord, Store
 from responder.store.schema import SCHEMA_REVISION
 from tests.conftest import ConfigFactory
-from tests.helpers import MESSAGES, deliver_args, run_hook, sample
+from tests.helpers import MESSAGES, deliver_args, run_admin, run_hook, sample
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
 
 
 def _ok(config: Path, *args: str) -> str:
-    result = run_hook(config, *args)
+    result = run_admin(config, *args)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()
 
 
 def _fails(config: Path, *args: str) -> str:
-    result = run_hook(config, *args)
+    result = run_admin(config, *args)
     assert result.returncode == 1, result.stdout.decode()
     return result.stderr.decode()
+
+
+def test_admin_exit_statuses_through_the_interpreter(make_config: ConfigFactory) -> None:
+    """The other tests call ``cli.main`` in-process; here the statuses a shell sees: 0, 1 and 2."""
+    config = make_config()
+    done = run_hook(config, "vacation", "set", ALICE, "--message", "away")
+    assert (done.returncode, done.stdout) == (0, f"{ALICE}: active\n".encode()), done.stderr.decode()
+    failed = run_hook(config, "vacation", "show", "carol@example.com")
+    assert failed.returncode == 1 and b"no vacation for carol@example.com" in failed.stderr
+    usage = run_hook(config, "vacation")
+    assert usage.returncode == 2 and usage.stderr.startswith(b"usage: responder vacation")
 
 
 def test_set_show_list_off_delete(make_config: ConfigFactory, tmp_path: Path) -> None:

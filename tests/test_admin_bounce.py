@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ConfigFactory
-from tests.helpers import run_hook, vacation_set
+from tests.helpers import run_admin, vacation_set
 
 ALICE = "alice@example.com"
 
 
 def _run(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return run_hook(config, "bounce", *args)
+    return run_admin(config, "bounce", *args)
 
 
 def _ok(config: Path, *args: str) -> str:
@@ -132,7 +132,7 @@ def test_vacation_or_retired_never_both(make_config: ConfigFactory) -> None:
     assert "has a vacation" in refused and "responder vacation delete carol@example.com" in refused
 
     _ok(config, "set", ALICE, "--message", "gone")
-    result = run_hook(config, "vacation", "set", ALICE, "--message", "I am away.")
+    result = run_admin(config, "vacation", "set", ALICE, "--message", "I am away.")
     assert result.returncode == 1
     assert (
         "is retired" in result.stderr.decode()
@@ -140,7 +140,7 @@ def test_vacation_or_retired_never_both(make_config: ConfigFactory) -> None:
     )
 
     # Once the other entry is gone, the change goes through.
-    assert run_hook(config, "vacation", "delete", "carol@example.com").returncode == 0
+    assert run_admin(config, "vacation", "delete", "carol@example.com").returncode == 0
     _ok(config, "set", "carol@example.com", "--message", "gone")
     _ok(config, "delete", ALICE)
     vacation_set(config, ALICE, "--message", "I am away.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ConfigFactory
-from tests.helpers import deliver_args, run_hook, sample
+from tests.helpers import deliver_args, run_admin, run_hook, sample
 from tests.sink import Received, SmtpSink
 
 SENDER = "bob@example.org"
@@ -35,7 +35,7 @@ STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
 
 def _retire(config: Path, *options: str) -> None:
-    result = run_hook(config, "bounce", "set", RETIRED, "--message", MESSAGE, *options)
+    result = run_admin(config, "bounce", "set", RETIRED, "--message", MESSAGE, *options)
     assert result.returncode == 0, result.stderr.decode()
 
 
@@ -121,7 +121,7 @@ def test_verified_sender_gets_an_rfc3464_dsn(make_config: ConfigFactory, sink: S
     )
     assert received.message["Subject"] == "Undelivered Mail Returned to Sender: Café meeting"
     assert received.message["In-Reply-To"] == "<abc123@example.org>"
-    audit = run_hook(config, "log").stdout.decode()
+    audit = run_admin(config, "log").stdout.decode()
     assert "bounce" in audit and SENDER in audit and "4ABC" in audit
 
 
@@ -146,20 +146,16 @@ def test_null_senders_get_nothing(make_config: ConfigFactory, sink: SmtpSink, se
     _retire(config)
     log = _deliver(config, sample("personal.eml"), sender)
     assert "action=suppress reason=null-sender" in log
-    assert sink.wait_for(1, timeout=0.5) == []
+    assert sink.received() == []
 
 
 def test_unverified_sender_gets_nothing(make_config: ConfigFactory, sink: SmtpSink) -> None:
-    from responder.decide.rules import RULES
-
-    if "unverified" not in {rule.reason for rule in RULES}:
-        pytest.skip("the verification gate is not in the rule table yet")
     # SPF without a client address never passes: the sender cannot be verified.
     config = make_config(verify={"require": "spf", "dns_servers": ["127.0.0.1"], "dns_timeout": 1})
     _retire(config)
     log = _deliver(config, sample("personal.eml"))
     assert "action=drop reason=unverified" in log
-    assert sink.wait_for(1, timeout=0.5) == []
+    assert sink.received() == []
 
 
 def test_a_retired_address_stays_silent_for_robots_and_lists(
@@ -174,7 +170,7 @@ def test_a_retired_address_stays_silent_for_robots_and_lists(
         ("x-auto-response-suppress-autoreply.eml", "auto-response-suppress"),
     ]:
         assert f"reason={reason}" in _deliver(config, sample(name))
-    assert sink.wait_for(1, timeout=0.5) == []
+    assert sink.received() == []
 
 
 def test_oof_suppression_does_not_stop_a_bounce(make_config: ConfigFactory, sink: SmtpSink) -> None:
@@ -207,7 +203,7 @@ def test_explain_shows_the_dsn_without_sending(make_config: ConfigFactory, sink:
     assert out.startswith("action: bounce\n")
     assert f"envelope: MAIL FROM:<> RCPT TO:<{SENDER}>" in out
     assert "Content-Type: message/delivery-status" in out
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
 
 
 def test_without_a_hostname_the_dsn_names_the_retired_address_domain(

@@ -120,6 +120,7 @@ def _hold_claim(db_url: str, message_key: str = "<held@example.org>", age: float
     return store
 
 
+@pytest.mark.race
 @pytest.mark.parametrize("interval", [0, 7 * 86400])
 def test_twelve_concurrent_messages_of_one_sender(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink, interval: int

@@ -14,7 +14,7 @@ import pytest
 
 from responder.hook.deliver import deliver_in_process
 from tests.conftest import ConfigFactory
-from tests.helpers import deliver_args, run_hook, sample, vacation_set
+from tests.helpers import deliver_args, run_admin, run_hook, sample, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
 from tests.policytools import PolicyProcess, ask, postfix_request
 
@@ -109,7 +109,7 @@ def test_serve_without_syslog_logs_to_stderr(
 def test_policy_without_syslog_logs_to_stderr(kind: str, make_config: ConfigFactory, short_dir: Path) -> None:
     address = _dead_syslog(kind, short_dir)
     config = make_config(log={"syslog": True, "syslog_socket": address})
-    set_bounce = run_hook(config, "bounce", "set", ALICE, "--message", "Alice has left.")
+    set_bounce = run_admin(config, "bounce", "set", ALICE, "--message", "Alice has left.")
     assert set_bounce.returncode == 0, set_bounce.stderr.decode()
     server = PolicyProcess(config, f"unix:{short_dir / 'policy.sock'}").started()
     try:
@@ -126,7 +126,7 @@ def _has_control(text: str) -> bool:
 
 
 def _audit(config: Path) -> list[dict[str, str]]:
-    result = run_hook(config, "log", "--json")
+    result = run_admin(config, "log", "--json")
     assert result.returncode == 0, result.stderr.decode()
     rows: list[dict[str, str]] = json.loads(result.stdout)
     return rows

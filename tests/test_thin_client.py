@@ -91,7 +91,7 @@ def test_exit_status_follows_the_service_and_a_service_that_answered_is_never_se
         assert b"ERROR deferring" in result.stderr
     # Decided by the service (here: nobody), so not in-process: no audit row, no reply.
     assert _rows(db_url) == []
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
 
 
 def test_the_envelope_on_the_wire(

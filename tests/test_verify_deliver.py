@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ConfigFactory
 from tests.dnsserver import DNSServer
-from tests.helpers import deliver_args, run_hook, vacation_set
+from tests.helpers import deliver_args, run_admin, run_hook, vacation_set
 from tests.sink import SmtpSink
 
 RCPT = "alice@example.com"
@@ -56,7 +56,7 @@ def _deliver(config: Path, sender: str, message: bytes, client: str = "") -> tup
 
 
 def _last_audit(config: Path) -> str:
-    return run_hook(config, "log", "--limit", "1").stdout.decode()
+    return run_admin(config, "log", "--limit", "1").stdout.decode()
 
 
 def test_spf_pass_gets_the_reply(config: Path, sink: SmtpSink) -> None:
@@ -72,7 +72,7 @@ def test_forged_sender_gets_nothing_and_the_audit_says_why(config: Path, sink: S
     assert code == 0
     assert "action=drop reason=unverified" in log
     assert "spf=fail" in log
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
     assert "unverified" in _last_audit(config) and "spf=fail" in _last_audit(config)
 
 
@@ -88,7 +88,7 @@ def test_softfail_and_missing_client_address(config: Path, sink: SmtpSink) -> No
     assert (code, "spf=softfail" in log, "reason=unverified" in log) == (0, True, True)
     code, log = _deliver(config, "bob@example.org", _message("bob@example.org", 2))
     assert (code, "spf=skipped" in log, "reason=unverified" in log) == (0, True, True)
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
 
 
 def test_silent_dns_is_a_drop_within_the_budget(config: Path, sink: SmtpSink) -> None:
@@ -98,7 +98,7 @@ def test_silent_dns_is_a_drop_within_the_budget(config: Path, sink: SmtpSink) ->
     assert code == 0
     assert "reason=unverified" in log
     assert elapsed < 2 + 1 + 2  # budget + 1 s + the interpreter's own start-up
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
 
 
 def test_trusted_authentication_results_need_no_dns(
@@ -115,7 +115,7 @@ def test_untrusted_authentication_results_are_ignored(config: Path, sink: SmtpSi
     header = "Authentication-Results: evil.example; spf=pass smtp.mailfrom=frank@partner.example\r\n"
     code, log = _deliver(config, "frank@partner.example", _message("frank@partner.example", extra=header))
     assert code == 0 and "reason=unverified" in log
-    assert sink.wait_for(1, timeout=0.3) == []
+    assert sink.received() == []
 
 
 def test_list_mail_costs_no_dns(config: Path, dns_server: DNSServer) -> None:
