@@ -37,7 +37,7 @@ def _inbound(name: str = "personal.eml") -> Inbound:
 def test_a_fault_in_the_code_is_a_logged_and_audited_drop(
     services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(ctx: Context) -> Decision:
+    def broken(ctx: Context, *phases: object) -> Decision:
         raise KeyError("no such thing")
 
     monkeypatch.setattr(engine, "decide", broken)
@@ -55,7 +55,7 @@ def test_a_fault_in_the_code_is_a_logged_and_audited_drop(
 def test_a_transient_fault_defers(
     services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def down(ctx: Context) -> Decision:
+    def down(ctx: Context, *phases: object) -> Decision:
         raise StoreUnavailable("database is locked\r\n(after 10s)")
 
     monkeypatch.setattr(engine, "decide", down)
