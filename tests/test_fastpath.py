@@ -16,6 +16,7 @@ from responder.decide.rules import RULES
 from responder.hook import fast as fastpath
 from responder.hook.deliver import deliver_in_process
 from responder.hook.envelope import hook_arguments
+from responder.outcome import DECIDED, DEFER
 from responder.store.database import DecisionRecord, Store
 from responder.store.direct import record_direct
 from tests.conftest import ConfigFactory
@@ -89,7 +90,7 @@ def _probe(config: Path, *args: str, stdin: bytes) -> tuple[int, set[str], str]:
 
 def _settled(outcome: object) -> bool:
     """Whether the fast path settled the message itself (else it hands it on, or leaves it)."""
-    return outcome in (fastpath.DECIDED, fastpath.DEFER)
+    return outcome in (DECIDED, DEFER)
 
 
 def _heavy(modules: set[str]) -> set[str]:
@@ -172,7 +173,7 @@ def test_fast_path_decides_the_corpus_as_the_engine_does(
         assert full.reason not in HEADER_REASONS or full.reason == "auto-response-suppress", full
         assert _rows(f"sqlite:///{fast_db}") == []
         return
-    assert outcome == fastpath.DECIDED
+    assert outcome == DECIDED
     assert full.reason in HEADER_REASONS
     [fast] = _rows(f"sqlite:///{fast_db}")
     assert _same(fast) == _same(full)
@@ -186,7 +187,7 @@ def test_oof_asks_whether_the_response_is_a_bounce_so_the_full_path_decides(
     config = make_config()
     argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
     assert not _settled(fastpath.deliver_fast(argv, sample("x-auto-response-suppress-oof.eml")))
-    assert fastpath.deliver_fast(argv, sample("x-auto-response-suppress-all.eml")) == fastpath.DECIDED
+    assert fastpath.deliver_fast(argv, sample("x-auto-response-suppress-all.eml")) == DECIDED
 
 
 @pytest.mark.parametrize(
@@ -254,7 +255,7 @@ def test_audit_failure_is_logged_and_the_message_still_accepted(
 ) -> None:
     config = make_config(database={"url": f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}"})
     argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com")]
-    assert fastpath.deliver_fast(argv, sample("list-id.eml")) == fastpath.DECIDED
+    assert fastpath.deliver_fast(argv, sample("list-id.eml")) == DECIDED
     err = capsys.readouterr().err
     assert "reason=list-header" in err and "WARNING audit not written" in err
     # The file must not have been created by the attempt.
@@ -288,7 +289,7 @@ def test_database_servers_take_the_full_path_with_its_timeouts(
     argv = ["--config", str(config), *deliver_args("bob@example.org", "alice@example.com", queue_id="QS")]
     outcome = fastpath.deliver_fast(argv, sample("list-id.eml"))
     if backend_url.startswith("sqlite"):
-        assert outcome == fastpath.DECIDED
+        assert outcome == DECIDED
         assert "reason=list-header" in capsys.readouterr().err
     else:
         assert not _settled(outcome)

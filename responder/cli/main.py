@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import suppress
 
-from responder.errors import TransientError
+from responder.errors import ExitCode, TransientError
 from responder.hook.envelope import UsageError, add_envelope_arguments, command_parser
 
 # typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 # Nothing heavy at module level: ``deliver`` runs once per message, and responder.hook.fast settles most
 # messages before argparse, the configuration, SQLAlchemy or the email package would be loaded.
 
-EX_OK = 0
-EX_FAILURE = 1
-EX_USAGE = 2
-EX_TEMPFAIL = 75
 
 HOOK_COMMANDS = frozenset({"deliver"})
 
@@ -130,7 +126,7 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
             "message": message,
         }
         print(json.dumps(out, indent=2, ensure_ascii=False))
-        return EX_OK
+        return ExitCode.EX_OK
     print(f"action: {decision.action}")
     print(f"reason: {decision.reason or '-'}")
     if decision.detail:
@@ -139,7 +135,7 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
         print(f"envelope: MAIL FROM:<{decision.outgoing.mail_from}> RCPT TO:<{decision.outgoing.rcpt_to}>")
         print()
         print(message.replace("\r\n", "\n"), end="")
-    return EX_OK
+    return ExitCode.EX_OK
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -152,8 +148,8 @@ def run_serve(args: argparse.Namespace) -> int:
         serve(path, _settings(args))
     except ServeError as exc:
         _logger().error("%s", exc)
-        return EX_FAILURE
-    return EX_OK
+        return ExitCode.EX_FAILURE
+    return ExitCode.EX_OK
 
 
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
@@ -166,7 +162,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         except BaseException as exc:  # a broken install: as entry.py, the message is kept, not bounced
             with suppress(AttributeError, OSError, ValueError):
                 sys.stderr.write(f"responder: cannot load the hook ({exc!r}); deferring\n")
-            return EX_TEMPFAIL
+            return ExitCode.EX_TEMPFAIL
         return guarded_deliver(argv, stdin)
     from responder.config.load import ConfigError
 
@@ -185,7 +181,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         return run_admin(args, _settings(args))
     except UsageError as exc:
         print(f"{exc.usage}responder: error: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return ExitCode.EX_USAGE
     except (ConfigError, TransientError) as exc:
         print(f"responder: error: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return ExitCode.EX_FAILURE

@@ -188,7 +188,7 @@ def record(ctx: Context, decision: Decision) -> None:
         log.warning("audit not written: %s", exc)
 
 
-def respond_safely(inbound: Inbound, services: Services) -> Outcome:
+def respond_safely(inbound: Inbound, services: Services, phases: frozenset[str] = ALL_PHASES) -> Outcome:
     """respond() with every fault turned into an Outcome, logged once, audited where it can be.
 
     A deferral is audited by respond() when the database can take the row (a relay fault); a fault
@@ -197,7 +197,7 @@ def respond_safely(inbound: Inbound, services: Services) -> Outcome:
     from responder.logsetup import printable
 
     try:
-        decision = respond(inbound, services)
+        decision = respond(inbound, services, phases=phases)
     except TransientError as exc:
         log.error("deferring: %s", printable(str(exc)))
         return Outcome(DEFER, DEFER, "tempfail", printable(" ".join(str(exc).split())))

@@ -24,7 +24,7 @@ import os
 import time
 from contextlib import contextmanager, suppress
 
-from responder.errors import DeadlineExceeded
+from responder.errors import DeadlineExceeded, ExitCode
 
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
@@ -39,8 +39,6 @@ MARGIN = 5.0
 # config.DeliverSettings.deadline's default (a test compares them): the limit until the hook has read
 # its configuration.
 DEFAULT_DEADLINE = 60.0
-EX_OK = 0
-EX_TEMPFAIL = 75
 # How long the backstop lets its last log line take before it ends the process regardless.
 LAST_LINE_WAIT = 0.5
 
@@ -58,7 +56,7 @@ class HookDeadline:
     def __init__(self, deadline: float = DEFAULT_DEADLINE, backstop: bool = True) -> None:
         self.started = time.monotonic()
         self.deadline = deadline
-        self.status = EX_TEMPFAIL
+        self.status = ExitCode.EX_TEMPFAIL
         # For the backstop's line: whose delivery (queue id, envelope) and what was decided.
         self.subject = ""
         self.decision = ""
@@ -71,7 +69,7 @@ class HookDeadline:
 
     @property
     def settled(self) -> bool:
-        return self.status == EX_OK
+        return self.status == ExitCode.EX_OK
 
     def remaining(self) -> float:
         """Seconds until the soft deadline (negative once it has passed)."""
@@ -105,7 +103,7 @@ class HookDeadline:
     def settle(self, action: str, reason: str | None) -> None:
         """The decision is made and nothing owed is left: from now on the hook ends with 0."""
         self.decision = f"{action}, reason {reason or '-'}"
-        self.status = EX_OK
+        self.status = ExitCode.EX_OK
         if self._soft:
             import signal
 
@@ -145,7 +143,7 @@ class HookDeadline:
         status = self.status
         outcome = (
             f"exiting 0 after the decision ({self.decision}); its claim confirmation or audit row is lost"
-            if status == EX_OK
+            if status == ExitCode.EX_OK
             else "deferring (exit 75)"
         )
         line = f"{self.subject} still running at deliver.deadline {self.deadline:g}s + {MARGIN:g}s; {outcome}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from contextlib import suppress
 
-from responder.errors import TransientError
+from responder.errors import ExitCode, TransientError
 
 # typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
 # here loads neither (responder.lmtp.client). mypy reads this name the same way.
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from responder.hook.deadline import HookDeadline
     from responder.hook.fast import Handoff
 
-EX_OK = 0
-EX_TEMPFAIL = 75
 
 # Bytes kept of one message; the rest is read (the MTA requires it) and discarded.
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -49,13 +47,13 @@ def guarded_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
     try:
         return run_deliver(argv, stdin)
     except SystemExit as exc:
-        if exc.code in (None, EX_OK):  # --help, --version
-            return EX_OK
+        if exc.code in (None, ExitCode.EX_OK):  # --help, --version
+            return ExitCode.EX_OK
         last_words(f"unexpected exit {exc.code!r}; deferring")
-        return EX_TEMPFAIL
+        return ExitCode.EX_TEMPFAIL
     except BaseException as exc:  # the hook must never end with another status
         last_words(f"unexpected {exc!r}; deferring")
-        return EX_TEMPFAIL
+        return ExitCode.EX_TEMPFAIL
 
 
 def last_words(text: str) -> None:
@@ -87,17 +85,18 @@ def _deliver(argv: Sequence[str], stdin: BinaryIO | None, hook: HookDeadline) ->
 
         setup_logging()
         logging.getLogger("responder").error("cannot read the message: %s; deferring", exc)
-        return EX_TEMPFAIL
+        return ExitCode.EX_TEMPFAIL
     outcome: str | Handoff | None
     try:
-        from responder.hook.fast import DECIDED, deliver_fast
+        from responder.hook.fast import deliver_fast
+        from responder.outcome import DECIDED
 
         outcome = deliver_fast(argv, raw, hook)
     except Exception:
         # A fault there must not cost the message; the full path decides it (and meets any real bug).
         outcome = None
     if isinstance(outcome, str):
-        return EX_OK if outcome == DECIDED else EX_TEMPFAIL
+        return ExitCode.EX_OK if outcome == DECIDED else ExitCode.EX_TEMPFAIL
     return deliver_in_process(argv, raw, hook, outcome)
 
 
@@ -142,13 +141,13 @@ def deliver_in_process(
         # A broken master.cf or configuration file is the admin's to fix; keep the mail meanwhile.
         setup_logging()
         log.error("%s; deferring", exc)
-        return EX_TEMPFAIL
+        return ExitCode.EX_TEMPFAIL
     hook.arm(settings.deliver.deadline)
     setup_logging(settings.log)
     hook.say = log.error
     hook.name(fields)
     from responder.decide.context import Services
-    from responder.decide.engine import respond
+    from responder.decide.engine import respond_safely
     from responder.decide.rules import AFTER_HEADERS, ALL_PHASES
     from responder.mail.message import Envelope, Inbound
 
@@ -158,21 +157,12 @@ def deliver_in_process(
     services = Services(settings, on_settled=hook.settle, deadline=hook.started + settings.deliver.deadline)
     try:
         with hook.soft():
-            respond(inbound or Inbound(envelope, raw), services, phases=phases)
-    except TransientError as exc:
+            return respond_safely(inbound or Inbound(envelope, raw), services, phases).exit_status
+    except TransientError as exc:  # the soft deadline striking outside the engine's own guard
         log.error("deferring: %s", exc)
-        return EX_TEMPFAIL
-    except Exception:
-        log.exception(
-            "queue_id=%s sender=<%s> recipient=<%s> action=drop reason=internal-error",
-            envelope.queue_id or "-",
-            envelope.sender,
-            envelope.recipient,
-        )
-        return EX_OK
+        return ExitCode.EX_TEMPFAIL
     finally:
         try:
             services.close()
         except Exception:
             log.debug("closing the services failed", exc_info=True)
-    return EX_OK

@@ -18,6 +18,7 @@ the full path resumes where it stopped (responder.hook.deliver).
 from __future__ import annotations
 
 from responder.hook.envelope import UsageError, hook_arguments, resolve_envelope
+from responder.outcome import DECIDED, DEFER
 
 # typing.TYPE_CHECKING without importing typing (which imports re): the thin client's path through
 # here loads neither (responder.lmtp.client). mypy reads this name the same way.
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from responder.hook.deadline import HookDeadline
     from responder.mail.message import Inbound
 
-DECIDED = "decided"
-DEFER = "defer"
 
 # Defaults of the keys read here; tests check them against responder.config.settings.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -45,7 +44,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The service answers 451 at its deliver.deadline; the client waits for that answer until this long
 # before the backstop ends the process, so that it logs the deferral itself.
 LAST_WORD = 0.5
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class Handoff:
@@ -91,22 +89,15 @@ def read_document(path: str) -> dict[str, Any] | None:
 
 
 def parse_duration(value: object) -> float:
-    """config.parse_duration, without ``re``: ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or seconds."""
-    if isinstance(value, bool):
+    """config.values.parse_duration, a value it refuses left to the full loader to report."""
+    from responder.config.values import parse_duration as parse
+
+    if not isinstance(value, str | int | float):
         raise _Invalid
-    if isinstance(value, int | float):
-        if value < 0:
-            raise _Invalid
-        return float(value)
-    if not isinstance(value, str):
-        raise _Invalid
-    text = value.strip()
-    unit = text[-1:] if text[-1:] in ("s", "m", "h", "d", "w") else ""
-    number = text[: len(text) - len(unit)].rstrip()
-    whole, dot, fraction = number.partition(".")
-    if not whole.isdecimal() or (dot and not fraction.isdecimal()):
-        raise _Invalid
-    return float(number) * _UNITS[unit]
+    try:
+        return parse(value)
+    except ValueError:
+        raise _Invalid from None
 
 
 class _Options:
