@@ -13,13 +13,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from responder.config.settings import Settings
 from responder.decide.records import ScheduleChanges
+from responder.errors import ExitCode
 from responder.mail.message import normalize_address
 
 if TYPE_CHECKING:
     from responder.store.database import Store
 
-EX_OK = 0
-EX_FAILURE = 1
+# The admin commands' statuses, named where the package names every exit status.
+EX_OK = ExitCode.EX_OK
+EX_FAILURE = ExitCode.EX_FAILURE
 
 # What every admin subcommand sets with ``set_defaults(handler=...)``.
 Handler = Callable[[argparse.Namespace, "Store", Settings], int]
