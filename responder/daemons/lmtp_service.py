@@ -36,6 +36,8 @@ from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailabl
 from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
+from responder.observe import events
+from responder.observe.monitoring import Monitoring
 from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import SmtpTransport
 
@@ -318,6 +320,14 @@ class Service:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        monitoring = _start_monitoring(self.settings)
+        try:
+            await self._serve(loop)
+        finally:
+            if monitoring is not None:
+                monitoring.stop()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         self.generation = Generation(self.settings, loop)
         await asyncio.to_thread(self.generation.warm)
         server = await self._bind()
@@ -458,7 +468,8 @@ class Service:
         rcpt = inbound.envelope.recipient
         loop = asyncio.get_running_loop()
         deadline = generation.settings.deliver.deadline
-        job = Job(time.monotonic() + deadline)
+        started = time.monotonic()
+        job = Job(started + deadline)
         generation.jobs.add(job)
         try:
             early = loop.run_in_executor(generation.headers, decide_on_headers, generation.services, inbound)
@@ -478,12 +489,21 @@ class Service:
             return f"451 4.4.7 <{printable(rcpt)}> deadline passed, try again later"
         finally:
             generation.jobs.discard(job)
+            events.observer.decision_seconds(time.monotonic() - started)
 
 
 async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
     """Whether ``future`` is done within ``timeout`` seconds; it is never cancelled (a thread runs it)."""
     done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
     return bool(done)
+
+
+def _start_monitoring(settings: Settings) -> Monitoring | None:
+    try:
+        return Monitoring.start(settings.server)
+    except OSError as exc:
+        listen = settings.server.metrics_listen
+        raise ServeError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
 
 
 def serve(config_path: Path, settings: Settings) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 
 from responder.errors import StoreUnavailable
+from responder.observe import events
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
 # ProgrammingError is here for "permission denied" on PostgreSQL and MySQL: an admin's fix away, so
@@ -172,7 +173,11 @@ class Database:
         except _TRANSIENT as exc:
             conflict = isinstance(exc, sa_exc.DBAPIError) and _is_conflict(exc)
             fault = Conflict if conflict else StoreUnavailable
+            events.observer.database_fault("conflict" if conflict else "unavailable")
+            if not conflict:
+                events.observer.dependency_failed(events.DATABASE)
             raise fault(f"database unavailable while {what}: {getattr(exc, 'orig', None) or exc}") from None
+        events.observer.dependency_ok(events.DATABASE)
 
     @contextmanager
     def _begin(self, what: str) -> Iterator[Connection]:
