@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: ``responder serve`` and Dovecot's LMTP server with Pigeonhole under Postfix's load tools.
 
-Postfix's ``smtp-source -L`` (an LMTP client in C) sends the same messages, 16 sessions at a time and
-many transactions per connection as Postfix's LMTP client does, to each server in turn; Postfix's
+Postfix's ``smtp-source -L`` (an LMTP client in C) sends the same messages, 16 sessions at a time (one
+smtp-source per session, each with a sender of its own) and many transactions per connection as
+Postfix's LMTP client does, to each server in turn; Postfix's
 ``smtp-sink`` (an SMTP server in C) is the relay both send their replies to and dumps each reply to
 a file, so that every reply is counted at the sink and checked for duplicates (by In-Reply-To). Both
 tools cost little CPU, so what is measured is the servers.
@@ -130,6 +131,8 @@ def tree_rss(root: int) -> float:
 
 class Sink:
     def __init__(self, work: Path) -> None:
+        # smtp-sink writes as nobody: the way to the dump directory must be open to it.
+        work.chmod(work.stat().st_mode | 0o711)
         self.dump = work / "sink"
         self.dump.mkdir(exist_ok=True)
         self.dump.chmod(0o777)
@@ -245,7 +248,7 @@ class Responder(Server):
         self.process = subprocess.Popen(
             [*admin, "serve"], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-        _wait_for_log(self.base / "serve.log", "listening for LMTP", self.process)
+        _wait_for_socket(self.socket, self.base / "serve.log", self.process)
 
 
 class Dovecot(Server):
@@ -317,11 +320,11 @@ plugin {{
 """
 
 
-def _wait_for_log(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def _wait_for_socket(socket: Path, log: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
+    while not socket.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the service did not start:\n{path.read_text(errors='replace')}")
+            raise SystemExit(f"the service did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
 
 
@@ -336,30 +339,55 @@ class Result:
     duplicates: list[int] = field(default_factory=list)
 
 
-def source_command(workload: str, server: Server, messages: int, sessions: int, work: Path) -> list[str]:
-    command = [SMTP_SOURCE, "-L", "-d", "-s", str(sessions), "-m", str(messages), "-f", SENDER]
-    if workload == "list":
-        message = work / "list.eml"
-        message.write_text(LIST_MESSAGE)
-        command += ["-t", AWAY, "-F", str(message)]
-    elif workload == "no-vacation":
-        command += ["-t", NOBODY, "-S", "question"]
-    else:
-        # smtp-source's own message: a fresh Message-Id every time, From and To as given.
-        command += ["-t", AWAY, "-S", "question"]
-    return [*command, f"unix:{server.socket}"]
+def source_commands(
+    workload: str, server: Server, messages: int, sessions: int, work: Path
+) -> list[list[str]]:
+    """One smtp-source per session, each with a sender of its own.
+
+    A sender answered at most once per interval has one claim: the same sender sixteen times at once
+    would queue on it, which real senders do not do (and the interval of 0 here makes every message
+    one to answer).
+    """
+    commands = []
+    for session in range(sessions):
+        count = messages // sessions + (session < messages % sessions)
+        if not count:
+            continue
+        sender = f"sender{session}@example.org"
+        command = [SMTP_SOURCE, "-L", "-d", "-s", "1", "-m", str(count), "-f", sender]
+        if workload == "list":
+            message = work / "list.eml"
+            message.write_text(LIST_MESSAGE)
+            command += ["-t", AWAY, "-F", str(message)]
+        elif workload == "no-vacation":
+            command += ["-t", NOBODY, "-S", "question"]
+        else:
+            # smtp-source's own message: a fresh Message-Id every time, From and To as given.
+            command += ["-t", AWAY, "-S", "question"]
+        commands.append([*command, f"unix:{server.socket}"])
+    return commands
+
+
+def drive(commands: list[list[str]]) -> None:
+    """Run the smtp-source processes at once; each must get 250 for every message."""
+    # No -A: a status other than 250 (a 451 from either server) makes smtp-source fail.
+    running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+    failures = []
+    for process in running:
+        _, errors = process.communicate(timeout=3600)
+        if process.returncode != 0:
+            failures.append(errors.decode(errors="replace").strip())
+    if failures:
+        raise SystemExit(f"smtp-source failed: {failures[0]}")
 
 
 def run_once(workload: str, server: Server, sink: Sink, args: argparse.Namespace, result: Result) -> None:
     sink.clear()
-    command = source_command(workload, server, args.messages, args.sessions, args.work)
+    commands = source_commands(workload, server, args.messages, args.sessions, args.work)
     cpu = server.cpu()
     started = time.perf_counter()
-    # No -A: a status other than 250 (a 451 from either server) makes smtp-source fail.
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    drive(commands)
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{server.name} {workload}: smtp-source failed: {done.stderr.strip()}")
     if workload == "reply":
         # Both servers hand the reply to the relay before they answer 250; give the sink a moment
         # to finish writing its files.
@@ -383,8 +411,7 @@ def long_run(server: Responder, sink: Sink, args: argparse.Namespace) -> tuple[f
     for number in range(0, args.long, chunk):
         count = min(chunk, args.long - number)
         workload = WORKLOADS[(number // chunk) % len(WORKLOADS)]
-        command = source_command(workload, server, count, args.sessions, args.work)
-        subprocess.run(command, capture_output=True, timeout=3600, check=True)
+        drive(source_commands(workload, server, count, args.sessions, args.work))
         sink.clear()
         sent += count
         print(f"  long run: {sent} messages, RSS {server.rss():.1f} MiB", flush=True)
