@@ -17,7 +17,7 @@ from responder.store.database import Store
 from tests.conftest import ConfigFactory
 from tests.helpers import MESSAGES, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
-from tests.metrics_support import get, metrics_address, promtool_check, samples
+from tests.metrics_support import get, metrics_address, promtool_check, require_promtool, samples
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
@@ -78,6 +78,7 @@ def _value(text: str, name: str, **labels: str) -> float:
 def test_a_corpus_counted_as_audited_and_the_exposition_passes_promtool(
     start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
 ) -> None:
+    require_promtool()  # before the work, not after it
     service = start_service()
     url = metrics_address(service)
     vacation_set(service.config, ALICE, "--message", "Away.")
@@ -112,6 +113,7 @@ def test_a_corpus_counted_as_audited_and_the_exposition_passes_promtool(
 def test_verification_results_by_method_match_the_audit(
     start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
 ) -> None:
+    require_promtool()
     service = start_service(
         verify={
             "require": "aligned",
@@ -256,3 +258,67 @@ def test_health_judges_every_process_report() -> None:
     verdict = judge([Report(0.0, 130.0, 90.0), Report(115.0, 0.0, 0.0)], now=130.0, threshold=threshold)
     assert (verdict.healthy, verdict.failing_for) == (False, 15.0)
     assert judge([], now=1.0, threshold=threshold).healthy
+
+
+# Runs the promtool test as on a machine without Prometheus's tools.
+_WITHOUT_PROMTOOL = """
+import sys
+import pytest
+import tests.metrics_support as support
+support.PROMTOOL = "/nonexistent/promtool"
+sys.exit(pytest.main(["-p", "no:cacheprovider", "-q", "-rsf", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.parametrize("require", [False, True], ids=["skips", "required-fails"])
+def test_without_promtool_the_check_skips_with_the_reason_unless_required(require: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "RESPONDER_TEST_INTEGRATION"}
+    if require:
+        env["RESPONDER_TEST_INTEGRATION"] = "require"
+    test = "tests/test_metrics.py::test_a_corpus_counted_as_audited_and_the_exposition_passes_promtool"
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PROMTOOL, test],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "promtool is not installed" in result.stdout
+    if require:
+        assert result.returncode == 1 and "failed" in summary, result.stdout
+    else:
+        assert result.returncode == 0 and "skipped" in summary and "passed" not in summary, result.stdout
+
+
+def test_the_outbox_source_is_asked_at_scrape_time(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from responder.observe.metrics import OutboxState, scrape_registry, set_outbox_source
+
+    asked: list[int] = []
+
+    def source() -> OutboxState:
+        asked.append(1)
+        return OutboxState(depth=3, oldest_age=12.5)
+
+    registry = scrape_registry(60.0, directory=str(tmp_path))
+    assert b"responder_outbox_depth" not in generate_latest(registry)
+    set_outbox_source(source)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        set_outbox_source(None)
+    assert len(asked) == 1
+    assert _value(text, "responder_outbox_depth") == 3
+    assert _value(text, "responder_outbox_oldest_age_seconds") == 12.5
+    checked = promtool_check(text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

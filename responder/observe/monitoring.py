@@ -9,8 +9,11 @@ from responder.daemons.sockets import unlink
 from responder.observe import directory, events
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from responder.config.settings import ServerSettings
     from responder.observe.endpoint import Endpoint
+    from responder.observe.metrics import OutboxState
 
 log = logging.getLogger("responder")
 
@@ -51,6 +54,18 @@ class Monitoring:
         monitoring.endpoint.start()
         log.info("metrics and health on %s (/metrics, /healthz)", endpoint.address(sock, spec))
         return monitoring
+
+    def set_outbox_source(self, source: Callable[[], OutboxState] | None) -> None:
+        """What a scrape asks for the outbox's depth and oldest age (in the process serving scrapes)."""
+        from responder.observe import metrics
+
+        metrics.set_outbox_source(source)
+
+    def worker_exited(self, pid: int) -> None:
+        """For the supervisor: worker ``pid`` is gone; its counts stay in the sums."""
+        from responder.observe import metrics
+
+        metrics.worker_exited(pid)
 
     def stop(self) -> None:
         self.endpoint.stop()
