@@ -130,6 +130,11 @@ def main() -> None:
         threading.setprofile(None)
         sink.stop()
     time.sleep(0.2)
+    report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Every thread's profile merged, printed by own time and by time under."""
     out = io.StringIO()
     stats: pstats.Stats | None = None
     for profile in _profiles:
