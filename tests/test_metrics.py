@@ -322,3 +322,29 @@ def test_the_outbox_source_is_asked_at_scrape_time(tmp_path: Path) -> None:
     assert _value(text, "responder_outbox_oldest_age_seconds") == 12.5
     checked = promtool_check(text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_metrics_address_in_use_stops_the_start_with_the_reason(
+    make_config: ConfigFactory, socket_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import hook_env
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = taken.getsockname()[1]
+        config = make_config(server={"socket": f"unix:{socket_path}", "metrics_listen": f"127.0.0.1:{port}"})
+        result = subprocess.run(
+            [sys.executable, "-m", "responder", "--config", str(config), "serve"],
+            capture_output=True,
+            env=hook_env(),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr.decode()
+    assert not socket_path.exists()
