@@ -53,7 +53,7 @@ def test_socket_specs(text: str, spec: SocketSpec, spelled: str) -> None:
     assert parse_socket(spelled) == spec
 
 
-@pytest.mark.parametrize("key", ["policy.listen", "server.socket"])
+@pytest.mark.parametrize("key", ["policy.listen", "server.socket", "server.metrics_listen"])
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -193,3 +193,13 @@ def test_readme_reference_lists_every_key_with_its_default() -> None:
     }
     assert documented == expected
     assert settings_from_mapping(document) == defaults
+
+
+def test_the_metrics_endpoint_is_off_unless_named() -> None:
+    assert settings_from_mapping({}).server.metrics_listen is None
+    server = settings_from_mapping(
+        {"server": {"metrics_listen": "127.0.0.1:0", "health_threshold": "2m"}}
+    ).server
+    assert (server.metrics_listen, server.health_threshold) == (SocketSpec(host="127.0.0.1", port=0), 120.0)
+    with pytest.raises(ConfigError, match=r"bad value for server\.health_threshold: must be greater than 0"):
+        settings_from_mapping({"server": {"health_threshold": "0s"}})

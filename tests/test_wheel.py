@@ -132,7 +132,8 @@ def test_every_imported_distribution_is_declared() -> None:
                     imported.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"responder", "tests", "__future__"}
+    first_party = {"responder", "tests", "__future__"} | {p.stem for p in (REPO / "bench").glob("*.py")}
+    third_party = imported - set(sys.stdlib_module_names) - first_party
     providers = importlib.metadata.packages_distributions()
     undeclared = {
         module: providers.get(module)

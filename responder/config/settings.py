@@ -202,6 +202,12 @@ def _server_socket(value: object) -> SocketSpec | None:
     return spec
 
 
+def _metrics_socket(value: object) -> SocketSpec | None:
+    """Empty (no metrics endpoint), ``HOST:PORT`` or ``unix:PATH``."""
+    text = _str(value)
+    return parse_socket(text) if text else None
+
+
 def _positive(convert: Callable[[object], Any]) -> Callable[[object], Any]:
     def check(value: object) -> Any:
         converted = convert(value)
@@ -268,6 +274,10 @@ class ServerSettings:
     connect_timeout: float = _opt(_positive(_duration), _EARLY["server"]["connect_timeout"])
     # How long SIGTERM waits for messages in flight before the service exits anyway.
     stop_timeout: float = _opt(_positive(_duration), 90.0)
+    # Where the Prometheus metrics (/metrics) and the health check (/healthz) are served; empty: nowhere.
+    metrics_listen: SocketSpec | None = _opt(_metrics_socket, None)  # noqa: RUF009 (_opt builds a field)
+    # /healthz answers 503 once the database or the relay has been unusable for longer than this.
+    health_threshold: float = _opt(_positive(_duration), 60.0)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,13 @@ from responder.config.settings import Settings, SmtpSettings
 from responder.daemons import runtime, sockets
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond_safely
-from responder.decide.rules import HEADER_PHASE, first_firing
+from responder.decide.rules import AFTER_HEADERS, ALL_PHASES, HEADER_PHASE, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable
 from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
+from responder.observe import events
+from responder.observe.monitoring import Monitoring
 from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import SmtpTransport
 
@@ -268,8 +270,13 @@ def _resolver(settings: Settings) -> dns.resolver.Resolver | None:
         return None
 
 
+# decide_on_headers: the header rules ran and none fired, so the full decision starts after them.
+HEADERS_PASSED = ""
+
+
 def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
-    """The header rules alone (in a header thread): the LMTP reply line, or None to go on deciding."""
+    """The header rules alone (in a header thread): the LMTP reply line; HEADERS_PASSED or None
+    (a fault: every rule again) to go on deciding."""
     envelope = inbound.envelope
     ctx = Context(inbound, services)
     try:
@@ -277,14 +284,16 @@ def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     except Exception:  # a fault in a rule, or the database asked for: the full decision meets it again
         return None
     if found is None:
-        return None
+        return HEADERS_PASSED
     decision = Decision(found.rule.action, found.rule.reason, found.detail)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
     return Outcome(DECIDED, decision.action, decision.reason).lmtp_reply(printable(envelope.recipient))
 
 
-def decide(services: Services, inbound: Inbound, job: Job | None = None) -> str:
+def decide(
+    services: Services, inbound: Inbound, job: Job | None = None, phases: frozenset[str] = ALL_PHASES
+) -> str:
     """Decide one recipient (in a worker thread); the LMTP reply line. Never a 5xx."""
     envelope = inbound.envelope
     rcpt = printable(envelope.recipient)
@@ -292,7 +301,7 @@ def decide(services: Services, inbound: Inbound, job: Job | None = None) -> str:
         return f"451 4.4.7 <{rcpt}> deadline passed, try again later"  # nobody reads it any more
     _running.job = job
     try:
-        return respond_safely(inbound, services).lmtp_reply(rcpt)
+        return respond_safely(inbound, services, phases).lmtp_reply(rcpt)
     finally:
         _running.job = None
 
@@ -318,6 +327,14 @@ class Service:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        monitoring = _start_monitoring(self.settings)
+        try:
+            await self._serve(loop)
+        finally:
+            if monitoring is not None:
+                monitoring.stop()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         self.generation = Generation(self.settings, loop)
         await asyncio.to_thread(self.generation.warm)
         server = await self._bind()
@@ -458,15 +475,20 @@ class Service:
         rcpt = inbound.envelope.recipient
         loop = asyncio.get_running_loop()
         deadline = generation.settings.deliver.deadline
-        job = Job(time.monotonic() + deadline)
+        started = time.monotonic()
+        job = Job(started + deadline)
         generation.jobs.add(job)
         try:
             early = loop.run_in_executor(generation.headers, decide_on_headers, generation.services, inbound)
             if await _within(early, deadline):
                 status = early.result()
-                if status is not None:
+                if status:
                     return status
-                work = loop.run_in_executor(generation.executor, decide, generation.services, inbound, job)
+                # The header rules are not run a second time once they ran through.
+                phases = AFTER_HEADERS if status == HEADERS_PASSED else ALL_PHASES
+                work = loop.run_in_executor(
+                    generation.executor, decide, generation.services, inbound, job, phases
+                )
                 in_time = await _within(work, job.deadline - time.monotonic())
                 if not in_time and not job.abandon():
                     # The response is with the relay: its answer decides, within the relay's timeout.
@@ -478,12 +500,21 @@ class Service:
             return f"451 4.4.7 <{printable(rcpt)}> deadline passed, try again later"
         finally:
             generation.jobs.discard(job)
+            events.observer.decision_seconds(time.monotonic() - started)
 
 
 async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
     """Whether ``future`` is done within ``timeout`` seconds; it is never cancelled (a thread runs it)."""
     done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
     return bool(done)
+
+
+def _start_monitoring(settings: Settings) -> Monitoring | None:
+    try:
+        return Monitoring.start(settings.server)
+    except OSError as exc:
+        listen = settings.server.metrics_listen
+        raise ServeError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
 
 
 def serve(config_path: Path, settings: Settings) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from responder.cached import cached_property
 from responder.errors import TransientError
 from responder.mail.addresses import sender_key
 from responder.mail.message import Inbound, normalize_address

@@ -11,6 +11,7 @@ from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
 from responder.mail.reply import Outgoing, compose_reply
+from responder.observe import events
 from responder.outcome import DECIDED, DEFER, INTERNAL_ERROR, Outcome
 
 log = logging.getLogger("responder")
@@ -146,17 +147,36 @@ def _send(ctx: Context, decision: Decision) -> Decision:
     except RelayRefused as exc:
         # Nothing went out, so respond() gives the claims back: a refusal by the site's own relay is
         # a setup fault, and the sender's interval must not be used up by a reply never sent.
+        _relay_fault(exc, usable=True)
         return _refused(exc, decision)
     except RelayUnconfirmed as exc:
         # The relay may have queued it: sending again could mail the sender twice, so count it as
         # sent. The price is a rare reply lost with the relay's answer.
+        _relay_fault(exc, usable=False)
+        events.observer.response_sent(decision.action)
         _confirm(ctx, marked)
         detail = f"relay's answer to the data lost, counted as sent: {exc}"
         return Decision(
             decision.action, None, _join(detail, decision.detail), decision.outgoing, logging.WARNING
         )
+    except RelayUnavailable as exc:
+        _relay_fault(exc, usable=False)
+        raise
+    events.observer.response_sent(decision.action)
+    events.observer.dependency_ok(events.RELAY)
     _confirm(ctx, marked)
     return decision
+
+
+def _relay_fault(exc: BaseException, usable: bool) -> None:
+    """Count a response the relay did not take; a refusal is an answer, so the relay still works."""
+    from responder.smtp.faults import relay_fault_kind
+
+    events.observer.relay_failed(relay_fault_kind(exc))
+    if usable:
+        events.observer.dependency_ok(events.RELAY)
+    else:
+        events.observer.dependency_failed(events.RELAY)
 
 
 def _refused(exc: RelayRefused, decision: Decision) -> Decision:
@@ -170,6 +190,8 @@ def _refused(exc: RelayRefused, decision: Decision) -> Decision:
 
 
 def log_decision(inbound: Inbound, decision: Decision) -> None:
+    # The one place a decision is logged, so the metrics count what the log and the audit show.
+    events.observer.decision(decision.action, decision.reason)
     # The text is shared with the pipe hook's fast path, which logs without the logging module.
     log.log(
         decision.level, "%s", decision_message(inbound, decision.action, decision.reason, decision.detail)
@@ -203,6 +225,7 @@ def respond_safely(inbound: Inbound, services: Services, phases: frozenset[str] 
         return Outcome(DEFER, DEFER, "tempfail", printable(" ".join(str(exc).split())))
     except Exception as exc:
         failed = Decision(DROP, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", level=logging.ERROR)
+        events.observer.decision(failed.action, failed.reason)
         log.exception("%s", decision_message(inbound, failed.action, failed.reason, failed.detail))
         try:
             record(Context(inbound, services), failed)

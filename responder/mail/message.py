@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import cached_property
 from typing import NamedTuple
 
+from responder.cached import cached_property
 from responder.mail.headers import header_block, parse_fields
 
 # The email package is imported only where it is needed: the pipe hook decides most messages on the

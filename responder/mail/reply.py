@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid
 
@@ -18,6 +18,50 @@ DEFAULT_SUBJECT = "Automated reply"
 MAX_SUBJECT = 256
 MAX_REFERENCES = 20
 MAX_DISPLAY_NAME = 128
+
+
+# Fields whose values repeat from one reply to the next (the vacation's From and loop address, the
+# constant markers, the MIME fields of a text body); parsing one costs about as much as the rest of
+# the reply's composing, so each distinct value is parsed once.
+_REPEATING = frozenset(
+    {
+        "from",
+        "auto-submitted",
+        "precedence",
+        "x-auto-response-suppress",
+        LOOP_HEADER.lower(),
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
+_MAX_KEPT = 4096
+
+
+class _RepeatingHeaders(HeaderRegistry):
+    """policy.SMTP's header registry, keeping the parsed field of each repeating value.
+
+    A parsed header is immutable (a str with its parse tree, which folding only reads), so one
+    object can serve every reply and thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[tuple[str, str], BaseHeader] = {}
+
+    def __call__(self, name: str, value: object) -> BaseHeader:
+        if not isinstance(value, str) or name.lower() not in _REPEATING:
+            return super().__call__(name, value)
+        key = (name, value)
+        header = self.kept.get(key)
+        if header is None:
+            if len(self.kept) >= _MAX_KEPT:
+                self.kept.clear()
+            header = self.kept[key] = super().__call__(name, value)
+        return header
+
+
+_POLICY = policy.SMTP.clone(header_factory=_RepeatingHeaders())
 
 
 @dataclass(frozen=True)
@@ -101,7 +145,7 @@ def compose_reply(
     sender = inbound.return_path
     sender = canonical_address(sender) or sender
     normalized = inbound.sender_address or sender
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = from_header
     msg["To"] = _address(_display_name_for(inbound, normalized), sender)
     msg["Subject"] = literal_text(reply_subject(subject, inbound.subject))

@@ -57,6 +57,7 @@ class Counters(Database):
             """(finished, index of the counter at its limit); not finished: start over."""
             with (
                 self._guard("counting against the rate limits"),
+                self._one_writer("counting against the rate limits"),
                 self.engine.connect() as conn,
                 conn.begin() as transaction,
             ):

@@ -54,5 +54,6 @@ class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit):
         hook, would leave an empty file with its own owner): only ``upgrade`` creates it."""
         sqlite = sqlite_file(url)
         if sqlite is None:
-            return cls(make_engine(url, busy_timeout, pooled))
-        return cls(make_engine(sqlite[1], busy_timeout, pooled), sqlite_path=sqlite[0])
+            return cls(make_engine(url, busy_timeout, pooled), busy_timeout=busy_timeout)
+        engine = make_engine(sqlite[1], busy_timeout, pooled)
+        return cls(engine, sqlite_path=sqlite[0], busy_timeout=busy_timeout)

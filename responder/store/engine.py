@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 
 from responder.errors import StoreUnavailable
+from responder.observe import events
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
 # ProgrammingError is here for "permission denied" on PostgreSQL and MySQL: an admin's fix away, so
@@ -71,6 +73,8 @@ def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> E
         raise StoreUnavailable(f"database.url cannot be used: {exc}") from None
     backend, query = parsed.get_backend_name(), parsed.query
     kwargs: dict[str, Any] = {"pool_pre_ping": True} if pooled else {"pool_size": 1, "max_overflow": 2}
+    if pooled and backend == "sqlite":
+        kwargs = {}  # a file has no server to drop a pooled connection: no ping before each use
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         kwargs = {}  # one in-memory database per connection: SQLAlchemy's own pool keeps it
     if backend == "sqlite":
@@ -154,9 +158,14 @@ def sqlite_file(url: str) -> tuple[str, str] | None:
 class Database:
     """An engine with fault translation: the base every repository of the store builds on."""
 
-    def __init__(self, engine: Engine, sqlite_path: str | None = None) -> None:
+    def __init__(self, engine: Engine, sqlite_path: str | None = None, busy_timeout: float = 10.0) -> None:
         self.engine = engine
         self.sqlite_path = sqlite_path
+        self.busy_timeout = busy_timeout
+        # SQLite has one writer at a time, and a writer that finds the file locked sleeps and polls
+        # (its busy handler, in steps of up to 100 ms): the threads of one process queue here
+        # instead and are woken as soon as the writer before them is done.
+        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     def exists(self) -> bool:
         """False for a SQLite file that is not there (yet: ``upgrade`` creates it)."""
@@ -172,11 +181,30 @@ class Database:
         except _TRANSIENT as exc:
             conflict = isinstance(exc, sa_exc.DBAPIError) and _is_conflict(exc)
             fault = Conflict if conflict else StoreUnavailable
+            events.observer.database_fault("conflict" if conflict else "unavailable")
+            if not conflict:
+                events.observer.dependency_failed(events.DATABASE)
             raise fault(f"database unavailable while {what}: {getattr(exc, 'orig', None) or exc}") from None
+        events.observer.dependency_ok(events.DATABASE)
+
+    @contextmanager
+    def _one_writer(self, what: str) -> Iterator[None]:
+        """Hold this process's SQLite write turn (nothing for a database server)."""
+        if self._writer is None:
+            yield
+            return
+        if not self._writer.acquire(timeout=self.busy_timeout):
+            events.observer.database_fault("unavailable")
+            events.observer.dependency_failed(events.DATABASE)
+            raise StoreUnavailable(f"database unavailable while {what}: the other writers took too long")
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     @contextmanager
     def _begin(self, what: str) -> Iterator[Connection]:
-        with self._guard(what), self.engine.begin() as conn:
+        with self._guard(what), self._one_writer(what), self.engine.begin() as conn:
             yield conn
 
     @contextmanager

@@ -54,6 +54,7 @@ from responder.config.settings import VerifySettings
 from responder.mail.addresses import mailbox
 from responder.mail.headers import header_span
 from responder.mail.message import Inbound
+from responder.observe import events
 from responder.verify import alignment as align
 from responder.verify.alignment import (
     ALIGNED,
@@ -123,6 +124,7 @@ def verify_sender(
         with memo.lock:
             if memo.result is None:
                 memo.result = _verify(inbound, settings, resolver)
+                events.observer.verified(memo.result.summary)
             return memo.result
     except Exception as exc:  # the gate must fail closed, never crash the hook
         return Verification(False, f"verify=error({type(exc).__name__})")
