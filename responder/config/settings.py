@@ -249,6 +249,35 @@ def _networks(value: object) -> tuple[str, ...]:
     return tuple(check_network(network) for network in _str_tuple(value))
 
 
+def _processes(value: object) -> int:
+    count = _int(value)
+    if count < 1:
+        raise ValueError(f"must be at least 1, got {value!r}")
+    return count
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """The service's outbox: how long and how often a response the relay did not take is tried again."""
+
+    # A response not sent by then is given up and audited (relay-gave-up).
+    max_age: float = _opt(_positive(_duration), 86400.0)
+    # The pause after the first failed attempt, doubled after each one up to backoff_max.
+    backoff_min: float = _opt(_positive(_duration), 5.0)
+    backoff_max: float = _opt(_positive(_duration), 600.0)
+    # Responses one sender takes at a time (and sends at the same time).
+    batch_size: int = _opt(_positive(_int), 32)
+    # How long a response taken by a sender is its own; a sender that died frees its responses
+    # after this (at once when the service's supervisor sees it die).
+    lease: float = _opt(_positive(_duration), 120.0)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     # The LMTP service (responder serve). When set, `responder deliver` hands messages to it.
@@ -256,8 +285,10 @@ class ServerSettings:
     socket_mode: int = _opt(_mode, 0o660)
     # TCP clients whose XFORWARD (client address, HELO, queue id) is believed; UNIX socket clients always.
     xforward_hosts: tuple[str, ...] = _opt(_networks, ())
-    # Messages decided at the same time, each in a thread; more wait for a turn.
+    # Messages decided at the same time in each worker process, each in a thread; more wait for a turn.
     workers: int = _opt(_positive(_int), 8)
+    # Worker processes sharing the socket (1: a single process, no supervisor); default one per CPU.
+    processes: int = field(default_factory=_cpu_count, metadata={"convert": _processes, "key": ""})
     max_connections: int = _opt(_positive(_int), 100)
     # Bytes kept of one message; the rest is read and dropped, never refused (a refusal would bounce).
     max_message_size: int = _opt(_positive(_int), 64 * 1024 * 1024)
@@ -281,4 +312,5 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     bounce: BounceSettings = field(default_factory=BounceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     source: str = ""

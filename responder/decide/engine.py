@@ -108,6 +108,12 @@ def respond(
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
         decision = decide(ctx, phases)
+        if decision.outgoing is not None and not dry_run and services.queues_responses:
+            # The decision, its claims, the response and its audit row in one commit: owed from now.
+            _queue(ctx, decision)
+            services.settle(decision.action, decision.reason)
+            log_decision(inbound, decision)
+            return decision
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
         # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
@@ -159,13 +165,44 @@ def _send(ctx: Context, decision: Decision) -> Decision:
     return decision
 
 
-def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+def _queue(ctx: Context, decision: Decision) -> None:
+    """Commit the response to the outbox with the claims it holds and its audit row; TransientError
+    (nothing promised, the claims given back by respond) when the database cannot take it."""
+    import datetime as dt
+
+    from responder.decide.records import DecisionRecord
+    from responder.store.outbox import HeldClaim, Owed
+
+    outgoing = decision.outgoing
+    assert outgoing is not None
+    held: list[HeldClaim] = []
+    counters = []
+    for claim in ctx.claims:
+        token = getattr(claim, "token", None)
+        if token is not None:
+            held.append(HeldClaim(claim.kind, claim.owner_id, claim.sender_key, token))  # type: ignore[attr-defined]
+        counters.extend(getattr(claim, "counters", ()))
+    row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
+    max_age = dt.timedelta(seconds=ctx.settings.outbox.max_age)
+    owed = Owed(outgoing.mail_from, outgoing.rcpt_to, outgoing.as_bytes(), decision.action, ctx.now + max_age)
+    ctx.services.before_queue()
+    ctx.services.store.queue_response(owed, held, counters, DecisionRecord(**row))
+    ctx.claims.clear()
+    ctx.services.queued()
+
+
+def refused_detail(exc: RelayRefused, action: str) -> tuple[str, int]:
+    """The audit detail and log level of a refusal by the relay (5xx): nothing was sent."""
     from responder.smtp.transport import refusal_advice
 
     setup_fault, advice = refusal_advice(exc)
     stage = f" at {exc.stage}" if exc.stage else ""
-    detail = f"relay refused the {decision.action}{stage}: {exc}; nothing was sent; {advice}"
-    level = logging.ERROR if setup_fault else logging.WARNING
+    detail = f"relay refused the {action}{stage}: {exc}; nothing was sent; {advice}"
+    return detail, logging.ERROR if setup_fault else logging.WARNING
+
+
+def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+    detail, level = refused_detail(exc, decision.action)
     return Decision(DROP, "relay-refused", _join(detail, decision.detail), None, level)
 
 
