@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
 
-    from responder.cli.admin import bounces, db, limits, log, vacations
+    from responder.cli.admin import bounces, db, limits, log, outbox, vacations
 
-    for admin in (db, vacations, bounces, log, limits):
+    for admin in (db, vacations, bounces, log, limits, outbox):
         admin.register(commands)
     return parser
 

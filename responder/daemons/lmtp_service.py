@@ -389,8 +389,8 @@ class Service:
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
         await self._drain(self.generation.settings.server.stop_timeout)
         # What was committed is sent now if the relay takes it, else by whichever process runs next.
-        settings = self.generation.settings
-        await self.sender.stop(min(settings.smtp.timeout, settings.server.stop_timeout))
+        current = self.generation.settings
+        await self.sender.stop(min(current.smtp.timeout, current.server.stop_timeout))
         # Whatever still runs in a worker now was given up (its client was answered or cut off).
         self.left_behind = True
         await asyncio.to_thread(self.generation.close, False)

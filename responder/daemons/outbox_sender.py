@@ -26,6 +26,7 @@ from responder.smtp.transport import Handover
 
 if TYPE_CHECKING:
     from responder.daemons.lmtp_service import Generation
+    from responder.store.database import Store
     from responder.store.outbox import OutboxRow
 
 log = logging.getLogger("responder")
@@ -40,6 +41,10 @@ RELEASE_WAIT = 2.0
 T = TypeVar("T")
 GAVE_UP = "relay-gave-up"
 REFUSED = "relay-refused"
+
+
+def _open_store(generation: Generation) -> Store:
+    return generation.services.store
 
 
 class LeaseLost(Exception):
@@ -114,10 +119,9 @@ class OutboxSender:
         while not self.stopping:
             generation = self.current()
             settings = generation.settings.outbox
-            store = generation.services.store if generation.services._store is not None else None
             try:
-                if store is None:
-                    store = await self._db(lambda: generation.services.store)
+                # Opened in a thread: a database that is down must not hold up the loop.
+                store = await self._db(_open_store, generation)
                 if time.monotonic() >= next_recovery:
                     recovered = await self._db(store.recover_unconfirmed, utcnow())
                     if recovered:
@@ -178,10 +182,7 @@ class OutboxSender:
         await self._sent(store, row, token, "")
         log.info("outbox: response %d (%s) to <%s> sent", row.id, row.action, rcpt)
 
-    async def _sent(self, store: object, row: OutboxRow, token: str, note: str) -> None:
-        from responder.store.database import Store
-
-        assert isinstance(store, Store)
+    async def _sent(self, store: Store, row: OutboxRow, token: str, note: str) -> None:
         try:
             await self._db(store.mark_sent, row.id, token, utcnow(), note)
         except StoreUnavailable as exc:
@@ -222,11 +223,9 @@ class OutboxSender:
             printable(error),
         )
 
-    async def _refused(self, store: object, row: OutboxRow, token: str, exc: RelayRefused) -> None:
+    async def _refused(self, store: Store, row: OutboxRow, token: str, exc: RelayRefused) -> None:
         from responder.decide.engine import refused_detail
-        from responder.store.database import Store
 
-        assert isinstance(store, Store)
         detail, level = refused_detail(exc, row.action)
         now = utcnow()
         await self._db(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from responder.decide.audit import decision_message, decision_row
-from responder.decide.context import BOUNCE, Claim, Context, Services
+from responder.decide.context import BOUNCE, Claim, Context, IntervalClaim, Services
 from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
@@ -176,17 +177,30 @@ def _queue(ctx: Context, decision: Decision) -> None:
     outgoing = decision.outgoing
     assert outgoing is not None
     held: list[HeldClaim] = []
-    counters = []
+    counters: list[Any] = []
     for claim in ctx.claims:
-        token = getattr(claim, "token", None)
-        if token is not None:
-            held.append(HeldClaim(claim.kind, claim.owner_id, claim.sender_key, token))  # type: ignore[attr-defined]
+        if isinstance(claim, IntervalClaim):
+            held.append(HeldClaim(claim.kind, claim.owner_id, claim.sender_key, claim.token))
         counters.extend(getattr(claim, "counters", ()))
     row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
     max_age = dt.timedelta(seconds=ctx.settings.outbox.max_age)
     owed = Owed(outgoing.mail_from, outgoing.rcpt_to, outgoing.as_bytes(), decision.action, ctx.now + max_age)
     ctx.services.before_queue()
-    ctx.services.store.queue_response(owed, held, counters, DecisionRecord(**row))
+    store = ctx.services.store
+    try:
+        store.queue_response(owed, held, counters, DecisionRecord(**row))
+    except TransientError:
+        # The commit may have happened with only its answer lost: a confirmed claim then stands for
+        # the response the outbox owes, and must not be given back (the retry would answer again).
+        for kept in held:
+            try:
+                store.release_claim(
+                    kept.kind, kept.owner_id, kept.sender_key, kept.token, only_pending=True
+                )
+            except TransientError as exc:
+                log.warning("could not release a claim: %s", exc)
+        ctx.claims[:] = [c for c in ctx.claims if not isinstance(c, IntervalClaim)]
+        raise
     ctx.claims.clear()
     ctx.services.queued()
 

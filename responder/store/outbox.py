@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from responder.decide.records import DecisionRecord
 from responder.errors import StoreUnavailable
@@ -337,7 +338,9 @@ class Outbox(Database):
         A failed or given-up row had its claims given back: sending it anyway is the admin's call.
         """
         c = outbox.c
-        where = c.state.in_((PENDING, FAILED, GAVE_UP)) if row_id is not None else c.state == PENDING
+        where: ColumnElement[bool] = (
+            c.state.in_((PENDING, FAILED, GAVE_UP)) if row_id is not None else c.state == PENDING
+        )
         if row_id is not None:
             where = and_(where, c.id == row_id)
         with self._begin("retrying outbox responses") as conn:
@@ -357,7 +360,7 @@ class Outbox(Database):
     def outbox_purge(self, sent_before: dt.datetime | None = None, row_id: int | None = None) -> int:
         """Delete finished rows (sent, failed, given up): those older than ``sent_before``, or ``row_id``."""
         c = outbox.c
-        where = c.state.in_(FINAL_STATES)
+        where: ColumnElement[bool] = c.state.in_(FINAL_STATES)
         if row_id is not None:
             where = and_(where, c.id == row_id)
         if sent_before is not None:
