@@ -243,7 +243,6 @@ def test_kill_9_of_a_worker_the_supervisor_or_everything_loses_and_doubles_nothi
         limits=NO_LIMITS,
         deliver={"deadline": "10s"},
         outbox={"lease": "3s", "backoff_min": "0.2s", "backoff_max": "1s"},
-        log={"level": "warning"},
     )
     vacation_set(config, ALICE, "--message", "Away.")
     service = start_service(config)
