@@ -251,15 +251,9 @@ def _networks(value: object) -> tuple[str, ...]:
 
 def _processes(value: object) -> int:
     count = _int(value)
-    if count < 1:
-        raise ValueError(f"must be at least 1, got {value!r}")
+    if count < 0:
+        raise ValueError(f"must be 0 (one per CPU) or more, got {value!r}")
     return count
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -287,8 +281,8 @@ class ServerSettings:
     xforward_hosts: tuple[str, ...] = _opt(_networks, ())
     # Messages decided at the same time in each worker process, each in a thread; more wait for a turn.
     workers: int = _opt(_positive(_int), 8)
-    # Worker processes sharing the socket (1: a single process, no supervisor); default one per CPU.
-    processes: int = field(default_factory=_cpu_count, metadata={"convert": _processes, "key": ""})
+    # Worker processes sharing the socket: 0 one per CPU, 1 a single process without a supervisor.
+    processes: int = _opt(_processes, 0)
     max_connections: int = _opt(_positive(_int), 100)
     # Bytes kept of one message; the rest is read and dropped, never refused (a refusal would bounce).
     max_message_size: int = _opt(_positive(_int), 64 * 1024 * 1024)
@@ -297,6 +291,13 @@ class ServerSettings:
     connect_timeout: float = _opt(_positive(_duration), 5.0)
     # How long SIGTERM waits for messages in flight before the service exits anyway.
     stop_timeout: float = _opt(_positive(_duration), 90.0)
+
+    @property
+    def process_count(self) -> int:
+        """How many worker processes ``processes`` asks for."""
+        import os
+
+        return self.processes or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -565,7 +565,7 @@ def serve(config_path: Path, settings: Settings) -> None:
     responder.daemons.supervisor); 1: this process serves alone.
     """
     setup_logging(settings.log)
-    if settings.server.processes > 1:
+    if settings.server.process_count > 1:
         from responder.daemons.supervisor import Supervisor
 
         Supervisor(config_path, settings).run()

@@ -101,13 +101,13 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             _run_hooks(BEFORE_FIRST_FORK)
-            for _ in range(self.settings.server.processes):
+            for _ in range(self.settings.server.process_count):
                 self._start_ready(self.settings)
             server = self.settings.server
             log.info(
                 "listening for LMTP on %s (processes=%d, workers=%d)",
                 self.spec,
-                server.processes,
+                server.process_count,
                 server.workers,
             )
             self._loop()
@@ -255,7 +255,7 @@ class Supervisor:
             store.close()
 
     def _replace_missing(self) -> None:
-        missing = self.settings.server.processes - len(self.workers)
+        missing = self.settings.server.process_count - len(self.workers)
         if missing <= 0 or time.monotonic() - self.last_spawn < RESPAWN_PAUSE:
             return
         self._start_ready(self.settings)
@@ -273,7 +273,7 @@ class Supervisor:
         setup_logging(settings.log)
         old = list(self.workers.values())
         started = 0
-        for _ in range(settings.server.processes):
+        for _ in range(settings.server.process_count):
             if not self._start_ready(settings):
                 break
             started += 1
