@@ -194,9 +194,7 @@ def _queue(ctx: Context, decision: Decision) -> None:
         # the response the outbox owes, and must not be given back (the retry would answer again).
         for kept in held:
             try:
-                store.release_claim(
-                    kept.kind, kept.owner_id, kept.sender_key, kept.token, only_pending=True
-                )
+                store.release_claim(kept.kind, kept.owner_id, kept.sender_key, kept.token, only_pending=True)
             except TransientError as exc:
                 log.warning("could not release a claim: %s", exc)
         ctx.claims[:] = [c for c in ctx.claims if not isinstance(c, IntervalClaim)]
