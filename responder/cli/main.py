@@ -141,7 +141,8 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     """The LMTP service: 0 after a stop by signal, 1 when it cannot start."""
     from responder.config.load import config_path
-    from responder.daemons.lmtp_service import ServeError, serve
+    from responder.daemons.lmtp_service import ServeError
+    from responder.daemons.serve import serve
 
     path = config_path(args.config)
     try:

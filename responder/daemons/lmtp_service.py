@@ -558,21 +558,6 @@ async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
     return bool(done)
 
 
-def serve(config_path: Path, settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; ServeError when the service cannot start.
-
-    ``server.processes`` above 1: a supervisor binds the socket and forks the workers (see
-    responder.daemons.supervisor); 1: this process serves alone.
-    """
-    setup_logging(settings.log)
-    if settings.server.process_count > 1:
-        from responder.daemons.supervisor import Supervisor
-
-        Supervisor(config_path, settings).run()
-        return
-    run_worker(Service(config_path, settings))
-
-
 def run_worker(service: Service) -> None:
     """Run one service process's loop to the end."""
     asyncio.run(service.run())

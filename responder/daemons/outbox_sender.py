@@ -78,6 +78,7 @@ class OutboxSender:
         self.wake = asyncio.Event()
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
+        self.sending = False
         # Its own threads: one stuck on a locked database must not hold up the loop's shutdown, and
         # their names mark them as the service's workers (see lmtp_service.run_worker).
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="responder-worker-outbox")
@@ -93,22 +94,27 @@ class OutboxSender:
         self.loop.call_soon_threadsafe(self.wake.set)
 
     async def stop(self, timeout: float) -> None:
-        """Finish the sends under way (up to ``timeout``), then give the leases of this process back."""
+        """Finish the sends under way (up to ``timeout``); those cut short give their leases back.
+
+        Leases are held only while sending: a sender between batches holds none.
+        """
         self.stopping = True
         self.wake.set()
+        cut = False
         if self.task is not None:
-            done, _ = await asyncio.wait({self.task}, timeout=timeout)
+            # Sends under way get up to ``timeout``; a look at the outbox is not worth waiting for.
+            done, _ = await asyncio.wait({self.task}, timeout=timeout if self.sending else 0.1)
             if not done:
+                cut = self.sending
                 self.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self.task
-                # Stuck (on the database, most likely): the leases are left to expire.
-                log.warning("outbox: sender still busy at stop; its leases expire in outbox.lease")
-                self.executor.shutdown(wait=False, cancel_futures=True)
-                return
         try:
-            store = self.current().services.store
-            await asyncio.wait_for(self._db(store.release_leases, self.key, utcnow()), RELEASE_WAIT)
+            if cut:
+                # Responses not yet handed over are free for another sender at once; one whose final
+                # dot was being written is counted as sent.
+                store = self.current().services.store
+                await asyncio.wait_for(self._db(store.release_leases, self.key, utcnow()), RELEASE_WAIT)
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("outbox: leases not given back (they expire): %s", exc or "database too slow")
         finally:
@@ -136,7 +142,11 @@ class OutboxSender:
                 rows = []
             if rows:
                 gate = asyncio.Semaphore(generation.settings.server.workers)
-                await asyncio.gather(*(self._guarded(gate, generation, row) for row in rows))
+                self.sending = True
+                try:
+                    await asyncio.gather(*(self._guarded(gate, generation, row) for row in rows))
+                finally:
+                    self.sending = False
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
