@@ -43,9 +43,9 @@ def start_service(make_config: ConfigFactory, socket_path: Path, tmp_path: Path)
         server = {"socket": f"unix:{socket_path}", "processes": 2, **sections.pop("server", {})}
         outbox = {**FAST, **sections.pop("outbox", {})}
         config = make_config(server=server, outbox=outbox, **sections)
-        service = ServiceProcess(config, socket_path, tmp_path / f"service-{len(started)}.log").start()
-        started.append(service)
-        return service
+        service = ServiceProcess(config, socket_path, tmp_path / f"service-{len(started)}.log")
+        started.append(service)  # before it starts: one that never gets ready is stopped all the same
+        return service.start()
 
     yield start
     for service in started:

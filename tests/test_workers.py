@@ -45,9 +45,9 @@ def start_service(make_config: ConfigFactory, socket_path: Path, tmp_path: Path)
         if config is None:
             server = {"socket": f"unix:{socket_path}", "processes": 2, **sections.pop("server", {})}
             config = make_config(server=server, limits=NO_LIMITS, **sections)
-        service = ServiceProcess(config, socket_path, tmp_path / f"service-{len(started)}.log").start()
-        started.append(service)
-        return service
+        service = ServiceProcess(config, socket_path, tmp_path / f"service-{len(started)}.log")
+        started.append(service)  # before it starts: one that never gets ready is stopped all the same
+        return service.start()
 
     yield start
     for service in started:
@@ -235,6 +235,7 @@ FAULT_MESSAGES = int(os.environ.get("RESPONDER_TEST_FAULT_MESSAGES", "10000"))
 
 
 @pytest.mark.race
+@pytest.mark.timeout(1800)
 def test_kill_9_of_a_worker_the_supervisor_or_everything_loses_and_doubles_nothing(
     start_service: ServiceFactory, make_config: ConfigFactory, socket_path: Path, sink: SmtpSink, db_url: str
 ) -> None:
@@ -250,9 +251,10 @@ def test_kill_9_of_a_worker_the_supervisor_or_everything_loses_and_doubles_nothi
     run = Run(socket_path, total, clients=8).start()
     rng = random.Random(20261201)
     kills: Counter[str] = Counter()
-    # A fault at a random moment within each tenth of the run, the whole service killed early on, so
-    # that its pending claims (left for the stale margin) are free before the run ends.
-    plan = ["all", "worker", "supervisor", "worker", "worker", "supervisor", "worker", "all", "worker"]
+    # A fault at a random moment within each tenth of the run; the whole service is killed early on,
+    # so that the claims its workers left pending (taken over after the stale margin, deadline + 120 s)
+    # are free before the run ends.
+    plan = ["all", "worker", "all", "supervisor", "worker", "worker", "supervisor", "worker", "worker"]
     for step, fault in enumerate(plan, start=1):
         target = total * step // (len(plan) + 1) + rng.randrange(max(1, total // 20))
         while run.done < target and any(t.is_alive() for t in run.threads):
