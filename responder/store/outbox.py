@@ -36,6 +36,8 @@ FINAL_STATES = (SENT, FAILED, GAVE_UP)
 UNCONFIRMED = "sender stopped after the final dot, before the relay's answer: counted as sent"
 _KINDS: dict[str, ClaimKind] = {REPLIES.what: REPLIES, BOUNCES.what: BOUNCES}
 TOKEN_LENGTH = 32
+# How often one take_due picks again after losing rows to another sender.
+TAKE_ROUNDS = 3
 
 
 class ClaimLost(StoreUnavailable):
@@ -204,18 +206,24 @@ class Outbox(Database):
             c.next_attempt_at <= now,
             or_(c.lease_until.is_(None), c.lease_until < now),
         )
-        with self._begin("taking responses from the outbox") as conn:
-            pick = select(c.id).where(free).order_by(c.next_attempt_at, c.id).limit(batch)
-            if conn.dialect.name != "sqlite":
-                pick = pick.with_for_update(skip_locked=True)
-            ids = [row.id for row in conn.execute(pick)]
-            if not ids:
-                return []
-            conn.execute(
-                update(outbox)
-                .where(c.id.in_(ids), free)
-                .values(lease_token=token, lease_until=now + dt.timedelta(seconds=lease))
-            )
+        until = now + dt.timedelta(seconds=lease)
+        # Without SKIP LOCKED (SQLite) senders racing pick the same rows and the losers lease none of
+        # them: a loser picks again among the rows still free.
+        for _round in range(TAKE_ROUNDS):
+            with self._begin("taking responses from the outbox") as conn:
+                pick = select(c.id).where(free).order_by(c.next_attempt_at, c.id).limit(batch)
+                if conn.dialect.name != "sqlite":
+                    pick = pick.with_for_update(skip_locked=True)
+                ids = [row.id for row in conn.execute(pick)]
+                if not ids:
+                    break
+                won = conn.execute(
+                    update(outbox).where(c.id.in_(ids), free).values(lease_token=token, lease_until=until)
+                ).rowcount
+            batch -= int(won)
+            if won == len(ids) or batch <= 0:
+                break
+        with self._connect("taking responses from the outbox") as conn:
             rows = conn.execute(select(outbox).where(c.lease_token == token).order_by(c.id)).mappings()
             return [_row(row) for row in rows]
 
