@@ -64,9 +64,10 @@ class SmtpSink:
     ``rcpt_reply`` / ``data_reply`` make the server answer e.g. ``"451 4.3.0 try later"``.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
-        self.port = 0
+        # Another sink's port: the same relay coming back after it was stopped.
+        self.port = port
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self.rcpt_reply = ""
@@ -90,11 +91,14 @@ class SmtpSink:
             self._sessions.append(session)
             return session
 
-        self._server = await self._loop.create_server(factory, self.host, 0)
+        self._server = await self._loop.create_server(factory, self.host, self.port, reuse_address=True)
         sockname: Any = self._server.sockets[0].getsockname()
         return int(sockname[1])
 
     def stop(self) -> None:
+        if self._loop.is_closed():
+            return  # stopped already (a test that takes the relay down)
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()

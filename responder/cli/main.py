@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
 
-    from responder.cli.admin import bounces, db, limits, log, vacations
+    from responder.cli.admin import bounces, db, limits, log, outbox, vacations
 
-    for admin in (db, vacations, bounces, log, limits):
+    for admin in (db, vacations, bounces, log, limits, outbox):
         admin.register(commands)
     return parser
 
@@ -141,7 +141,8 @@ def run_explain(args: argparse.Namespace, stdin: BinaryIO | None) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     """The LMTP service: 0 after a stop by signal, 1 when it cannot start."""
     from responder.config.load import config_path
-    from responder.daemons.lmtp_service import ServeError, serve
+    from responder.daemons.lmtp_service import ServeError
+    from responder.daemons.serve import serve
 
     path = config_path(args.config)
     try:

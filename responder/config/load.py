@@ -52,6 +52,8 @@ def _check(settings: Settings) -> None:
     reply = settings.reply
     if reply.min_interval > reply.max_interval:
         raise ConfigError("bad value for reply.min_interval: greater than reply.max_interval")
+    if settings.outbox.backoff_min > settings.outbox.backoff_max:
+        raise ConfigError("bad value for outbox.backoff_min: greater than outbox.backoff_max")
     if settings.smtp.username and not settings.smtp.password:
         raise ConfigError("bad value for smtp.password: smtp.username is set without a password")
 

@@ -257,6 +257,29 @@ def _networks(value: object) -> tuple[str, ...]:
     return tuple(check_network(network) for network in _str_tuple(value))
 
 
+def _processes(value: object) -> int:
+    count = _int(value)
+    if count < 0:
+        raise ValueError(f"must be 0 (one per CPU) or more, got {value!r}")
+    return count
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """The service's outbox: how long and how often a response the relay did not take is tried again."""
+
+    # A response not sent by then is given up and audited (relay-gave-up).
+    max_age: float = _opt(_positive(_duration), 86400.0)
+    # The pause after the first failed attempt, doubled after each one up to backoff_max.
+    backoff_min: float = _opt(_positive(_duration), 5.0)
+    backoff_max: float = _opt(_positive(_duration), 600.0)
+    # Responses one sender takes at a time (and sends at the same time).
+    batch_size: int = _opt(_positive(_int), 32)
+    # How long a response taken by a sender is its own; a sender that died frees its responses
+    # after this (at once when the service's supervisor sees it die).
+    lease: float = _opt(_positive(_duration), 120.0)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     # The LMTP service (responder serve). When set, `responder deliver` hands messages to it.
@@ -264,8 +287,10 @@ class ServerSettings:
     socket_mode: int = _opt(_mode, 0o660)
     # TCP clients whose XFORWARD (client address, HELO, queue id) is believed; UNIX socket clients always.
     xforward_hosts: tuple[str, ...] = _opt(_networks, ())
-    # Messages decided at the same time, each in a thread; more wait for a turn.
+    # Messages decided at the same time in each worker process, each in a thread; more wait for a turn.
     workers: int = _opt(_positive(_int), 8)
+    # Worker processes sharing the socket: 0 one per CPU, 1 a single process without a supervisor.
+    processes: int = _opt(_processes, 0)
     max_connections: int = _opt(_positive(_int), 100)
     # Bytes kept of one message; the rest is read and dropped, never refused (a refusal would bounce).
     max_message_size: int = _opt(_positive(_int), 64 * 1024 * 1024)
@@ -278,6 +303,13 @@ class ServerSettings:
     metrics_listen: SocketSpec | None = _opt(_metrics_socket, None)  # noqa: RUF009 (_opt builds a field)
     # /healthz answers 503 once the database or the relay has been unusable for longer than this.
     health_threshold: float = _opt(_positive(_duration), 60.0)
+
+    @property
+    def process_count(self) -> int:
+        """How many worker processes ``processes`` asks for."""
+        import os
+
+        return self.processes or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -293,4 +325,5 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     bounce: BounceSettings = field(default_factory=BounceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     source: str = ""

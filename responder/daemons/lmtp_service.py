@@ -29,6 +29,7 @@ import aiosmtplib
 from responder.config.load import ConfigError, load
 from responder.config.settings import Settings, SmtpSettings
 from responder.daemons import runtime, sockets
+from responder.daemons.outbox_sender import OutboxSender
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond_safely
 from responder.decide.rules import AFTER_HEADERS, ALL_PHASES, HEADER_PHASE, first_firing
@@ -37,9 +38,8 @@ from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import printable, setup_logging
 from responder.mail.message import Envelope, Inbound
 from responder.observe import events
-from responder.observe.monitoring import Monitoring
 from responder.outcome import DECIDED, Outcome
-from responder.smtp.transport import SmtpTransport
+from responder.smtp.transport import Handover, Sendable, SmtpTransport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -114,23 +114,25 @@ class PooledSmtpTransport(SmtpTransport):
         self.idle: list[aiosmtplib.SMTP] = []
 
     def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None:
-        # before_final_dot is not called: its database write would stall the loop; the engine then
-        # keeps the claims after the answer, as it does for any transport that does not call it.
+        # Used only where a response is sent during its decision (the service queues them instead);
+        # before_final_dot is not called: its database write would stall the loop.
         job: Job | None = getattr(_running, "job", None)
         if job is not None and not job.start_sending():
             raise DeadlineExceeded("deadline passed before the response went to the relay")
         asyncio.run_coroutine_threadsafe(self.send_pooled(outgoing), self.loop).result()
 
-    async def send_pooled(self, outgoing: Outgoing) -> None:
+    async def send_pooled(self, outgoing: Sendable, handover: Handover | None = None) -> None:
+        """On the loop: one response over an idle connection, or a fresh one."""
         while self.idle:
             client = self.idle.pop()
             if not client.is_connected:
                 continue
             try:
-                await self._mapped(self._transaction(client, outgoing))
+                await self._mapped(self._transaction(client, outgoing, handover))
             except RelayUnavailable as exc:
                 client.close()
-                if isinstance(exc.__cause__, aiosmtplib.SMTPServerDisconnected):
+                started = handover is not None and handover.done
+                if isinstance(exc.__cause__, aiosmtplib.SMTPServerDisconnected) and not started:
                     break  # gone while idle: try a fresh connection
                 raise
             except BaseException:
@@ -141,7 +143,7 @@ class PooledSmtpTransport(SmtpTransport):
         client = self._client()
         try:
             await self._mapped(client.connect())
-            await self._mapped(self._transaction(client, outgoing))
+            await self._mapped(self._transaction(client, outgoing, handover))
         except BaseException:
             client.close()
             raise
@@ -160,12 +162,37 @@ class PooledSmtpTransport(SmtpTransport):
 
 
 class WarmServices(Services):
-    """Services for a long-running process: one pooled database engine shared by the worker threads."""
+    """Services for a long-running process: one pooled database engine shared by the worker threads.
 
-    def __init__(self, settings: Settings, transport: PooledSmtpTransport) -> None:
+    Responses are queued in the outbox, never sent while deciding: the worker's outbox sender sends
+    them. ``key`` starts every claim and lease token of this process, so that the supervisor can
+    free them at once should the process die.
+    """
+
+    queues_responses = True
+
+    def __init__(self, settings: Settings, transport: PooledSmtpTransport, key: str) -> None:
         super().__init__(settings, transport=transport)
         self.relay = transport
+        self.key = key
         self._lock = threading.Lock()
+        # Set by the outbox sender: called (from a worker thread) once a response is committed.
+        self.on_queued: Callable[[], None] | None = None
+
+    def claim_token(self) -> str:
+        import secrets
+
+        return self.key + secrets.token_hex((32 - len(self.key)) // 2)
+
+    def before_queue(self) -> None:
+        # A decision given up at its deadline (its client was answered 451) must not promise anything.
+        job: Job | None = getattr(_running, "job", None)
+        if job is not None and not job.start_sending():
+            raise DeadlineExceeded("deadline passed before the response was queued")
+
+    def queued(self) -> None:
+        if self.on_queued is not None:
+            self.on_queued()
 
     @property
     def store(self) -> Store:
@@ -207,11 +234,11 @@ class WarmServices(Services):
 class Generation:
     """One loaded configuration with its services and worker threads."""
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, key: str) -> None:
         self.settings = settings
         self.loop = loop
         relay = PooledSmtpTransport(settings.smtp, loop, keep=settings.server.workers)
-        self.services = WarmServices(settings, relay)
+        self.services = WarmServices(settings, relay, key)
         self.services.resolver = _resolver(settings)
         self.executor = ThreadPoolExecutor(settings.server.workers, thread_name_prefix=_WORKER_PREFIX)
         self.headers = ThreadPoolExecutor(HEADER_THREADS, thread_name_prefix=_HEADER_PREFIX)
@@ -309,10 +336,26 @@ def decide(
 class Service:
     """The listening socket, the sessions on it, and the current generation."""
 
-    def __init__(self, config_path: Path, settings: Settings) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        settings: Settings,
+        listeners: list[socketlib.socket] | None = None,
+        key: str | None = None,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
+        """``listeners``: sockets a supervisor bound before forking this worker (which then neither
+        binds nor removes the socket file, and stops when the supervisor is gone); None binds here."""
         if settings.server.socket is None:
             raise ServeError("server.socket is not set: nothing to listen on")
+        import secrets
+
         self.config_path = config_path
+        self.listeners = listeners
+        self.key = key or secrets.token_hex(4)
+        self.ready = ready
+        self.parent = os.getppid()
+        self.sender: OutboxSender | None = None
         self.settings = settings
         self.generation: Generation
         self.listen = settings.server.socket
@@ -327,28 +370,35 @@ class Service:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        monitoring = _start_monitoring(self.settings)
-        try:
-            await self._serve(loop)
-        finally:
-            if monitoring is not None:
-                monitoring.stop()
-
-    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.generation = Generation(self.settings, loop)
+        self.generation = Generation(self.settings, loop, self.key)
         await asyncio.to_thread(self.generation.warm)
-        server = await self._bind()
+        servers = await self._bind()
         signals = runtime.Signals(self.stop, self.reload, "LMTP")
+        self.sender = OutboxSender(lambda: self.generation, self.key)
+        self.generation.services.on_queued = self.sender.nudge
+        self.sender.start()
         settings = self.generation.settings.server
-        log.info("listening for LMTP on %s (workers=%d)", self.listen, settings.workers)
+        if self.listeners is None:
+            log.info("listening for LMTP on %s (workers=%d)", self.listen, settings.workers)
+        else:
+            watch = loop.create_task(self._watch_parent())
+            self.background.add(watch)
+            watch.add_done_callback(self.background.discard)
+        if self.ready is not None:
+            self.ready()
         try:
             await self.stopping.wait()
         finally:
             signals.stop_reloading()
-            server.close()
-            sockets.unlink(self.listen)
+            for server in servers:
+                server.close()
+            if self.listeners is None:
+                sockets.unlink(self.listen)
         # SIGTERM and SIGINT stay caught while draining: a second one must not cut messages short.
         await self._drain(self.generation.settings.server.stop_timeout)
+        # What was committed is sent now if the relay takes it, else by whichever process runs next.
+        current = self.generation.settings
+        await self.sender.stop(min(current.smtp.timeout, current.server.stop_timeout))
         # Whatever still runs in a worker now was given up (its client was answered or cut off).
         self.left_behind = True
         await asyncio.to_thread(self.generation.close, False)
@@ -372,12 +422,23 @@ class Service:
         if late:
             log.warning("%d sessions still busy after %gs; closed", late, timeout)
 
-    async def _bind(self) -> asyncio.AbstractServer:
+    async def _bind(self) -> list[asyncio.AbstractServer]:
+        if self.listeners is not None:
+            unix = bool(self.listen.path)
+            return [await sockets.serve_on(sock, self._session, unix) for sock in self.listeners]
         mode = self.generation.settings.server.socket_mode
         try:
-            return await sockets.listen(self.listen, self._session, mode)
+            return [await sockets.listen(self.listen, self._session, mode)]
         except OSError as exc:
             raise ServeError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+
+    async def _watch_parent(self) -> None:
+        """A worker whose supervisor is gone (killed) stops: finishes its messages and exits."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.5)
+            if os.getppid() != self.parent:
+                log.warning("the supervisor is gone: stopping")
+                self.stop()
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -397,8 +458,10 @@ class Service:
                 "server.socket changed to %s: restart the service to listen there", settings.server.socket
             )
         setup_logging(settings.log)
-        fresh = Generation(settings, asyncio.get_running_loop())
+        fresh = Generation(settings, asyncio.get_running_loop(), self.key)
         await asyncio.to_thread(fresh.warm)
+        if self.sender is not None:
+            fresh.services.on_queued = self.sender.nudge
         old, self.generation = self.generation, fresh
         old.retired = True
         if old.in_flight == 0:
@@ -509,18 +572,8 @@ async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
     return bool(done)
 
 
-def _start_monitoring(settings: Settings) -> Monitoring | None:
-    try:
-        return Monitoring.start(settings.server)
-    except OSError as exc:
-        listen = settings.server.metrics_listen
-        raise ServeError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
-
-
-def serve(config_path: Path, settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; ServeError when the service cannot start."""
-    setup_logging(settings.log)
-    service = Service(config_path, settings)
+def run_worker(service: Service) -> None:
+    """Run one service process's loop to the end."""
     asyncio.run(service.run())
     if service.left_behind and _busy_workers():
         # Waiting for them would break server.stop_timeout; they were given up and cannot send.

@@ -61,6 +61,54 @@ async def listen(spec: SocketSpec, handler: Handler, mode: int) -> asyncio.Serve
     return await asyncio.start_server(handler, spec.host, spec.port, reuse_address=True)
 
 
+def bind_for_workers(spec: SocketSpec, mode: int) -> list[socket.socket]:
+    """Bind and listen before forking, so that every worker accepts on the same socket(s)."""
+    if spec.path:
+        clear_stale_socket(spec.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        previous = os.umask(_UMASK)
+        try:
+            sock.bind(spec.path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(previous)
+        try:
+            os.chmod(spec.path, mode)
+            sock.listen(socket.SOMAXCONN)
+        except OSError:
+            sock.close()
+            unlink(spec)
+            raise
+        sock.setblocking(False)
+        return [sock]
+    found = socket.getaddrinfo(spec.host or None, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys((f[0], f[1], f[2], "", f[4]) for f in found):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+async def serve_on(sock: socket.socket, handler: Handler, unix: bool) -> asyncio.Server:
+    """Accept on a socket bound by the supervisor (shared with the other workers)."""
+    if unix:
+        return await asyncio.start_unix_server(handler, sock=sock)
+    return await asyncio.start_server(handler, sock=sock)
+
+
 def bound_address(server: asyncio.Server, spec: SocketSpec) -> str:
     """Where ``server`` listens, with the port the system chose for port 0."""
     if spec.path:

@@ -176,6 +176,21 @@ class Services:
             self._renderer = Renderer(self.settings.reply.templates_dir)
         return self._renderer
 
+    def claim_token(self) -> str:
+        """A fresh token for an interval claim (32 characters); a service worker prefixes its key."""
+        import secrets
+
+        return secrets.token_hex(16)
+
+    # The LMTP service queues responses in the outbox instead of sending them (see engine.respond).
+    queues_responses = False
+
+    def before_queue(self) -> None:
+        """Right before the outbox commit; raise TransientError when it is too late to promise."""
+
+    def queued(self) -> None:
+        """After the outbox commit: a sender may take the response now."""
+
     def settle(self, action: str, reason: str | None) -> None:
         """The decision is made and nothing it owes is left undone (the pipe hook may now end with 0)."""
         if self._on_settled is not None:
@@ -282,9 +297,7 @@ class Context(HeaderFacts):
             if last is None or verdict != TAKEN:
                 return None
             return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
-        import secrets
-
-        token = secrets.token_hex(16)
+        token = self.services.claim_token()
         claim = IntervalClaim(store, kind, owner_id, key, token)
         # Listed before it is taken: a deadline striking once the claim is written still releases it.
         self.claims.append(claim)

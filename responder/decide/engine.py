@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from responder.decide.audit import decision_message, decision_row
-from responder.decide.context import BOUNCE, Claim, Context, Services
+from responder.decide.context import BOUNCE, Claim, Context, IntervalClaim, Services
 from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
@@ -109,6 +110,12 @@ def respond(
     ctx = Context(inbound, services, dry_run=dry_run)
     try:
         decision = decide(ctx, phases)
+        if decision.outgoing is not None and not dry_run and services.queues_responses:
+            # The decision, its claims, the response and its audit row in one commit: owed from now.
+            _queue(ctx, decision)
+            services.settle(decision.action, decision.reason)
+            log_decision(inbound, decision)
+            return decision
         if decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
         # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
@@ -179,13 +186,55 @@ def _relay_fault(exc: BaseException, usable: bool) -> None:
         events.observer.dependency_failed(events.RELAY)
 
 
-def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+def _queue(ctx: Context, decision: Decision) -> None:
+    """Commit the response to the outbox with the claims it holds and its audit row; TransientError
+    (nothing promised, the claims given back by respond) when the database cannot take it."""
+    import datetime as dt
+
+    from responder.decide.records import DecisionRecord
+    from responder.store.outbox import HeldClaim, Owed
+
+    outgoing = decision.outgoing
+    assert outgoing is not None
+    held: list[HeldClaim] = []
+    counters: list[Any] = []
+    for claim in ctx.claims:
+        if isinstance(claim, IntervalClaim):
+            held.append(HeldClaim(claim.kind, claim.owner_id, claim.sender_key, claim.token))
+        counters.extend(getattr(claim, "counters", ()))
+    row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
+    max_age = dt.timedelta(seconds=ctx.settings.outbox.max_age)
+    owed = Owed(outgoing.mail_from, outgoing.rcpt_to, outgoing.as_bytes(), decision.action, ctx.now + max_age)
+    ctx.services.before_queue()
+    store = ctx.services.store
+    try:
+        store.queue_response(owed, held, counters, DecisionRecord(**row))
+    except TransientError:
+        # The commit may have happened with only its answer lost: a confirmed claim then stands for
+        # the response the outbox owes, and must not be given back (the retry would answer again).
+        for kept in held:
+            try:
+                store.release_claim(kept.kind, kept.owner_id, kept.sender_key, kept.token, only_pending=True)
+            except TransientError as exc:
+                log.warning("could not release a claim: %s", exc)
+        ctx.claims[:] = [c for c in ctx.claims if not isinstance(c, IntervalClaim)]
+        raise
+    ctx.claims.clear()
+    ctx.services.queued()
+
+
+def refused_detail(exc: RelayRefused, action: str) -> tuple[str, int]:
+    """The audit detail and log level of a refusal by the relay (5xx): nothing was sent."""
     from responder.smtp.transport import refusal_advice
 
     setup_fault, advice = refusal_advice(exc)
     stage = f" at {exc.stage}" if exc.stage else ""
-    detail = f"relay refused the {decision.action}{stage}: {exc}; nothing was sent; {advice}"
-    level = logging.ERROR if setup_fault else logging.WARNING
+    detail = f"relay refused the {action}{stage}: {exc}; nothing was sent; {advice}"
+    return detail, logging.ERROR if setup_fault else logging.WARNING
+
+
+def _refused(exc: RelayRefused, decision: Decision) -> Decision:
+    detail, level = refused_detail(exc, decision.action)
     return Decision(DROP, "relay-refused", _join(detail, decision.detail), None, level)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import socket
 import time
@@ -29,19 +30,30 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _RECIPIENT_STATUS = re.compile(r"5\.1\.\d{1,3}\b")
 
 
+class Sendable(Protocol):
+    """What the relay conversation needs of a response: its envelope and its bytes."""
+
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def rcpt_to(self) -> str: ...
+    def as_bytes(self) -> bytes: ...
+
+
 class Transport(Protocol):
     def send(self, outgoing: Outgoing, before_final_dot: Callable[[], None] | None = None) -> None: ...
 
 
-class _Handover:
+class Handover:
     """The line between "retry" and "count as sent" of one response: the final dot.
 
     ``before`` runs just before the final dot is written (the engine marks the claims sent there, so
-    that a hook killed afterwards cannot make the retry send again); a fault it raises ends the
+    that a hook killed afterwards cannot make the retry send again; the outbox sender marks its row
+    ``sending``, and may hand in a coroutine function for that); a fault it raises ends the
     conversation with nothing handed over. ``done`` tells whether the final dot was written.
     """
 
-    def __init__(self, before: Callable[[], None] | None = None) -> None:
+    def __init__(self, before: Callable[[], object] | None = None) -> None:
         self.before = before
         self.done = False
 
@@ -63,7 +75,7 @@ class SmtpTransport:
         RelayUnavailable (4xx, network fault, timeout) and RelayRefused (5xx) mean the relay does not
         have it; RelayUnconfirmed means it got the final dot but its answer was lost or came too late.
         """
-        handover = _Handover(before_final_dot)
+        handover = Handover(before_final_dot)
         try:
             asyncio.run(self._send_once(outgoing, handover))
         except DeadlineExceeded as exc:
@@ -74,7 +86,7 @@ class SmtpTransport:
                 ) from exc
             raise
 
-    async def _send_once(self, outgoing: Outgoing, handover: _Handover) -> None:
+    async def _send_once(self, outgoing: Outgoing, handover: Handover) -> None:
         client = self._client(_ehlo_name(outgoing))
         try:
             await self._bounded("connect", client.connect())
@@ -138,7 +150,7 @@ class SmtpTransport:
         raise RelayUnavailable(f"{self._name()}: {stage}: {exc}") from exc
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, outgoing: Outgoing, handover: _Handover | None = None
+        self, client: aiosmtplib.SMTP, outgoing: Sendable, handover: Handover | None = None
     ) -> None:
         if client.is_ehlo_or_helo_needed:
             await self._bounded("EHLO", client.ehlo())
@@ -157,9 +169,9 @@ class SmtpTransport:
             "MAIL FROM", client.mail(outgoing.mail_from, options=mail_options, encoding=encoding)
         )
         await self._bounded("RCPT TO", client.rcpt(outgoing.rcpt_to, options=rcpt_options, encoding=encoding))
-        await self._data(client, outgoing.as_bytes(), handover or _Handover())
+        await self._data(client, outgoing.as_bytes(), handover or Handover())
 
-    async def _data(self, client: aiosmtplib.SMTP, message: bytes, handover: _Handover) -> None:
+    async def _data(self, client: aiosmtplib.SMTP, message: bytes, handover: Handover) -> None:
         """DATA, driven here rather than by aiosmtplib, to know whether the final dot went out."""
         start = await self._bounded("DATA", client.execute_command(b"DATA"))
         if start.code != 354:
@@ -168,7 +180,9 @@ class SmtpTransport:
         if protocol is None:
             raise RelayUnavailable(f"{self._name()}: connection lost after DATA")
         if handover.before is not None:
-            handover.before()
+            marked = handover.before()
+            if inspect.isawaitable(marked):
+                await marked
         try:
             protocol.write(_dot_stuffed(message))
         except aiosmtplib.SMTPException as exc:

@@ -128,14 +128,17 @@ class Claims(Database):
                 .values(state="sent")
             )
 
-    def release_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+    def release_claim(
+        self, kind: ClaimKind, owner_id: int, sender_key: str, token: str, only_pending: bool = False
+    ) -> None:
+        """Give the claim back; ``only_pending``: unless it was confirmed (a commit whose answer was
+        lost may have confirmed it, and its response is then owed)."""
         c = kind.table.c
+        where = [c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token]
+        if only_pending:
+            where.append(c.state == "pending")
         with self._begin(f"releasing the {kind.what} claim") as conn:
-            conn.execute(
-                delete(kind.table).where(
-                    c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token
-                )
-            )
+            conn.execute(delete(kind.table).where(*where))
 
     def last_claim(self, kind: ClaimKind, owner_id: int, sender_key: str) -> LastClaim | None:
         c = kind.table.c

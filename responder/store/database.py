@@ -18,6 +18,7 @@ from responder.store.claims import (
 from responder.store.counters import Counters, CounterWindow, RateCounter
 from responder.store.engine import STATEMENT_SLACK, limit_statements, make_engine, sqlite_file
 from responder.store.migrate import Migrations
+from responder.store.outbox import Outbox
 from responder.store.retirements import Retirements
 from responder.store.vacations import Vacations
 
@@ -45,7 +46,7 @@ __all__ = [
 
 # The repositories share one engine and its fault translation (``Database``), so the façade is
 # their union: every caller keeps ``store.vacation_for(...)``, and each table's SQL lives in one module.
-class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit):
+class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox):
     """All database access of the engine and the admin commands."""
 
     @classmethod

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 # The alembic revision this code expects; tests check it is the head of migrations/.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0006"
 
 ADDRESS_LENGTH = 320
 MYSQL_TABLE_ARGS: dict[str, Any] = {
@@ -165,5 +166,32 @@ bounce_claims = Table(
     Column("state", String(8), nullable=False),
     Column("token", String(32), nullable=False),
     UniqueConstraint("retired_id", "sender_key", name="uq_bounce_claims_retired_sender"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Responses decided and owed: committed with their decision, sent by the service's outbox senders.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lease_token", String(32), nullable=True),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("mail_from", String(ADDRESS_LENGTH), nullable=False),
+    Column("rcpt_to", String(ADDRESS_LENGTH), nullable=False),
+    Column("message", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("queue_id", String(64), nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("sender", String(ADDRESS_LENGTH), nullable=False),
+    Column("recipient", String(ADDRESS_LENGTH), nullable=False),
+    Column("claims", Text, nullable=False),
+    Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
     **MYSQL_TABLE_ARGS,
 )

@@ -1,0 +1,174 @@
+"""The outbox table on SQLite, PostgreSQL and MariaDB: one commit, exclusive leases, the end states."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import select
+
+from responder.decide.records import DecisionRecord
+from responder.store.database import REPLIES, ClaimRequest, CounterWindow, Store
+from responder.store.outbox import UNCONFIRMED, ClaimLost, HeldClaim, Owed
+from responder.store.schema import rate_counters, reply_claims
+
+ALICE = "alice@example.com"
+BOB = "bob@example.org"
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+KEY = "abcd1234"
+
+
+@pytest.fixture
+def store(backend_url: str) -> Iterator[Store]:
+    opened = Store.open(backend_url, busy_timeout=5)
+    opened.put_vacation(ALICE, NOW, None, enabled=True, message="Away.", timezone="UTC")
+    yield opened
+    opened.close()
+
+
+def _claim(store: Store, sender: str = BOB, token: str = KEY + "0" * 24) -> HeldClaim:
+    vacation_id = store.list_vacations()[0].id
+    week, stale = dt.timedelta(days=7), dt.timedelta(days=1)
+    request = ClaimRequest(REPLIES, vacation_id, sender, f"<m@{sender}>", NOW, week, stale, token)
+    assert store.claim(request) == "won"
+    return HeldClaim(REPLIES, vacation_id, sender, token)
+
+
+def _audit(sender: str = BOB) -> DecisionRecord:
+    return DecisionRecord(
+        at=NOW,
+        queue_id="Q1",
+        message_id="<m@x>",
+        sender=sender,
+        recipient=ALICE,
+        action="reply",
+        reason=None,
+        detail="",
+    )
+
+
+def _queue(store: Store, sender: str = BOB, counters: tuple[CounterWindow, ...] = ()) -> int:
+    owed = Owed("", sender, b"Subject: away\r\n\r\nAway.\r\n", "reply", NOW + dt.timedelta(hours=1))
+    return store.queue_response(
+        owed, [_claim(store, sender, KEY + sender[:2].encode().hex() + "0" * 20)], counters, _audit(sender)
+    )
+
+
+def _claim_state(store: Store, sender: str = BOB) -> str | None:
+    with store.engine.connect() as conn:
+        return conn.execute(select(reply_claims.c.state).where(reply_claims.c.sender_key == sender)).scalar()
+
+
+def test_the_decision_its_claim_and_the_response_are_one_commit(store: Store) -> None:
+    row_id = _queue(store)
+    [row] = store.outbox_rows()
+    assert (row.id, row.state, row.rcpt_to, row.attempts) == (row_id, "pending", BOB, 0)
+    assert row.message.endswith(b"Away.\r\n")
+    assert _claim_state(store) == "sent"
+    assert [(d.action, d.sender) for d in store.decisions()] == [("reply", BOB)]
+    assert store.outbox_stats(NOW + dt.timedelta(seconds=30)) == (1, 30.0)
+
+
+def test_a_claim_taken_over_before_the_commit_writes_nothing(store: Store) -> None:
+    held = _claim(store)
+    store.release_claim(REPLIES, held.owner_id, BOB, held.token)
+    owed = Owed("", BOB, b"x\r\n", "reply", NOW)
+    with pytest.raises(ClaimLost):
+        store.queue_response(owed, [held], [], _audit())
+    assert store.outbox_rows() == [] and store.decisions() == []
+
+
+def test_only_one_of_many_senders_leases_a_response(store: Store, backend_url: str) -> None:
+    for number in range(6):
+        _queue(store, f"s{number}@example.org")
+    others = [Store.open(backend_url, busy_timeout=5) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            taken = list(pool.map(lambda s: s[1].take_due(f"{s[0]:08x}", NOW, 3, 60), enumerate(others)))
+    finally:
+        for other in others:
+            other.close()
+    ids = [row.id for rows in taken for row in rows]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 6
+    # Leased: nobody takes them again until the lease expires.
+    assert store.take_due("ffffffff", NOW, 10, 60) == []
+    assert len(store.take_due("ffffffff", NOW + dt.timedelta(seconds=61), 10, 60)) == 6
+
+
+def test_sending_needs_the_lease_and_sent_is_final(store: Store) -> None:
+    _queue(store)
+    [row] = store.take_due(KEY, NOW, 10, 60)
+    assert row.lease_token is not None and row.lease_token.startswith(KEY)
+    # Another sender that took it after the lease expired owns it now; the first must not send.
+    [again] = store.take_due("99999999", NOW + dt.timedelta(seconds=61), 10, 60)
+    assert again.lease_token is not None
+    assert not store.mark_sending(row.id, row.lease_token)
+    assert store.mark_sending(again.id, again.lease_token)
+    store.mark_sent(again.id, again.lease_token, NOW)
+    [done] = store.outbox_rows()
+    assert (done.state, done.attempts) == ("sent", 1)
+    assert store.outbox_stats(NOW) == (0, 0.0)
+    assert store.take_due(KEY, NOW + dt.timedelta(days=1), 10, 60) == []
+
+
+def test_a_transient_fault_schedules_a_retry(store: Store) -> None:
+    _queue(store)
+    [row] = store.take_due(KEY, NOW, 10, 60)
+    assert row.lease_token is not None
+    assert store.mark_sending(row.id, row.lease_token)  # the relay answered 4xx to the data
+    store.retry_later(row.id, row.lease_token, "relay answered 451", NOW + dt.timedelta(seconds=5))
+    [waiting] = store.outbox_rows()
+    assert (waiting.state, waiting.attempts, waiting.last_error) == ("pending", 1, "relay answered 451")
+    assert store.take_due(KEY, NOW + dt.timedelta(seconds=4), 10, 60) == []
+    assert len(store.take_due(KEY, NOW + dt.timedelta(seconds=5), 10, 60)) == 1
+
+
+def test_given_up_gives_back_the_claim_and_the_counts_and_is_audited(store: Store) -> None:
+    counter = CounterWindow("sender", BOB, NOW, NOW + dt.timedelta(days=1))
+    assert store.take_counts([(counter, 10)]) is None
+    _queue(store, counters=(counter,))
+    [row] = store.take_due(KEY, NOW, 10, 60)
+    assert row.lease_token is not None
+    audit = DecisionRecord(NOW, "Q1", "<m@x>", BOB, ALICE, "drop", "relay-gave-up", "relay down")
+    assert store.finish_unsent(row.id, row.lease_token, "gave-up", "relay down", audit)
+    assert store.outbox_rows()[0].state == "gave-up"
+    assert _claim_state(store) is None
+    assert store.counts([counter]) == [0]
+    assert [d.reason for d in store.decisions()] == ["relay-gave-up", None]
+    # Sent anyway at the admin's word, then purged.
+    assert store.outbox_retry(NOW, 3600, row.id) == 1
+    [again] = store.take_due(KEY, NOW, 10, 60)
+    assert again.lease_token is not None
+    store.mark_sent(again.id, again.lease_token, NOW)
+    assert store.outbox_purge(sent_before=NOW) == 0
+    assert store.outbox_purge(sent_before=NOW + dt.timedelta(seconds=1)) == 1
+    assert store.outbox_rows() == []
+
+
+def test_a_dead_senders_leases_and_claims_are_freed(store: Store) -> None:
+    _queue(store, "a@example.org")
+    _queue(store, "b@example.org")
+    rows = store.take_due(KEY, NOW, 10, 600)
+    assert len(rows) == 2 and rows[1].lease_token is not None
+    assert store.mark_sending(rows[1].id, rows[1].lease_token)
+    # A decision of the dead worker that never committed.
+    _claim(store, "c@example.org", KEY + "c" * 24)
+    assert store.release_leases(KEY, NOW) == 2
+    states = {row.rcpt_to: (row.state, row.last_error) for row in store.outbox_rows()}
+    assert states == {"a@example.org": ("pending", ""), "b@example.org": ("sent", UNCONFIRMED)}
+    assert _claim_state(store, "c@example.org") is None
+    assert len(store.take_due("99999999", NOW, 10, 60)) == 1
+
+
+def test_a_sending_row_past_its_lease_is_counted_as_sent_never_resent(store: Store) -> None:
+    _queue(store)
+    [row] = store.take_due(KEY, NOW, 10, 60)
+    assert row.lease_token is not None and store.mark_sending(row.id, row.lease_token)
+    assert store.recover_unconfirmed(NOW + dt.timedelta(seconds=30)) == 0
+    assert store.recover_unconfirmed(NOW + dt.timedelta(seconds=61)) == 1
+    assert store.outbox_rows()[0].state == "sent"
+    assert store.take_due(KEY, NOW + dt.timedelta(days=1), 10, 60) == []
+    with store.engine.connect() as conn:
+        assert conn.execute(select(rate_counters)).first() is None
