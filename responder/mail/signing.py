@@ -1,0 +1,226 @@
+"""DKIM-sign a composed response as its From domain: keys read once per process, warnings once an hour."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import quopri
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from pathlib import Path
+
+import dkim
+
+from responder.config.settings import DkimSettings
+from responder.mail.dkimkeys import (
+    SIGNATURE_ALGORITHM,
+    KeyMissing,
+    KeyProblem,
+    SigningKey,
+    dkim_domain,
+    read_key,
+)
+from responder.mail.reply import Outgoing
+
+log = logging.getLogger("responder")
+
+# One warning per domain within this time, across the processes of the host (a stamp file).
+WARN_EVERY = 3600.0
+# A key that was missing or refused is looked for again after this long (a service picks up a new key).
+RETRY_PROBLEM = 60.0
+CANONICALIZATION = (b"relaxed", b"relaxed")
+_STAMPS = ".warned"
+
+
+@dataclass(frozen=True)
+class Signed:
+    """The response, signed when ``signed``; ``note`` says what was not done as configured."""
+
+    outgoing: Outgoing
+    signed: bool
+    note: str = ""
+
+
+class Signer:
+    """Signs responses with the keys under ``dkim.keys_dir``; shared by the threads of a process."""
+
+    def __init__(self, settings: DkimSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._keys: dict[tuple[str, str, str], SigningKey | tuple[KeyProblem, float]] = {}
+        self._warned: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def key(self, domain: str, selector: str, algorithm: str) -> SigningKey:
+        """The key, read on first use and kept; KeyProblem (remembered for a minute) when unusable."""
+        index = (domain, selector, algorithm)
+        with self._lock:
+            known = self._keys.get(index)
+            if isinstance(known, SigningKey):
+                return known
+            if known is not None and self.clock() - known[1] < RETRY_PROBLEM:
+                raise known[0]
+            try:
+                key = read_key(self.settings.keys_dir, domain, selector, algorithm)
+            except KeyProblem as exc:
+                self._keys[index] = (exc, self.clock())
+                raise
+            self._keys[index] = key
+            return key
+
+    def warm(self) -> list[str]:
+        """Read every key of the configured selectors now (a service, before taking mail); the problems."""
+        problems: list[str] = []
+        base = Path(self.settings.keys_dir)
+        try:
+            domains = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as exc:
+            return [f"dkim.keys_dir {base} cannot be listed: {exc.strerror}"]
+        for domain in domains:
+            for selector, algorithm in self._selectors():
+                try:
+                    self.key(domain, selector, algorithm)
+                except KeyMissing:
+                    pass
+                except KeyProblem as exc:
+                    problems.append(str(exc))
+        return problems
+
+    def _selectors(self) -> list[tuple[str, str]]:
+        found = [(self.settings.selector, "rsa")]
+        if self.settings.ed25519:
+            found.append((self.settings.ed25519_selector, "ed25519"))
+        return found
+
+    def sign(self, outgoing: Outgoing) -> Signed:
+        """``outgoing`` with a DKIM-Signature by its From domain (and an ed25519 one where configured)."""
+        message = outgoing.message
+        domain = from_domain(message)
+        if domain is None:
+            return self._unsigned(outgoing, "", "the From field names no one domain to sign as")
+        seven_bit(message)
+        data = message.as_bytes(policy=policy.SMTP)
+        headers = signed_headers(message, self.settings)
+        signatures: list[bytes] = []
+        notes: list[str] = []
+        for selector, algorithm in self._selectors():
+            try:
+                key = self.key(domain, selector, algorithm)
+                signatures.append(sign_bytes(data, key, headers))
+            except (KeyProblem, dkim.DKIMException) as exc:
+                if algorithm == "rsa":
+                    return self._unsigned(outgoing, domain, _problem(exc))
+                notes.append(f"no ed25519 signature: {_problem(exc)}")
+                self._warn(domain, f"responses from {domain} get no ed25519 signature: {_problem(exc)}")
+        signed = dataclasses.replace(outgoing, data=b"".join(signatures) + data)
+        return Signed(signed, True, "; ".join(notes))
+
+    def _unsigned(self, outgoing: Outgoing, domain: str, why: str) -> Signed:
+        what = "dropped (dkim.require)" if self.settings.require else "sent unsigned"
+        self._warn(domain, f"responses from {domain or 'this From'} are {what}: {why}")
+        return Signed(outgoing, False, f"not DKIM-signed: {why}")
+
+    def _warn(self, domain: str, text: str) -> None:
+        now = self.clock()
+        with self._lock:
+            last = self._warned.get(domain)
+            if last is not None and now - last < WARN_EVERY:
+                return
+            self._warned[domain] = now
+        if _stamp_is_fresh(Path(self.settings.keys_dir), domain or "-"):
+            return  # another process of this host warned within the hour
+        log.warning("%s", text)
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, KeyProblem):
+        return str(exc)
+    return f"dkimpy cannot sign: {exc}"
+
+
+def _stamp_is_fresh(keys_dir: Path, domain: str) -> bool:
+    """Whether a process warned about ``domain`` within WARN_EVERY; else mark that this one does.
+
+    The pipe hook is one process per message: without the stamp it would warn for every one.
+    A stamp that cannot be written (a read-only keys_dir) means a warning every time, never none.
+    """
+    stamp = keys_dir / _STAMPS / domain
+    try:
+        if time.time() - stamp.stat().st_mtime < WARN_EVERY:
+            return True
+    except OSError:
+        pass
+    try:
+        stamp.parent.mkdir(mode=0o700, exist_ok=True)
+        stamp.touch(mode=0o600)
+        os.utime(stamp)
+    except OSError:
+        pass
+    return False
+
+
+def from_domain(message: EmailMessage) -> str | None:
+    """The d= domain: the domain of the one address in From."""
+    try:
+        field = message["From"]
+        addresses: tuple[Address, ...] = field.addresses if field is not None else ()
+    except (AttributeError, IndexError, ValueError):
+        return None
+    if len(addresses) != 1 or not addresses[0].domain:
+        return None
+    return dkim_domain(addresses[0].domain)
+
+
+def signed_headers(message: EmailMessage, settings: DkimSettings) -> list[bytes]:
+    """h=: each configured field as often as it occurs, the oversigned ones once more (RFC 6376 8.15)."""
+    present: dict[str, int] = {}
+    for name in message:
+        present[name.lower()] = present.get(name.lower(), 0) + 1
+    oversign = {name.lower() for name in settings.oversign}
+    names: list[bytes] = []
+    for name in settings.headers:
+        lower = name.lower()
+        count = present.get(lower, 0) + (1 if lower in oversign else 0)
+        names += [lower.encode("ascii")] * count
+    for lower in sorted(oversign - {name.lower() for name in settings.headers}):
+        names += [lower.encode("ascii")] * (present.get(lower, 0) + 1)
+    return names
+
+
+def sign_bytes(data: bytes, key: SigningKey, headers: list[bytes]) -> bytes:
+    """The DKIM-Signature field (ending in CRLF) of ``data`` with ``key``, relaxed/relaxed."""
+    signer = dkim.DKIM(data, linesep=b"\r\n")
+    field: bytes = signer.sign(
+        key.selector.encode("ascii"),
+        key.domain.encode("ascii"),
+        key.private,
+        signature_algorithm=SIGNATURE_ALGORITHM[key.algorithm],
+        canonicalize=CANONICALIZATION,
+        include_headers=headers,
+    )
+    return field
+
+
+def seven_bit(message: EmailMessage) -> None:
+    """Re-encode 8-bit leaf parts as quoted-printable, before signing (RFC 6376 section 5.3).
+
+    A relay that meets a next hop without 8BITMIME converts 8-bit bodies, which breaks the body
+    hash; quoted-printable passes every relay unchanged.
+    """
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        if str(part.get("Content-Transfer-Encoding", "")).strip().lower() not in ("8bit", "binary"):
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        del part["Content-Transfer-Encoding"]
+        part.set_payload(quopri.encodestring(payload.replace(b"\r\n", b"\n")).decode("ascii"))
+        part["Content-Transfer-Encoding"] = "quoted-printable"
