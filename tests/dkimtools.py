@@ -49,7 +49,7 @@ def dnsfunc(server: DNSServer) -> Callable[..., bytes | None]:
         response = dns.query.tcp(query, server.host, port=server.port, timeout=timeout)
         for rrset in response.answer:
             for rdata in rrset:
-                return b"".join(rdata.strings)  # type: ignore[attr-defined, no-any-return]
+                return b"".join(rdata.strings)
         return None
 
     return lookup

@@ -52,7 +52,11 @@ def dkim_domain(domain: str) -> str | None:
         return None
     labels = alabel.split(".")
     if len(labels) < 2 or not all(
-        label and len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label) for label in labels
+        0 < len(label) <= 63
+        and all(c.isalnum() or c in "-_" for c in label)
+        and not label.startswith("-")
+        and not label.endswith("-")
+        for label in labels
     ):
         return None
     return alabel

@@ -107,8 +107,9 @@ def _check(args: argparse.Namespace, settings: Settings, domain: str) -> int:
         except ValueError as exc:
             print(f"responder: {exc}", file=sys.stderr)
             return ExitCode.EX_USAGE
+        ed25519 = key_path(dkim.keys_dir, domain, args.selector, "ed25519")
         rsa = key_path(dkim.keys_dir, domain, args.selector, "rsa")
-        wanted = [(args.selector, "ed25519" if not rsa.exists() else "rsa")]
+        wanted = [(args.selector, "ed25519" if ed25519.exists() and not rsa.exists() else "rsa")]
     else:
         wanted = [(dkim.selector, "rsa")]
         if dkim.ed25519:
@@ -118,7 +119,8 @@ def _check(args: argparse.Namespace, settings: Settings, domain: str) -> int:
         try:
             key = read_key(dkim.keys_dir, domain, selector, algorithm)
         except KeyMissing as exc:
-            print(f"unreadable key: {exc}; create one with: responder dkim keygen {domain}")
+            hint = "" if algorithm == "rsa" else " --algorithm ed25519"
+            print(f"unreadable key: {exc}; create one with: responder dkim keygen {domain}{hint}")
             worst = max(worst, ExitCode.EX_FAILURE)
             continue
         except KeyProblem as exc:
