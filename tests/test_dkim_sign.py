@@ -270,3 +270,39 @@ def test_explain_shows_the_signature(
     )
     assert result.returncode == 0, result.stderr.decode()
     assert "\nDKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;" in result.stdout.decode()
+
+
+def test_the_service_signs_with_keys_read_at_start_and_says_which_it_refused(
+    make_config: ConfigFactory, keys_dir: Path, dns_server: DNSServer, sink: SmtpSink, tmp_path: Path
+) -> None:
+    from tests.lmtp_support import LmtpClient, ServiceProcess
+
+    socket_path = tmp_path / "lmtp.sock"
+    config = make_config(
+        dkim={"keys_dir": str(keys_dir), "ed25519": True},
+        verify={"require": "off"},
+        server={"socket": f"unix:{socket_path}"},
+    )
+    publish(dns_server, RSA_SELECTOR, keygen(config, DOMAIN))
+    publish(dns_server, ED_SELECTOR, keygen(config, DOMAIN, "--algorithm", "ed25519"))
+    keygen(config, "exposed.example")
+    (keys_dir / "exposed.example" / f"{RSA_SELECTOR}.rsa.pem").chmod(0o644)
+    vacation_set(config, RCPT, "--message", "away")
+    service = ServiceProcess(config, socket_path, tmp_path / "service.log").start()
+    try:
+        log = service.log()
+        assert "DKIM key refused:" in log and "exposed.example" in log and "mode 0644" in log
+        # Keys are kept from the start: removing the files now changes nothing until a reload.
+        for key in (keys_dir / DOMAIN).iterdir():
+            key.unlink()
+        client = LmtpClient(socket_path)
+        client.greet()
+        for number, sender in enumerate((SENDER, "carol@example.org")):
+            message = sample("personal.eml").replace(b"abc123", f"abc{number}".encode())
+            [(code, text)] = client.send_message(sender, [RCPT], message)
+            assert code == 250 and "reply" in text
+        client.close()
+    finally:
+        service.stop()
+    received = sink.wait_for(2)
+    assert [verify_each(r.data, dns_server) for r in received] == [[True, True], [True, True]]

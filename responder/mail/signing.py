@@ -154,9 +154,14 @@ def _stamp_is_fresh(keys_dir: Path, domain: str) -> bool:
     try:
         if time.time() - stamp.stat().st_mtime < WARN_EVERY:
             return True
-    except OSError:
+    except FileNotFoundError:
         pass
+    except OSError:
+        return False
     try:
+        # Stamps are the responder user's (the owner of keys_dir): an admin's explain leaves none.
+        if keys_dir.stat().st_uid != os.geteuid():
+            return False
         stamp.parent.mkdir(mode=0o700, exist_ok=True)
         stamp.touch(mode=0o600)
         os.utime(stamp)
