@@ -161,8 +161,8 @@ class Bench:
 
     def setup(self) -> None:
         if self.work.exists():
-            database = ("responder.sqlite3", "responder.sqlite3-wal", "responder.sqlite3-shm")
-            for stale in (*database, "lmtp.sock", "lmtp-signed.sock"):
+            state = ("responder.sqlite3", "responder.sqlite3-wal", "responder.sqlite3-shm")
+            for stale in (*state, "lmtp.sock", "lmtp-signed.sock"):
                 (self.work / stale).unlink(missing_ok=True)
             shutil.rmtree(self.work / "dkim", ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)

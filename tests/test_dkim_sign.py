@@ -306,3 +306,19 @@ def test_the_service_signs_with_keys_read_at_start_and_says_which_it_refused(
         service.stop()
     received = sink.wait_for(2)
     assert [verify_each(r.data, dns_server) for r in received] == [[True, True], [True, True]]
+
+
+def test_openssl_computes_the_same_rsa_signature_as_dkimpy(tmp_path: Path) -> None:
+    import hashlib
+
+    import dkim.crypto
+
+    from responder.mail.dkimkeys import generate
+    from responder.mail.signing import _openssl_rsa_sign
+
+    key = dkim.crypto.parse_pem_private_key(generate("rsa", 2048))
+    for data in (b"", b"a DKIM header hash", bytes(range(256))):
+        # PKCS#1 v1.5 signatures are deterministic: the same key and digest give the same bytes.
+        assert _openssl_rsa_sign(hashlib.sha256(data), key) == dkim.crypto.RSASSA_PKCS1_v1_5_sign(
+            hashlib.sha256(data), key
+        )

@@ -202,8 +202,9 @@ class WarmServices(Services):
         if self._signer is None:
             with self._lock:
                 if self._signer is None:
-                    from responder.mail.signing import Signer
+                    from responder.mail.signing import Signer, use_openssl_for_rsa
 
+                    use_openssl_for_rsa()
                     self._signer = Signer(self.settings.dkim)
         return self._signer
 
