@@ -322,3 +322,36 @@ def test_openssl_computes_the_same_rsa_signature_as_dkimpy(tmp_path: Path) -> No
         assert _openssl_rsa_sign(hashlib.sha256(data), key) == dkim.crypto.RSASSA_PKCS1_v1_5_sign(
             hashlib.sha256(data), key
         )
+
+
+def test_the_service_says_when_the_published_record_does_not_match(
+    make_config: ConfigFactory, keys_dir: Path, dns_server: DNSServer, sink: SmtpSink, tmp_path: Path
+) -> None:
+    from tests.lmtp_support import LmtpClient, ServiceProcess
+
+    socket_path = tmp_path / "lmtp.sock"
+    config = make_config(
+        dkim={"keys_dir": str(keys_dir)},
+        verify={"require": "off", "dns_servers": [dns_server.address], "dns_timeout": 2},
+        server={"socket": f"unix:{socket_path}"},
+    )
+    publish(dns_server, RSA_SELECTOR, keygen(config, DOMAIN))
+    keygen(config, DOMAIN, "--force")  # the key changed, the record did not
+    vacation_set(config, RCPT, "--message", "away")
+    service = ServiceProcess(config, socket_path, tmp_path / "service.log").start()
+    try:
+        log = service.wait_log("DKIM record mismatch at responder._domainkey.example.com")
+        assert "publish v=DKIM1; k=rsa; p=" in log
+        client = LmtpClient(socket_path)
+        client.greet()
+        [(code, _)] = client.send_message(SENDER, [RCPT], sample("personal.eml"))
+        client.close()
+        assert code == 250
+    finally:
+        service.stop()
+    [received] = sink.wait_for(1)
+    # Signed all the same (no worse than unsigned for a receiver), and the decision says why it fails.
+    assert verify_each(received.data, dns_server) == [False]
+    [row] = _audit(config)
+    assert row["action"] == "reply"
+    assert "DNS record at responder._domainkey.example.com: mismatch" in str(row["detail"])

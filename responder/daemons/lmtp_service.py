@@ -257,6 +257,23 @@ class Generation:
             # Keys are read once per generation (SIGHUP reads them again); a refused key is said now.
             for problem in self.services.signer.warm():
                 log.error("DKIM key refused: %s", printable(problem))
+            if self.services.resolver is not None:
+                # In the background: a slow DNS must not hold up the start.
+                threading.Thread(
+                    target=self._check_dkim_records, name="responder-dkim-check", daemon=True
+                ).start()
+
+    def _check_dkim_records(self) -> None:
+        from responder.verify.dns import Dns
+
+        resolver, verify = self.services.resolver, self.settings.verify
+        assert resolver is not None
+
+        def lookup(name: str) -> list[bytes]:
+            return Dns(resolver, verify.dns_timeout, time.monotonic() + verify.budget).txt(name)
+
+        for problem in self.services.signer.check_records(lookup):
+            log.warning("DKIM record %s", printable(problem))
 
     def close(self, wait: bool = True) -> None:
         """From a thread other than the loop's: wait for the workers, then close what they used.

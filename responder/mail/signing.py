@@ -56,6 +56,8 @@ class Signer:
         self.clock = clock
         self._keys: dict[tuple[str, str, str], SigningKey | tuple[KeyProblem, float]] = {}
         self._warned: dict[str, float] = {}
+        # Keys whose published DNS record was found not to match (a service looks at start).
+        self._unpublished: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
 
     def key(self, domain: str, selector: str, algorithm: str) -> SigningKey:
@@ -93,6 +95,37 @@ class Signer:
                     problems.append(str(exc))
         return problems
 
+    def check_records(self, lookup: Callable[[str], list[bytes]]) -> list[str]:
+        """Compare the DNS record of every key read so far; what does not match, said and remembered.
+
+        ``lookup`` returns the TXT texts at a name and raises for a lookup that failed, which
+        leaves that key unjudged. A key that does not match is still used (a receiver then treats
+        the response as unsigned, no worse than not signing), and each decision's detail says so.
+        """
+        from responder.mail.dkimkeys import MATCH, compare_records, record_name, record_text
+
+        with self._lock:
+            keys = [key for key in self._keys.values() if isinstance(key, SigningKey)]
+        problems: list[str] = []
+        for key in keys:
+            name = record_name(key.domain, key.selector)
+            try:
+                texts = lookup(name)
+            except Exception:  # noqa: S112 - DNS down: nothing known, nothing said
+                continue
+            verdict, found = compare_records(key, texts)
+            if verdict == MATCH:
+                continue
+            with self._lock:
+                self._unpublished[(key.domain, key.selector, key.algorithm)] = (
+                    f"the {key.algorithm} key's DNS record at {name}: {verdict}"
+                )
+            problems.append(
+                f"{verdict} at {name} ({found}): receivers cannot verify the {key.algorithm} signatures "
+                f"of {key.domain}; publish {record_text(key)} (see responder dkim check {key.domain})"
+            )
+        return problems
+
     def _selectors(self) -> list[tuple[str, str]]:
         found = [(self.settings.selector, "rsa")]
         if self.settings.ed25519:
@@ -114,6 +147,9 @@ class Signer:
             try:
                 key = self.key(domain, selector, algorithm)
                 signatures.append(sign_bytes(data, key, headers))
+                unpublished = self._unpublished.get((domain, selector, algorithm))
+                if unpublished:
+                    notes.append(unpublished)
             except (KeyProblem, dkim.DKIMException) as exc:
                 if algorithm == "rsa":
                     return self._unsigned(outgoing, domain, _problem(exc))
