@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.config.settings import Settings
+from responder.config import early
 from responder.config.values import parse_duration
 from responder.decide.rules import RULES
 from responder.hook import fast as fastpath
@@ -224,16 +224,6 @@ def test_a_broken_value_of_a_key_it_reads_goes_to_the_full_path_which_defers(
     assert deliver_in_process(argv, sample("precedence-bulk.eml")) == 75
 
 
-def test_defaults_are_those_of_the_configuration() -> None:
-    settings = Settings()
-    for section, keys in fastpath.DEFAULTS.items():
-        for key, value in keys.items():
-            default = getattr(getattr(settings, section), key)
-            # server.socket is parsed into a SocketSpec; unset is None.
-            default = str(default or "") if key == "socket" else default
-            assert default == value, f"{section}.{key}"
-
-
 @pytest.mark.parametrize(
     "text",
     ["10", "10s", " 1.5 m ", "2h", "7d", "1w", "0", "1.", ".5", "1e3", "-1", "5x", "", "\u0661\u0662s", "s"],
@@ -244,7 +234,7 @@ def test_durations_as_the_configuration_reads_them(text: str) -> None:
     except ValueError:
         expected = None
     try:
-        got: float | None = fastpath.parse_duration(text)
+        got: float | None = early.parse_duration(text)
     except Exception:
         got = None
     assert got == expected

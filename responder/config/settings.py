@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from responder.config.early import DEFAULTS as _EARLY
+from responder.config.early import LOG_LEVELS
 from responder.config.values import (
     Limit,
     SocketSpec,
@@ -113,10 +115,10 @@ def _database_url(value: object) -> str:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = _opt(_database_url, "sqlite:////var/lib/responder/responder.sqlite3")
+    url: str = _opt(_database_url, _EARLY["database"]["url"])
     # How long a writer waits for a lock (the SQLite file, a PostgreSQL or InnoDB row) before the hook
     # defers with 75.
-    busy_timeout: float = _opt(_duration, 10.0)
+    busy_timeout: float = _opt(_duration, _EARLY["database"]["busy_timeout"])
 
 
 @dataclass(frozen=True)
@@ -163,16 +165,16 @@ class ReplySettings:
 @dataclass(frozen=True)
 class DeliverSettings:
     # Whole-run deadline of the hook, far below Postfix's command_time_limit (1000 s).
-    deadline: float = _opt(_duration, 60.0)
+    deadline: float = _opt(_duration, _EARLY["deliver"]["deadline"])
     # More Received fields than this means a mail loop (RFC 5321 section 6.3).
-    max_received: int = _opt(_int, 50)
+    max_received: int = _opt(_int, _EARLY["deliver"]["max_received"])
 
 
 @dataclass(frozen=True)
 class LogSettings:
-    syslog: bool = _opt(_bool, False)
-    syslog_socket: str = _opt(_str, "/dev/log")
-    level: str = _opt(_choice("debug", "info", "warning", "error"), "info")
+    syslog: bool = _opt(_bool, _EARLY["log"]["syslog"])
+    syslog_socket: str = _opt(_str, _EARLY["log"]["syslog_socket"])
+    level: str = _opt(_choice(*LOG_LEVELS), _EARLY["log"]["level"])
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,7 @@ class ServerSettings:
     max_message_size: int = _opt(_positive(_int), 64 * 1024 * 1024)
     idle_timeout: float = _opt(_positive(_duration), 300.0)
     # How long `responder deliver` tries to reach the service before deciding in-process.
-    connect_timeout: float = _opt(_positive(_duration), 5.0)
+    connect_timeout: float = _opt(_positive(_duration), _EARLY["server"]["connect_timeout"])
     # How long SIGTERM waits for messages in flight before the service exits anyway.
     stop_timeout: float = _opt(_positive(_duration), 90.0)
 

@@ -8,15 +8,17 @@ else returns None and the caller takes the full path: the validated configuratio
 templates, DNS and SMTP. All of it runs under the hook's deadline (responder.hook.deadline), armed
 here once ``deliver.deadline`` is read.
 
-This path reads the file with ``tomllib`` and only the keys it needs, with the same rules as
-responder.config.settings; a value it cannot take as the full loader would sends the message down the
-full path, which reports it. The rest of the file is validated when a message needs the rest. What it
-learnt (envelope, the parsed file, the Inbound after the header phase) goes on in a Handoff, so that
-the full path resumes where it stopped (responder.hook.deliver).
+The thin client's three keys are read without tomllib (responder.config.early); every other key
+is read from the file parsed by ``tomllib``, with the same rules as responder.config.settings; a
+value it cannot take as the full loader would sends the message down the full path, which reports
+it. The rest of the file is validated when a message needs the rest. What it learnt (envelope, the
+parsed file, the Inbound after the header phase) goes on in a Handoff, so that the full path resumes
+where it stopped (responder.hook.deliver).
 """
 
 from __future__ import annotations
 
+from responder.config.early import DEFAULTS, Invalid, LogOptions, Options, thin_client_keys
 from responder.hook.envelope import UsageError, hook_arguments, resolve_envelope
 from responder.outcome import DECIDED, DEFER
 
@@ -24,23 +26,15 @@ from responder.outcome import DECIDED, DEFER
 # here loads neither (responder.lmtp.client). mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from typing import Any
 
     from responder.hook.deadline import HookDeadline
     from responder.mail.message import Inbound
 
 
-# Defaults of the keys read here; tests check them against responder.config.settings.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "database": {"url": "sqlite:////var/lib/responder/responder.sqlite3", "busy_timeout": 10.0},
-    "log": {"level": "info", "syslog": False, "syslog_socket": "/dev/log"},
-    "deliver": {"deadline": 60.0, "max_received": 50},
-    "server": {"socket": "", "connect_timeout": 5.0},
-}
 DEFAULT_CONFIG = "/etc/responder/responder.toml"
 CONFIG_VARIABLE = "RESPONDER_CONFIG"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # The service answers 451 at its deliver.deadline; the client waits for that answer until this long
 # before the backstop ends the process, so that it logs the deferral itself.
 LAST_WORD = 0.5
@@ -66,10 +60,6 @@ class Handoff:
         self.inbound = inbound
 
 
-class _Invalid(Exception):
-    """A configuration value this path cannot take; the full loader will say what is wrong."""
-
-
 def config_file(explicit: str | None) -> str:
     """The configuration file named by --config, else $RESPONDER_CONFIG, else the default."""
     import os
@@ -86,61 +76,6 @@ def read_document(path: str) -> dict[str, Any] | None:
             return tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError):
         return None
-
-
-def parse_duration(value: object) -> float:
-    """config.values.parse_duration, a value it refuses left to the full loader to report."""
-    from responder.config.values import parse_duration as parse
-
-    if not isinstance(value, str | int | float):
-        raise _Invalid
-    try:
-        return parse(value)
-    except ValueError:
-        raise _Invalid from None
-
-
-class _Options:
-    """The keys of one section this path reads, each checked as responder.config.settings checks it."""
-
-    def __init__(self, document: Mapping[str, object], section: str) -> None:
-        table = document.get(section, {})
-        if not isinstance(table, dict):
-            raise _Invalid
-        self.values = {**DEFAULTS[section], **{k: v for k, v in table.items() if k in DEFAULTS[section]}}
-
-    def text(self, key: str) -> str:
-        value = self.values[key]
-        if not isinstance(value, str):
-            raise _Invalid
-        return value
-
-    def flag(self, key: str) -> bool:
-        value = self.values[key]
-        if not isinstance(value, bool):
-            raise _Invalid
-        return value
-
-    def integer(self, key: str) -> int:
-        value = self.values[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid
-        return value
-
-    def duration(self, key: str) -> float:
-        return parse_duration(self.values[key])
-
-
-class LogOptions:
-    """The ``[log]`` keys, for logsetup.setup_logging."""
-
-    def __init__(self, document: Mapping[str, object]) -> None:
-        options = _Options(document, "log")
-        self.level = options.text("level")
-        if self.level not in LOG_LEVELS:
-            raise _Invalid
-        self.syslog = options.flag("syslog")
-        self.syslog_socket = options.text("syslog_socket")
 
 
 def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = None) -> str | Handoff | None:
@@ -164,22 +99,35 @@ def deliver_fast(argv: Sequence[str], raw: bytes, hook: HookDeadline | None = No
         if outcome is not None:
             return outcome
     config = config_file(args.get("config"))
+    if hook is not None:
+        hook.name(envelope)
+    armed = False
+    early = None if given else thin_client_keys(config)
+    if early is not None and early["socket"]:
+        # The thin client's keys read without tomllib, whose import costs more than the rest of its path.
+        assert isinstance(early["deadline"], float) and isinstance(early["connect_timeout"], float)
+        assert isinstance(early["socket"], str)
+        if hook is not None:
+            hook.arm(early["deadline"])
+        armed = True
+        outcome = _through_service(early["socket"], early["connect_timeout"], envelope, raw, hook)
+        if outcome is not None:
+            return outcome
     document = read_document(config)
     handoff = Handoff(envelope, config, document)
     if document is None:
         return handoff
     try:
-        if hook is not None:
-            hook.arm(_Options(document, "deliver").duration("deadline"))
-            hook.name(envelope)
-        server = _Options(document, "server")
+        if hook is not None and not armed:
+            hook.arm(Options(document, "deliver").duration("deadline"))
+        server = Options(document, "server")
         socket = server.text("socket")
-        if socket and not given:
+        if socket and not given and early is None:
             outcome = _through_service(socket, server.duration("connect_timeout"), envelope, raw, hook)
             if outcome is not None:
                 return outcome
         return _decide_on_headers(handoff, raw, hook)
-    except _Invalid:
+    except Invalid:
         return handoff
 
 
@@ -224,12 +172,12 @@ def _decide_on_headers(handoff: Handoff, raw: bytes, hook: HookDeadline | None) 
     from responder.store.direct import direct_supported
 
     assert handoff.document is not None
-    database = _Options(handoff.document, "database")
+    database = Options(handoff.document, "database")
     url = database.text("url")
     busy_timeout = database.duration("busy_timeout")
     if not direct_supported(url):
         return handoff
-    max_received = _Options(handoff.document, "deliver").integer("max_received")
+    max_received = Options(handoff.document, "deliver").integer("max_received")
     log_options = LogOptions(handoff.document)
 
     from responder.decide.context import HeaderFacts, NeedsFullPath, utcnow
