@@ -9,6 +9,8 @@ that background load falls on every row alike:
   header-suppressed message, a recipient without a vacation, and a reply sent to a loopback SMTP sink;
 * ``sieve-test`` running a vacation script on the same messages, when Dovecot's Pigeonhole is installed;
 * the service's messages per second with 1, 4 and 16 concurrent clients, decisions and replies;
+* the reply row without and with DKIM signing (RSA 2048, RSA 2048 plus ed25519), for the lone hook
+  and for the service's replies per second;
 * the service's resident memory over ``--memory-messages`` messages (100,000 by default).
 
 Wall time and CPU time (user + system of the child, from wait4) are medians; ratios are to the floor
@@ -159,8 +161,10 @@ class Bench:
 
     def setup(self) -> None:
         if self.work.exists():
-            for stale in ("responder.sqlite3", "responder.sqlite3-wal", "responder.sqlite3-shm", "lmtp.sock"):
+            state = ("responder.sqlite3", "responder.sqlite3-wal", "responder.sqlite3-shm")
+            for stale in (*state, "lmtp.sock", "lmtp-signed.sock"):
                 (self.work / stale).unlink(missing_ok=True)
+            shutil.rmtree(self.work / "dkim", ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
         debian = debian_venv(self.work)
         if debian is not None:
@@ -195,6 +199,31 @@ class Bench:
         self.with_service.write_text(common + f'[server]\nsocket = "unix:{self.socket}"\n', encoding="utf-8")
         self.responder(self.standalone, "db", "upgrade")
         self.responder(self.standalone, "vacation", "set", AWAY, "--message", "I am away.")
+        self.setup_signing(common)
+
+    def setup_signing(self, common: str) -> None:
+        """Keys for the vacation's domain from ``responder dkim keygen``, and a config per signing row."""
+        keys = self.work / "dkim"
+        keys.mkdir(mode=0o700)
+        signing = f'[dkim]\nkeys_dir = "{keys}"\n'
+        self.signing = {
+            "unsigned": self.standalone,
+            "signed rsa 2048": self.work / "signed-rsa.toml",
+            "signed rsa 2048 + ed25519": self.work / "signed-ed25519.toml",
+        }
+        self.signing["signed rsa 2048"].write_text(common + signing, encoding="utf-8")
+        self.signing["signed rsa 2048 + ed25519"].write_text(
+            common + signing + "ed25519 = true\n", encoding="utf-8"
+        )
+        config = self.signing["signed rsa 2048 + ed25519"]
+        self.responder(config, "dkim", "keygen", AWAY.partition("@")[2], "--bits", "2048")
+        self.responder(config, "dkim", "keygen", AWAY.partition("@")[2], "--algorithm", "ed25519")
+        self.signed_socket = self.work / "lmtp-signed.sock"
+        self.signed_service = self.work / "service-signed.toml"
+        self.signed_service.write_text(
+            common + f'[server]\nsocket = "unix:{self.signed_socket}"\n' + signing + "ed25519 = true\n",
+            encoding="utf-8",
+        )
 
     def responder(self, config: Path, *args: str) -> None:
         subprocess.run(
@@ -203,10 +232,11 @@ class Bench:
             stdout=subprocess.DEVNULL,
         )
 
-    def start_service(self) -> None:
+    def start_service(self, config: Path | None = None, socket: Path | None = None) -> None:
+        self.socket = socket or self.socket
         self.service_log = (self.work / "service.log").open("wb")
         self.service = subprocess.Popen(
-            [self.main.python, "-m", "responder", "--config", str(self.with_service), "serve"],
+            [self.main.python, "-m", "responder", "--config", str(config or self.with_service), "serve"],
             stdin=subprocess.DEVNULL,
             stdout=self.service_log,
             stderr=subprocess.STDOUT,
@@ -217,6 +247,13 @@ class Bench:
             if time.monotonic() > deadline or self.service.poll() is not None:
                 raise SystemExit("the service did not start; see " + str(self.work / "service.log"))
             time.sleep(0.05)
+
+    def stop_service(self) -> None:
+        assert self.service is not None
+        self.service.send_signal(signal.SIGTERM)
+        self.service.wait(60)
+        self.service_log.close()
+        self.service = None
 
     def stop(self) -> None:
         for process in (self.service, self.sink):
@@ -270,6 +307,36 @@ class Bench:
                 self.rows.append((f"{title}: {interpreter.name}, deliver {label}", samples, floor))
         for label, samples in sieve_samples.items():
             self.rows.append((f"{title}: sieve-test vacation, {label}", samples, floors[self.main.name]))
+
+    def signing_phase(self) -> None:
+        """The lone hook's reply to the sink, unsigned and signed, interleaved run by run."""
+        floor = Samples()
+        rows = {label: Samples() for label in self.signing}
+        env = hook_env()
+        for number in range(self.args.runs):
+            floor.add(*run_once([self.main.python, "-c", "pass"], b"", env))
+            for label, config in self.signing.items():
+                sender = f"sig{len(label)}r{number}@example.org"
+                command = [
+                    self.main.python, "-m", "responder", "--config", str(config), "deliver",
+                    "--sender", sender, "--recipient", AWAY, "--queue-id", f"S{number}",
+                ]  # fmt: skip
+                rows[label].add(*run_once(command, message(sender, AWAY), env))
+        self.rows.append((f"signing: {self.main.name}, python -c pass", floor, floor))
+        for label, samples in rows.items():
+            self.rows.append((f"signing: {self.main.name}, deliver reply, {label}", samples, floor))
+
+    def signed_throughput(self) -> list[tuple[int, float]]:
+        """The service's replies per second with both signatures on."""
+        results = []
+        offset = 30_000_000
+        for clients in (1, 16):
+            count = self.args.throughput_messages * (1 if clients == 1 else 2)
+            self.burst(20, clients, True, offset)  # warm-up: keys, connections
+            offset += 20
+            results.append((clients, self.burst(count, clients, True, offset)))
+            offset += count
+        return results
 
     def setup_sieve(self) -> bool:
         if shutil.which("sieve-test") is None:
@@ -375,7 +442,10 @@ class Bench:
     # -- report ------------------------------------------------------------------------------------
 
     def report(
-        self, throughput: list[tuple[int, float, float]], memory: list[tuple[int, float, float]]
+        self,
+        throughput: list[tuple[int, float, float]],
+        memory: list[tuple[int, float, float]],
+        signed: list[tuple[int, float]] | None = None,
     ) -> None:
         cpu = next(
             (
@@ -403,6 +473,12 @@ class Bench:
             print(f"{'clients':>10}{'decisions/s':>14}{'replies/s':>12}")
             for clients, decisions, replies in throughput:
                 print(f"{clients:>10}{decisions:>14.0f}{replies:>12.0f}")
+        if signed:
+            print()
+            print("LMTP service with DKIM signing (rsa 2048 + ed25519), replies per second:")
+            print(f"{'clients':>10}{'replies/s':>12}")
+            for clients, replies in signed:
+                print(f"{clients:>10}{replies:>12.0f}")
         if memory:
             print()
             print("service memory (MiB) over messages (nine decisions to one reply, 16 clients):")
@@ -416,6 +492,10 @@ class Bench:
             )
         print()
         self.targets(throughput, memory)
+        if signed:
+            replies = signed[-1][1]
+            verdict = "met" if replies >= 100 else "MISSED"
+            print(f"target 16 clients >= 100 replies/s, signed: {replies:.0f} {verdict}")
         for note in self.notes:
             print(f"note: {note}")
 
@@ -463,6 +543,8 @@ def main() -> None:
         sieve = bench.setup_sieve()
         print("phase 1: no service running (standalone hook) ...", flush=True)
         bench.phase("standalone", bench.standalone, sieve=False)
+        print("phase 1b: the lone hook's reply, unsigned and DKIM-signed ...", flush=True)
+        bench.signing_phase()
         bench.start_service()
         print("phase 2: service running (thin client, sieve-test) ...", flush=True)
         bench.phase("via service", bench.with_service, sieve=sieve)
@@ -472,13 +554,17 @@ def main() -> None:
         )
         print("throughput ...", flush=True)
         throughput = bench.throughput()
+        print("throughput with DKIM signing ...", flush=True)
+        bench.stop_service()
+        bench.start_service(bench.signed_service, bench.signed_socket)
+        signed = bench.signed_throughput()
         memory: list[tuple[int, float, float]] = []
         if args.memory_messages:
             print(f"memory over {args.memory_messages} messages ...", flush=True)
             memory = bench.memory()
     finally:
         bench.stop()
-    bench.report(throughput, memory)
+    bench.report(throughput, memory, signed)
 
 
 if __name__ == "__main__":

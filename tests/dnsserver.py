@@ -47,8 +47,10 @@ class Query:
 class DNSServer:
     """Authoritative test DNS server; records can be added and removed while it runs."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
+        # 0: the OS picks; a fixed port only inside a network namespace of the test's own.
+        self.wanted_port = port
         self.port = 0
         self.queries: list[Query] = []
         self.errors: list[Exception] = []
@@ -76,7 +78,7 @@ class DNSServer:
         # hold, so try a few times.
         for _ in range(50):
             udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.bind((self.host, 0))
+            udp.bind((self.host, self.wanted_port))
             port = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

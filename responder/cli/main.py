@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
 
-    from responder.cli.admin import bounces, db, limits, log, outbox, vacations
+    from responder.cli.admin import bounces, db, dkim, limits, log, outbox, vacations
 
-    for admin in (db, vacations, bounces, log, limits, outbox):
+    for admin in (db, vacations, bounces, log, limits, outbox, dkim):
         admin.register(commands)
     return parser
 
@@ -177,6 +177,10 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
             return run_policy(args, _settings(args))
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "dkim":
+            from responder.cli.admin.dkim import run_dkim
+
+            return run_dkim(args, _settings(args))
         from responder.cli.admin.common import run_admin
 
         return run_admin(args, _settings(args))

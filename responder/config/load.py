@@ -56,6 +56,22 @@ def _check(settings: Settings) -> None:
         raise ConfigError("bad value for outbox.backoff_min: greater than outbox.backoff_max")
     if settings.smtp.username and not settings.smtp.password:
         raise ConfigError("bad value for smtp.password: smtp.username is set without a password")
+    _check_dkim(settings)
+
+
+def _check_dkim(settings: Settings) -> None:
+    dkim = settings.dkim
+    if dkim.keys_dir and not dkim.keys_dir.startswith("/"):
+        raise ConfigError(f"bad value for dkim.keys_dir: not an absolute path: {dkim.keys_dir!r}")
+    if dkim.require and not dkim.keys_dir:
+        raise ConfigError("bad value for dkim.require: true without dkim.keys_dir, nothing could be signed")
+    if "from" not in {name.lower() for name in dkim.headers}:
+        raise ConfigError("bad value for dkim.headers: From must be signed (RFC 6376 section 5.4)")
+    if dkim.ed25519 and dkim.ed25519_selector == dkim.selector:
+        raise ConfigError(
+            "bad value for dkim.ed25519_selector: the same as dkim.selector; "
+            "one selector's DNS record holds one key type"
+        )
 
 
 def config_path(explicit: str | None) -> Path:

@@ -312,6 +312,74 @@ class ServerSettings:
         return self.processes or os.cpu_count() or 1
 
 
+def dkim_selector(value: object) -> str:
+    """A DKIM selector: dot-separated DNS labels of letters, digits, hyphens and underscores."""
+    text = _str(value).strip().lower()
+    labels = text.split(".")
+    if not text or len(text) > 63 * 4 or not all(_is_label(label) for label in labels):
+        raise ValueError(f"not a DKIM selector (DNS labels of letters, digits and hyphens): {value!r}")
+    return text
+
+
+def _is_label(label: str) -> bool:
+    return (
+        0 < len(label) <= 63
+        and label.isascii()
+        and all(c.isalnum() or c in "-_" for c in label)
+        and not label.startswith("-")
+        and not label.endswith("-")
+    )
+
+
+# RFC 6376's fields not to sign (dkimpy refuses them too).
+_UNSIGNABLE = frozenset(
+    {"return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature"}
+)
+
+
+def _header_names(value: object) -> tuple[str, ...]:
+    names = _str_tuple(value)
+    for name in names:
+        if not name or not name.isascii() or not all("!" <= c <= "~" and c != ":" for c in name):
+            raise ValueError(f"not a header field name: {name!r}")
+        if name.lower() in _UNSIGNABLE:
+            raise ValueError(f"{name} must not be signed: relays add or change it (RFC 6376 section 5.4)")
+    return tuple(dict.fromkeys(names))
+
+
+# Signed when present; DKIM recommends the fields a reader sees and the ones that say what the
+# message is. Each occurrence is signed, and the oversigned ones once more (RFC 6376 section 8.15).
+SIGNED_HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Auto-Submitted",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+)
+OVERSIGNED_HEADERS = ("From", "Subject", "To", "Date", "Message-ID", "Auto-Submitted")
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    # Empty: responses go out unsigned and nothing is said about it. Key files are
+    # KEYS_DIR/DOMAIN/SELECTOR.rsa.pem and KEYS_DIR/DOMAIN/SELECTOR.ed25519.pem.
+    keys_dir: str = _opt(_str, "")
+    selector: str = _opt(dkim_selector, "responder")
+    # A second signature with ed25519 (RFC 8463), for the domains that have that key.
+    ed25519: bool = _opt(_bool, False)
+    ed25519_selector: str = _opt(dkim_selector, "responder-ed25519")
+    headers: tuple[str, ...] = _opt(_header_names, SIGNED_HEADERS)
+    oversign: tuple[str, ...] = _opt(_header_names, OVERSIGNED_HEADERS)
+    # True: a response that cannot be signed with the From domain's RSA key is dropped (unsigned).
+    require: bool = _opt(_bool, False)
+
+
 @dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -326,4 +394,5 @@ class Settings:
     bounce: BounceSettings = field(default_factory=BounceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     source: str = ""

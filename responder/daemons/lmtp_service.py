@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from responder.decide.templates import Renderer
     from responder.mail.reply import Outgoing
+    from responder.mail.signing import Signer
     from responder.store.database import Store
 
 log = logging.getLogger("responder")
@@ -225,6 +226,17 @@ class WarmServices(Services):
                     self._renderer = Renderer(self.settings.reply.templates_dir, isolated=True)
         return self._renderer
 
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            with self._lock:
+                if self._signer is None:
+                    from responder.mail.signing import Signer, use_openssl_for_rsa
+
+                    use_openssl_for_rsa()
+                    self._signer = Signer(self.settings.dkim)
+        return self._signer
+
     def close(self) -> None:
         super().close()
         if self._renderer is not None:
@@ -270,6 +282,27 @@ class Generation:
         except StoreUnavailable as exc:
             log.warning("database not ready (messages get 451 until it is): %s", exc)
         self.services.renderer.warm()
+        if self.settings.dkim.keys_dir:
+            # Keys are read once per generation (SIGHUP reads them again); a refused key is said now.
+            for problem in self.services.signer.warm():
+                log.error("DKIM key refused: %s", printable(problem))
+            if self.services.resolver is not None:
+                # In the background: a slow DNS must not hold up the start.
+                threading.Thread(
+                    target=self._check_dkim_records, name="responder-dkim-check", daemon=True
+                ).start()
+
+    def _check_dkim_records(self) -> None:
+        from responder.verify.dns import Dns
+
+        resolver, verify = self.services.resolver, self.settings.verify
+        assert resolver is not None
+
+        def lookup(name: str) -> list[bytes]:
+            return Dns(resolver, verify.dns_timeout, time.monotonic() + verify.budget).txt(name)
+
+        for problem in self.services.signer.check_records(lookup):
+            log.warning("DKIM record %s", printable(problem))
 
     def close(self, wait: bool = True) -> None:
         """From a thread other than the loop's: wait for the workers, then close what they used.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from responder.config.settings import Settings
     from responder.decide.records import Retirement, Vacation
     from responder.decide.templates import Renderer
+    from responder.mail.signing import Signer
     from responder.smtp.transport import Transport
     from responder.store.database import ClaimKind, Store
 
@@ -145,6 +146,7 @@ class Services:
         # The hook's whole-run deadline as a time.monotonic() instant; the relay steps end before it.
         self.deadline = deadline
         self._renderer: Renderer | None = None
+        self._signer: Signer | None = None
         # One DNS resolver for every sender verification (the service builds one per generation).
         self.resolver: dns.resolver.Resolver | None = None
 
@@ -190,6 +192,15 @@ class Services:
 
     def queued(self) -> None:
         """After the outbox commit: a sender may take the response now."""
+
+    @property
+    def signer(self) -> Signer:
+        """The DKIM signer; its keys are read when a response from their domain is first signed."""
+        if self._signer is None:
+            from responder.mail.signing import Signer
+
+            self._signer = Signer(self.settings.dkim)
+        return self._signer
 
     def settle(self, action: str, reason: str | None) -> None:
         """The decision is made and nothing it owes is left undone (the pipe hook may now end with 0)."""

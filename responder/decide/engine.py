@@ -31,6 +31,9 @@ class Decision:
 def decide(ctx: Context, phases: frozenset[str] = ALL_PHASES) -> Decision:
     """The first rule of ``phases`` that fires decides; when none does, compose the reply or the bounce.
 
+    The composed response is signed last, in this one place, whatever its parts are: a signature
+    covers the final bytes.
+
     The pipe hook, having run the header phase itself, asks for the phases after it.
     """
     found = first_firing(ctx, phases)
@@ -47,6 +50,14 @@ def decide(ctx: Context, phases: frozenset[str] = ALL_PHASES) -> Decision:
             outgoing = build_reply(ctx)
     except RenderError as exc:
         return Decision(DROP, "template-error", _join(str(exc), *ctx.notes))
+    if ctx.settings.dkim.keys_dir:
+        signed = ctx.services.signer.sign(outgoing)
+        if signed.note:
+            ctx.notes.append(signed.note)
+        if not signed.signed and ctx.settings.dkim.require:
+            # Nothing goes out, so respond() gives the claims back, as for any drop after deciding.
+            return Decision(DROP, "unsigned", _join(*ctx.notes), level=logging.WARNING)
+        outgoing = signed.outgoing
     return Decision(ctx.kind, None, _join(*ctx.notes), outgoing)
 
 

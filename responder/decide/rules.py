@@ -580,5 +580,6 @@ RULES: tuple[Rule, ...] = (
 EXTRA_REASONS = {
     "template-error": "the reply template failed to render; nothing was sent",
     "relay-refused": "the relay refused the response permanently (5xx)",
+    "unsigned": "dkim.require is set and the response could not be DKIM-signed by its From domain",
     "internal-error": "an unexpected error; logged with a traceback, the message is not deferred",
 }

@@ -71,9 +71,12 @@ class Outgoing:
     mail_from: str
     rcpt_to: str
     message: EmailMessage
+    # The final bytes once signed (the DKIM-Signature fields, then the message as signed); a
+    # signature covers these bytes, not whatever serialising ``message`` again would give.
+    data: bytes = b""
 
     def as_bytes(self) -> bytes:
-        return self.message.as_bytes(policy=policy.SMTP)
+        return self.data or self.message.as_bytes(policy=policy.SMTP)
 
 
 def cut_text(text: str, limit: int) -> str:
