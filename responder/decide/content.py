@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 if TYPE_CHECKING:
     from babel import Locale
 
-from responder.decide.records import EXTERNAL, Translation, Vacation
+from responder.decide.records import EXTERNAL, INTERNAL, Translation, Vacation
 from responder.mail.languages import content_languages, lookup, priority_list
 from responder.mail.message import Inbound, clean_text, decode_text
 
@@ -121,6 +121,20 @@ def choose_content(vacation: Vacation, audience: str, inbound: Inbound) -> Conte
     default = _slots(vacation, audience).get(None)
     subject = slot.subject or (default.subject if default else None)
     return Content(subject, slot.message or "", slot.html_message, language)
+
+
+def all_contents(vacation: Vacation) -> list[tuple[str, Content]]:
+    """Every (audience, message) the vacation can send, for checking them all at ``vacation set``."""
+    found: list[tuple[str, Content]] = []
+    audiences = (INTERNAL, EXTERNAL) if vacation.has_external() else (INTERNAL,)
+    for audience in audiences:
+        slots = _slots(vacation, audience)
+        default = slots.get(None)
+        for tag, slot in slots.items():
+            language = LanguageChoice(tag or vacation.default_language, "check")
+            subject = slot.subject or (default.subject if default else None)
+            found.append((audience, Content(subject, slot.message or "", slot.html_message, language)))
+    return found
 
 
 def _wall(when: dt.datetime | None, zone: ZoneInfo) -> str:

@@ -134,9 +134,10 @@ def compose_reply(
     msg["Precedence"] = "bulk"
     msg["X-Auto-Response-Suppress"] = "All"
     msg[LOOP_HEADER] = responder_address
-    if language:
-        msg["Content-Language"] = language
     msg.set_content(body, charset="utf-8")
     if html is not None:
         msg.add_alternative(html_document(html, language), subtype="html", charset="utf-8")
+    if language:
+        # After the body: set_content and add_alternative move or drop the Content-* fields.
+        msg["Content-Language"] = language
     return Outgoing(mail_from=envelope_sender, rcpt_to=sender, message=msg)

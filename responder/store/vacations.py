@@ -91,8 +91,9 @@ class Vacations(Database):
     ) -> None:
         """Create or update the vacation of ``address``; ``aliases`` None keeps the current list.
 
-        Each of ``translations`` replaces the message of its (audience, language), the others are
-        kept; every message in a language of ``drop_languages`` is deleted, for both audiences.
+        Each of ``translations`` replaces the message of its (audience, language), or deletes it when
+        it has no text at all; the others are kept. Every message in a language of ``drop_languages``
+        is deleted, for both audiences.
         """
         with self._begin("saving the vacation") as conn:
             existing = conn.execute(
@@ -127,6 +128,8 @@ class Vacations(Database):
                         c.vacation_id == vacation_id, c.audience == item.audience, c.language == item.language
                     )
                 )
+                if not (item.subject or item.message or item.html_message):
+                    continue  # an emptied message is a deleted one
                 conn.execute(
                     insert(vacation_messages).values(
                         vacation_id=vacation_id,
