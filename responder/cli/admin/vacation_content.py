@@ -164,6 +164,8 @@ def content_options(
     if args.external_audience is not None:
         fields["external_audience"] = args.external_audience
     given = _given(args, message)
+    if existing is None:
+        fields["message"] = ""  # NOT NULL; check_content refuses a vacation with neither text nor HTML
     language = _tag(args.language, "--language") if args.language else None
     if language is None or language == default_language:
         columns: dict[str, Any] = {_DEFAULT_FIELDS[key]: value or None for key, value in given.items()}
