@@ -97,7 +97,10 @@ def test_hostile_html_comes_out_clean(name: str) -> None:
 
 
 def test_safe_markup_and_links_are_kept() -> None:
-    html = '<p>Back <b>Monday</b>. <a href="https://example.com/x" title="t">Deputy</a> <a href="mailto:b@example.com">Bob</a></p>'
+    html = (
+        '<p>Back <b>Monday</b>. <a href="https://example.com/x" title="t">Deputy</a> '
+        '<a href="mailto:b@example.com">Bob</a></p>'
+    )
     clean = sanitize(html)
     assert '<a href="https://example.com/x" title="t" rel="noopener noreferrer">Deputy</a>' in clean
     assert 'href="mailto:b@example.com"' in clean and "<b>Monday</b>" in clean
