@@ -453,7 +453,7 @@ def external_audience(ctx: Context) -> str | None:
     if choice.message is not None:
         ctx.notes.append(choice.note())
         return None
-    return f"external audience none; sender {choice.why}"
+    return f"external audience none; {choice.why}"
 
 
 def interval(ctx: Context) -> str | None:

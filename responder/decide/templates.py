@@ -306,6 +306,8 @@ class Renderer:
                 parts.append(part)
             return "".join(parts)
         except TemplateError as exc:
+            # A syntax error names the template it is in (one of ``choices``, before ``name`` is known).
+            name = str(getattr(exc, "name", None) or name)
             raise RenderError(f"template {name}: {exc.message or exc.__class__.__name__}") from None
         except _Limit as exc:
             raise RenderError(f"template {name}: {exc}") from None

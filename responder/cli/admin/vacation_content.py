@@ -173,7 +173,7 @@ def content_options(
             columns["message"] = columns["message"] or ""  # the column is NOT NULL: '' is "none"
         fields.update(columns)  # type: ignore[typeddict-item]
     else:
-        if existing is None and not (message or given.get((INTERNAL, "html_message"))):
+        if existing is None:
             raise AdminError("a new vacation needs its default message before one in --language")
         for audience in (INTERNAL, EXTERNAL):
             mine = {field: value for (aud, field), value in given.items() if aud == audience}
