@@ -165,7 +165,13 @@ def _long_forms(when: dt.datetime | None, zone: ZoneInfo, language: str | None) 
     time = format_time(local.time(), "short", locale=locale)
     pattern = str(locale.datetime_formats.get("full", "{1} {0}"))
     # CLDR patterns quote literal words ("{1} 'at' {0}"); babel's own format_datetime drops the quotes.
-    return date, pattern.replace("'", "").replace("{0}", time).replace("{1}", date)
+    long = pattern.replace("'", "").replace("{0}", time).replace("{1}", date)
+    # CLDR puts narrow no-break spaces before "AM"; plain text readers show a plain space best.
+    return _spaces(date), _spaces(long)
+
+
+def _spaces(text: str) -> str:
+    return text.replace("\u202f", " ").replace("\u00a0", " ")
 
 
 def display_name(vacation: Vacation) -> str:
