@@ -62,13 +62,20 @@ def downgrade() -> None:
         batch.drop_constraint("uq_reply_claims_vacation_sender_audience", type_="unique")
         batch.drop_column("audience")
     op.drop_table("vacation_messages")
-    with op.batch_alter_table("vacations") as batch:
-        for column in (
-            "default_language",
-            "external_audience",
-            "external_html_message",
-            "external_message",
-            "external_subject",
-            "html_message",
-        ):
-            batch.drop_column(column)
+    columns = (
+        "default_language",
+        "external_audience",
+        "external_html_message",
+        "external_message",
+        "external_subject",
+        "html_message",
+    )
+    if op.get_bind().dialect.name == "sqlite":
+        # Not batch mode: it would copy the table and drop the old one, and with foreign keys on that
+        # DROP TABLE deletes every alias and reply claim (ON DELETE CASCADE). SQLite 3.35 and later
+        # drop a plain column in place.
+        for column in columns:
+            op.execute(sa.text(f"ALTER TABLE vacations DROP COLUMN {column}"))
+        return
+    for column in columns:
+        op.drop_column("vacations", column)
