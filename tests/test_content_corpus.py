@@ -264,3 +264,32 @@ def test_the_interval_counts_per_audience(services: Services, sink: SmtpSink) ->
     details = [row.detail for row in services.store.decisions()]
     assert any("audience=internal(" in d and "already answered" in d for d in details)
     assert any("audience=external(" in d and "already answered" in d for d in details)
+
+
+def test_internal_domains_and_their_subdomains() -> None:
+    from responder.decide.audience import internal_domain
+
+    listed = settings_from_mapping({"reply": {"internal_domains": ["Example.COM.", ".corp.example"]}}).reply
+    assert listed.internal_domains == ("example.com", ".corp.example")
+    found = {
+        d: internal_domain(d, listed)
+        for d in ("example.com", "a.example.com", "corp.example", "x.corp.example")
+    }
+    assert found == {
+        "example.com": True,
+        "a.example.com": False,
+        "corp.example": False,
+        "x.corp.example": True,
+    }
+    wide = settings_from_mapping(
+        {"reply": {"internal_domains": ["example.com"], "internal_subdomains": True}}
+    ).reply
+    assert internal_domain("a.b.example.com", wide) and not internal_domain("badexample.com", wide)
+
+
+@pytest.mark.parametrize("value", [["alice@example.com"], ["exa..mple.com"], [""], "example.com"])
+def test_bad_internal_domains_are_a_config_error(value: object) -> None:
+    from responder.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="internal_domains"):
+        settings_from_mapping({"reply": {"internal_domains": value}})

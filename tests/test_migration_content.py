@@ -42,8 +42,9 @@ def test_claims_and_vacations_before_0005_keep_their_meaning(empty_backend_url: 
             )
             conn.execute(
                 text(
-                    "INSERT INTO reply_claims (vacation_id, sender_key, replied_at, message_key, state, token) "
-                    "VALUES (:id, 'bob@example.org', :now, '<m1@example.org>', 'sent', 't1')"
+                    "INSERT INTO reply_claims"
+                    " (vacation_id, sender_key, replied_at, message_key, state, token)"
+                    " VALUES (:id, 'bob@example.org', :now, '<m1@example.org>', 'sent', 't1')"
                 ),
                 {"id": vacation_id, "now": NOW.replace(tzinfo=None)},
             )
