@@ -90,6 +90,8 @@ def test_set_and_show_every_content_field(make_config: ConfigFactory, tmp_path: 
         (["--html", "<p>{{ nmae }}</p>"], "--html: unknown placeholder {{ nmae }}"),
         (["--html", "<script>x</script>"], "--html: nothing is left once sanitised"),
         (["--message", ""], "the vacation needs --message"),
+        (["--external-subject", "Away"], "--external-subject needs an external message"),
+        (["--language", "de", "--subject", "Weg"], "the internal message in de needs a text or HTML"),
     ],
 )
 def test_bad_content_is_refused_and_nothing_written(

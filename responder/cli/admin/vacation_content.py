@@ -193,9 +193,19 @@ def content_options(
 
 
 def check_content(vacation: Vacation) -> None:
-    """Refuse a vacation with nothing to say: no text or HTML in its default message."""
+    """Refuse a vacation with a message that would say nothing: a subject alone sends an empty body."""
     if not (vacation.message or vacation.html_message):
         raise AdminError("the vacation needs --message, --message-file, --html or --html-file")
+    if vacation.external_subject and not (vacation.external_message or vacation.external_html_message):
+        raise AdminError(
+            "--external-subject needs an external message (--external-message or --external-html)"
+        )
+    for t in vacation.translations:
+        if not (t.message or t.html_message):
+            option = (
+                "--message or --html" if t.audience == INTERNAL else "--external-message or --external-html"
+            )
+            raise AdminError(f"the {t.audience} message in {t.language} needs a text or HTML ({option})")
 
 
 def content_json(vacation: Vacation) -> dict[str, Any]:
