@@ -36,7 +36,8 @@ DROPPED_WITH_CONTENT = frozenset(
     {"script", "style", "template", "svg", "math", "noscript", "iframe", "object", "textarea", "select"}
 )
 # Characters of HTML accepted at ``vacation set``; a reply is a note, not a newsletter.
-MAX_HTML = 256 * 1024
+# Under the templates' 256 KiB output limit, with room for the template around it.
+MAX_HTML = 128 * 1024
 
 
 class HtmlError(ValueError):
