@@ -73,6 +73,13 @@ def test_set_show_list_off_delete(make_config: ConfigFactory, tmp_path: Path) ->
         "template": None,
         "aliases": ["a.exemple@example.com", "alice@example.net"],
         "message": "Je suis absente. ✈\n",
+        "html_message": None,
+        "external_subject": None,
+        "external_message": None,
+        "external_html_message": None,
+        "external_audience": "all",
+        "default_language": None,
+        "translations": [],
         "updated": shown["updated"],
     }
     # An update changes only what it names.

@@ -333,8 +333,10 @@ def test_corpus(case: Case, services: Services, sink: SmtpSink) -> None:
 
 def test_every_rule_has_a_case() -> None:
     from responder.decide.rules import RULES
+    from tests.test_content_corpus import ROWS
 
     covered = {case.reason for case in CASES.values()} | set(AUTOMATED.values())
+    covered |= {row.reason for row in ROWS.values()}
     # Covered elsewhere: interval needs two messages (tests/test_interval.py), unverified a DNS server
     # (tests/test_verify_deliver.py), rate-limit counters (tests/test_limits.py).
     stateful = {"interval", "unverified", "rate-limit"}

@@ -57,6 +57,21 @@ def _str_tuple(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _internal_domains(value: object) -> tuple[str, ...]:
+    """Domain names, lower-cased, without a final dot; a leading dot means "and its subdomains"."""
+    domains: list[str] = []
+    for entry in _str_tuple(value):
+        name = entry.strip().lower().rstrip(".")
+        bare = name.removeprefix(".")
+        labels = bare.split(".")
+        if not bare or "@" in bare or any(not label or len(label) > 63 for label in labels):
+            raise ValueError(
+                f"not a domain name: {entry!r} (write example.com, or .example.com for subdomains)"
+            )
+        domains.append(name)
+    return tuple(domains)
+
+
 def _dns_servers(value: object) -> tuple[str, ...]:
     servers = _str_tuple(value)
     for server in servers:
@@ -160,6 +175,12 @@ class ReplySettings:
     max_interval: float = _opt(_duration, 60 * 86400.0)
     templates_dir: str = _opt(_str, "")
     default_template: str = _opt(_str, "vacation.txt.j2")
+    # The HTML part's template, for vacations with an HTML message.
+    default_html_template: str = _opt(_str, "vacation.html.j2")
+    # The site's own domains: their verified senders get a vacation's internal message.
+    internal_domains: tuple[str, ...] = _opt(_internal_domains, ())
+    # Subdomains of internal_domains are internal too (an entry ".example.com" asks for that alone).
+    internal_subdomains: bool = _opt(_bool, False)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import dns.resolver
 
     from responder.config.settings import Settings
+    from responder.decide.audience import AudienceChoice
+    from responder.decide.content import Content
     from responder.decide.records import Retirement, Vacation
     from responder.decide.templates import Renderer
     from responder.mail.signing import Signer
@@ -63,12 +65,14 @@ class IntervalClaim(NamedTuple):
     owner_id: int
     sender_key: str
     token: str
+    # Whose message a reply claim is for (internal, external): each has its own interval.
+    audience: str = "internal"
 
     def confirm(self) -> None:
-        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token)
+        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token, self.audience)
 
     def release(self) -> None:
-        self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token)
+        self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token, self.audience)
 
 
 class NeedsFullPath(Exception):
@@ -266,6 +270,21 @@ class Context(HeaderFacts):
         return frozenset(mine)
 
     @cached_property
+    def audience(self) -> AudienceChoice:
+        """Whose message the sender gets under the vacation (responder.decide.audience)."""
+        from responder.decide.audience import choose_audience
+
+        return choose_audience(self)
+
+    @cached_property
+    def content(self) -> Content:
+        """The reply's subject and message for the sender's audience, in the sender's language."""
+        from responder.decide.content import choose_content
+
+        assert self.vacation is not None and self.audience.message is not None
+        return choose_content(self.vacation, self.audience.message, self.inbound)
+
+    @cached_property
     def interval(self) -> dt.timedelta:
         reply = self.settings.reply
         configured = self.vacation.interval_seconds if self.vacation else None
@@ -284,15 +303,17 @@ class Context(HeaderFacts):
         """Take (or, in a dry run, look at) the right to reply; the detail when it is not free."""
         from responder.store.database import REPLIES
 
-        assert self.vacation is not None
-        return self._claim(REPLIES, self.vacation.id, self.interval)
+        assert self.vacation is not None and self.audience.message is not None
+        return self._claim(REPLIES, self.vacation.id, self.interval, self.audience.message)
 
     @property
     def claim_stale_after(self) -> dt.timedelta:
         """The age from which a pending claim belongs to a delivery that has certainly ended."""
         return dt.timedelta(seconds=self.settings.deliver.deadline + CLAIM_STALE_MARGIN)
 
-    def _claim(self, kind: ClaimKind, owner_id: int, interval: dt.timedelta) -> str | None:
+    def _claim(
+        self, kind: ClaimKind, owner_id: int, interval: dt.timedelta, audience: str = "internal"
+    ) -> str | None:
         from dataclasses import replace
 
         from responder.store.database import PENDING, TAKEN, WON, ClaimRequest
@@ -301,7 +322,7 @@ class Context(HeaderFacts):
         stale = self.claim_stale_after
         key, message = self.sender_key, self.inbound.message_key
         if self.dry_run:
-            last = store.last_claim(kind, owner_id, key)
+            last = store.last_claim(kind, owner_id, key, audience)
             verdict = WON if last is None else last.verdict(message, self.now, interval, stale)
             if verdict == PENDING:
                 self.notes.append(f"another delivery's {kind.what} claim is pending: this one would wait")
@@ -309,12 +330,12 @@ class Context(HeaderFacts):
                 return None
             return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
         token = self.services.claim_token()
-        claim = IntervalClaim(store, kind, owner_id, key, token)
+        claim = IntervalClaim(store, kind, owner_id, key, token, audience)
         # Listed before it is taken: a deadline striking once the claim is written still releases it.
         self.claims.append(claim)
         give_up = self.started + CLAIM_WAIT_SHARE * self.settings.deliver.deadline
         pause = CLAIM_POLL_FIRST
-        request = ClaimRequest(kind, owner_id, key, message, self.now, interval, stale, token)
+        request = ClaimRequest(kind, owner_id, key, message, self.now, interval, stale, token, audience)
         while True:
             # The clock is read on every attempt: the claim records when it was taken, after any wait.
             verdict = store.claim(replace(request, now=self.services.clock()))
@@ -348,7 +369,7 @@ class Context(HeaderFacts):
         while time.monotonic() + pause <= give_up:
             time.sleep(pause)
             pause = min(2 * pause, CLAIM_POLL_MAX)
-            last = store.last_claim(claim.kind, claim.owner_id, claim.sender_key)
+            last = store.last_claim(claim.kind, claim.owner_id, claim.sender_key, claim.audience)
             if last is None or last.verdict(message, self.services.clock(), interval, stale) != PENDING:
                 return pause
         self.claims.remove(claim)

@@ -62,21 +62,42 @@ def decide(ctx: Context, phases: frozenset[str] = ALL_PHASES) -> Decision:
 
 
 def build_reply(ctx: Context) -> Outgoing:
-    from responder.decide.templates import reply_variables
+    """The reply in its final bytes' form: the one place a vacation reply is composed."""
+    from responder.decide.templates import html_template_for, reply_variables, template_names
 
     vacation = ctx.vacation
-    assert vacation is not None
+    assert vacation is not None and ctx.audience.message is not None
     settings = ctx.settings.reply
-    body = ctx.services.renderer.render(
-        vacation.template or settings.default_template,
-        reply_variables(vacation, ctx.inbound.envelope.sender, ctx.inbound.subject, ctx.interval),
+    content = ctx.content
+    ctx.notes.append(content.language.note())
+    language = content.language.language
+    variables = reply_variables(
+        vacation,
+        ctx.inbound.envelope.sender,
+        ctx.inbound.subject,
+        ctx.interval,
+        content,
+        ctx.audience.message,
     )
+    renderer = ctx.services.renderer
+    body = renderer.render(
+        template_names(vacation.template or settings.default_template, language), variables
+    )
+    html = None
+    if variables["html_message"]:
+        from responder.mail.html import sanitize
+
+        names = template_names(html_template_for(vacation.template, settings.default_html_template), language)
+        # Again at compose time: the template's own markup, and rows written by other means than `set`.
+        html = sanitize(renderer.render(names, variables))
     return compose_reply(
         ctx.inbound,
         from_header=vacation.from_header or vacation.address,
         responder_address=vacation.address,
-        subject=vacation.subject,
+        subject=variables["reply_subject"],
         body=body,
+        html=html,
+        language=language,
         envelope_sender="" if settings.envelope_sender == "null" else vacation.address,
         now=ctx.now,
         hostname=ctx.settings.smtp.hostname or vacation.address.rpartition("@")[2],

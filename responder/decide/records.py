@@ -18,6 +18,24 @@ _STATUS = re.compile(r"^5\.([0-7])\.(0|[1-9][0-9]{0,2})$")
 MAX_SMTP_TEXT = 200
 DEFAULT_TEXT = "This address no longer receives mail"
 
+# The two audiences of a vacation's messages: senders of the site's own verified domains, and everyone.
+INTERNAL = "internal"
+EXTERNAL = "external"
+AUDIENCES = (INTERNAL, EXTERNAL)
+# Who gets the external message: everyone outside (all) or nobody (none, reason external-audience).
+EXTERNAL_AUDIENCES = ("all", "none")
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A vacation's subject and message for one audience in one language other than its default."""
+
+    audience: str
+    language: str
+    subject: str | None
+    message: str | None
+    html_message: str | None
+
 
 @dataclass(frozen=True)
 class Vacation:
@@ -35,6 +53,22 @@ class Vacation:
     aliases: tuple[str, ...]
     created_at: dt.datetime
     updated_at: dt.datetime
+    # The internal (or only) message in HTML, next to or instead of ``message``.
+    html_message: str | None = None
+    # The message for senders outside reply.internal_domains; all None: they get the internal one.
+    external_subject: str | None = None
+    external_message: str | None = None
+    external_html_message: str | None = None
+    external_audience: str = "all"
+    # The language of the fields above (a BCP 47 tag), None when not said.
+    default_language: str | None = None
+    translations: tuple[Translation, ...] = ()
+
+    def has_external(self) -> bool:
+        """True when an external message is set, in the default language or any other."""
+        return bool(self.external_message or self.external_html_message) or any(
+            t.audience == EXTERNAL for t in self.translations
+        )
 
     def state(self, now: dt.datetime) -> str:
         """``off``, ``scheduled`` before the start, ``ended`` from the end on, ``active`` in between."""
@@ -81,6 +115,12 @@ class VacationChanges(ScheduleChanges, total=False):
     from_header: str | None
     template: str | None
     interval_seconds: int | None
+    html_message: str | None
+    external_subject: str | None
+    external_message: str | None
+    external_html_message: str | None
+    external_audience: str
+    default_language: str | None
 
 
 class RetirementChanges(ScheduleChanges, total=False):

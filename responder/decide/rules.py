@@ -445,6 +445,17 @@ def rate_limit(ctx: Context) -> str | None:
     return check_limits(ctx)
 
 
+def external_audience(ctx: Context) -> str | None:
+    """The vacation answers internal senders only, and this one is not (or not proven to be) internal."""
+    if ctx.kind == BOUNCE:
+        return None
+    choice = ctx.audience
+    if choice.message is not None:
+        ctx.notes.append(choice.note())
+        return None
+    return f"external audience none; {choice.why}"
+
+
 def interval(ctx: Context) -> str | None:
     return ctx.claim_bounce_interval() if ctx.kind == BOUNCE else ctx.claim_interval()
 
@@ -554,7 +565,23 @@ RULES: tuple[Rule, ...] = (
         STORE,
         applies_to=frozenset({REPLY}),
     ),
-    Rule("interval", SUPPRESS, "this sender already got this response within the interval", interval, STORE),
+    # Before the interval: it is counted per audience message. A sender of an internal domain is
+    # verified here already when the answer depends on it (the unverified rule reuses the result).
+    Rule(
+        "external-audience",
+        SUPPRESS,
+        "the vacation answers internal senders only, and the sender is not a verified internal one",
+        external_audience,
+        STORE,
+        applies_to=frozenset({REPLY}),
+    ),
+    Rule(
+        "interval",
+        SUPPRESS,
+        "this sender already got this response (for its audience) within the interval",
+        interval,
+        STORE,
+    ),
     # After every cheap rule, so that list mail, robots and recipients without a vacation never cost
     # a DNS query. "drop": the response would be due, but the return path may be forged.
     Rule(

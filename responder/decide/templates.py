@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -28,9 +28,12 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment
 
+from responder.decide.records import INTERNAL
+from responder.mail.message import Envelope, Inbound
 from responder.paths import resource_dir
 
 if TYPE_CHECKING:
+    from responder.decide.content import Content
     from responder.decide.records import Retirement, Vacation
 
 # Far beyond any reply or bounce text a person reads.
@@ -169,15 +172,41 @@ def _bounded(function: Any, widths: bool = False) -> Any:
 # refused at neither place cannot fail for a variable the other did not have.
 SAMPLE_SENDER = "sender@example.org"
 SAMPLE_SUBJECT = "Sample subject"
+# A message without header fields: the vacation's default language, for checks at ``vacation set``.
+_NO_MESSAGE = Inbound(Envelope(SAMPLE_SENDER, SAMPLE_SENDER), b"\r\n")
 
 
-def reply_variables(vacation: Vacation, sender: str, subject: str, interval: dt.timedelta) -> dict[str, Any]:
-    """The variables of a reply template: the vacation's text and schedule, and the message answered."""
+def reply_variables(
+    vacation: Vacation,
+    sender: str,
+    subject: str,
+    interval: dt.timedelta,
+    content: Content | None = None,
+    audience: str = INTERNAL,
+) -> dict[str, Any]:
+    """The variables of a reply template: the vacation's text and schedule, and the message answered.
+
+    ``content`` is the message chosen for the sender's audience and language (the vacation's default
+    message when None); its placeholders are filled in here, so templates get finished texts.
+    """
     from responder.config.values import format_duration
+    from responder.decide.content import choose_content, fill, fill_html, placeholder_values
+    from responder.mail.html import html_to_text, sanitize
 
+    if content is None:
+        content = choose_content(vacation, INTERNAL, _NO_MESSAGE)
+    language = content.language.language
+    values = placeholder_values(vacation, language, subject)
+    html_message = sanitize(fill_html(content.html_message, values)) if content.html_message else None
+    message = fill(content.message, values)
+    if not message and html_message:
+        message = html_to_text(html_message)
     zone = ZoneInfo(vacation.timezone)
     return {
-        "message": vacation.message,
+        **values,
+        "message": message,
+        "html_message": html_message or "",
+        "reply_subject": fill(content.subject, values) if content.subject else None,
         "recipient": vacation.address,
         "sender": sender,
         "subject": subject,
@@ -185,7 +214,30 @@ def reply_variables(vacation: Vacation, sender: str, subject: str, interval: dt.
         "end": vacation.ends_at.astimezone(zone) if vacation.ends_at else None,
         "timezone": vacation.timezone,
         "interval": format_duration(interval.total_seconds()),
+        "language": language or "",
+        "audience": audience,
     }
+
+
+def template_names(name: str, language: str | None) -> list[str]:
+    """``name`` for ``language`` first, then for its shorter forms, then as it is.
+
+    ``vacation.txt.j2`` in de-CH: ``vacation.de-CH.txt.j2``, ``vacation.de.txt.j2``, ``vacation.txt.j2``.
+    """
+    stem, dot, rest = name.partition(".")
+    names: list[str] = []
+    tag = language or ""
+    while tag and dot:
+        names.append(f"{stem}.{tag}.{rest}")
+        tag = tag.rpartition("-")[0]
+    return [*names, name]
+
+
+def html_template_for(text_template: str | None, default_html: str) -> str:
+    """The HTML counterpart of a vacation's own text template (``.txt.`` read as ``.html.``)."""
+    if text_template and ".txt." in text_template:
+        return text_template.replace(".txt.", ".html.")
+    return default_html
 
 
 def bounce_variables(
@@ -213,7 +265,8 @@ class Renderer:
         self.environment = _Sandbox(
             loader=FileSystemLoader([str(p) for p in search]),
             undefined=StrictUndefined,
-            autoescape=False,
+            # The HTML templates (vacation.html.j2) escape what they print unless told |safe.
+            autoescape=_is_html,
             keep_trailing_newline=True,
             trim_blocks=True,
             lstrip_blocks=True,
@@ -226,20 +279,25 @@ class Renderer:
             with self.child.lock:
                 self.child.start()
 
-    def render(self, name: str, variables: Mapping[str, Any]) -> str:
+    def render(self, name: str | Sequence[str], variables: Mapping[str, Any]) -> str:
+        """Render the first of ``name`` (one name or several) that exists."""
         if self.child is not None:
             return self.child.render(name, variables)
         return self.render_here(name, variables)
 
-    def render_here(self, name: str, variables: Mapping[str, Any]) -> str:
+    def render_here(self, names: str | Sequence[str], variables: Mapping[str, Any]) -> str:
         """Render in this thread, within MAX_SECONDS and MAX_OUTPUT."""
+        choices = [names] if isinstance(names, str) else list(names)
+        name = choices[-1]
         clock = _Clock(self.environment, MAX_SECONDS)
         previous = sys.gettrace()
         sys.settrace(clock.call)
         try:
             parts: list[str] = []
             size = 0
-            for part in self.environment.get_template(name).generate(**variables):
+            template = self.environment.select_template(choices)
+            name = template.name or name
+            for part in template.generate(**variables):
                 size += len(part)
                 if size > MAX_OUTPUT:
                     raise _Limit(f"longer than {MAX_OUTPUT} characters")
@@ -248,6 +306,8 @@ class Renderer:
                 parts.append(part)
             return "".join(parts)
         except TemplateError as exc:
+            # A syntax error names the template it is in (one of ``choices``, before ``name`` is known).
+            name = str(getattr(exc, "name", None) or name)
             raise RenderError(f"template {name}: {exc.message or exc.__class__.__name__}") from None
         except _Limit as exc:
             raise RenderError(f"template {name}: {exc}") from None
@@ -262,6 +322,10 @@ class Renderer:
 
 
 # -- the render child -------------------------------------------------------------------------------
+
+
+def _is_html(name: str | None) -> bool:
+    return bool(name) and (".html." in str(name) or str(name).endswith(".html"))
 
 
 def _encode(variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,7 +383,8 @@ class _Child:
             )
         return self.process
 
-    def render(self, name: str, variables: Mapping[str, Any]) -> str:
+    def render(self, names: str | Sequence[str], variables: Mapping[str, Any]) -> str:
+        name = names if isinstance(names, str) else names[-1]
         with self.lock:
             process = self.start()
             assert process.stdin is not None and process.stdout is not None
@@ -328,7 +393,7 @@ class _Child:
             # is ended by killing the child, which also ends that read.
             reader = threading.Thread(target=lambda: answer.append(_safe_read(process.stdout)))
             try:
-                _write(process.stdin, {"name": name, "variables": _encode(variables)})
+                _write(process.stdin, {"name": names, "variables": _encode(variables)})
             except (OSError, ValueError) as exc:
                 self._kill()
                 raise RenderError(f"template {name}: the render process failed: {exc}") from None

@@ -133,6 +133,17 @@ def _references(inbound: Inbound) -> str:
     return " ".join(ids[-MAX_REFERENCES:])
 
 
+def html_document(fragment: str, language: str | None) -> str:
+    """A sanitised HTML fragment as a whole document, its character set and language declared."""
+    import html
+
+    lang = f' lang="{html.escape(language)}"' if language else ""
+    return (
+        f'<!DOCTYPE html>\n<html{lang}>\n<head><meta charset="utf-8"></head>\n<body>\n'
+        f"{fragment.strip()}\n</body>\n</html>\n"
+    )
+
+
 def compose_reply(
     inbound: Inbound,
     *,
@@ -143,8 +154,15 @@ def compose_reply(
     envelope_sender: str,
     now: dt.datetime,
     hostname: str,
+    html: str | None = None,
+    language: str | None = None,
 ) -> Outgoing:
-    """The reply to ``inbound``: To the envelope sender only, never Reply-To or From (RFC 3834 section 4)."""
+    """The reply to ``inbound``: To the envelope sender only, never Reply-To or From (RFC 3834 section 4).
+
+    With ``html`` (sanitised already) the body is multipart/alternative: ``body`` as text/plain first,
+    then the HTML as text/html, which readers prefer (RFC 2046 section 5.1.4). ``language`` becomes
+    Content-Language (RFC 3282).
+    """
     sender = inbound.return_path
     sender = canonical_address(sender) or sender
     normalized = inbound.sender_address or sender
@@ -164,4 +182,9 @@ def compose_reply(
     msg["X-Auto-Response-Suppress"] = "All"
     msg[LOOP_HEADER] = responder_address
     msg.set_content(body, charset="utf-8")
+    if html is not None:
+        msg.add_alternative(html_document(html, language), subtype="html", charset="utf-8")
+    if language:
+        # After the body: set_content and add_alternative move or drop the Content-* fields.
+        msg["Content-Language"] = language
     return Outgoing(mail_from=envelope_sender, rcpt_to=sender, message=msg)

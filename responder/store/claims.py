@@ -1,4 +1,7 @@
-"""The two-phase claims on the reply and bounce intervals: claim, then confirm or release."""
+"""The two-phase claims on the reply and bounce intervals: claim, then confirm or release.
+
+Reply claims are kept per (vacation, sender, audience message): see ``ClaimKind.by_audience``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Table, and_, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.elements import ColumnElement
 
+from responder.decide.records import INTERNAL
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, reply_claims
 
@@ -41,9 +46,25 @@ class ClaimKind:
     owner: str  # the column naming the vacation or the retired address
     what: str  # for messages: "reply", "bounce"
     done: str  # "answered", "bounced"
+    # Reply claims are per audience message: a sender's external reply does not use up the internal one.
+    by_audience: bool = False
+
+    def mine(self, owner_id: int, sender_key: str, audience: str) -> list[ColumnElement[bool]]:
+        """The WHERE terms selecting one (owner, sender[, audience]) row."""
+        c = self.table.c
+        terms = [c[self.owner] == owner_id, c.sender_key == sender_key]
+        if self.by_audience:
+            terms.append(c.audience == audience)
+        return terms
+
+    def key(self, owner_id: int, sender_key: str, audience: str) -> dict[str, object]:
+        values: dict[str, object] = {self.owner: owner_id, "sender_key": sender_key}
+        if self.by_audience:
+            values["audience"] = audience
+        return values
 
 
-REPLIES = ClaimKind(reply_claims, "vacation_id", "reply", "answered")
+REPLIES = ClaimKind(reply_claims, "vacation_id", "reply", "answered", by_audience=True)
 BOUNCES = ClaimKind(bounce_claims, "retired_id", "bounce", "bounced")
 
 
@@ -59,6 +80,7 @@ class ClaimRequest:
     interval: dt.timedelta
     stale_after: dt.timedelta
     token: str
+    audience: str = INTERNAL
 
 
 class Claims(Database):
@@ -89,7 +111,7 @@ class Claims(Database):
         stale_after, token = request.stale_after, request.token
         values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
         table, c = kind.table, kind.table.c
-        mine = (c[kind.owner] == owner_id, c.sender_key == sender_key)
+        mine = kind.mine(owner_id, sender_key, request.audience)
         answered_before = c.message_key != message_key
         if interval:
             answered_before = and_(answered_before, c.replied_at <= now - interval)
@@ -101,7 +123,7 @@ class Claims(Database):
             try:
                 with self._begin(f"claiming the {kind.what} interval") as conn:
                     conn.execute(
-                        insert(table).values({kind.owner: owner_id, "sender_key": sender_key, **values})
+                        insert(table).values({**kind.key(owner_id, sender_key, request.audience), **values})
                     )
                 return WON
             except sa_exc.IntegrityError:
@@ -119,33 +141,41 @@ class Claims(Database):
         # The row kept changing under us: another delivery is deciding right now.
         return PENDING
 
-    def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
+    def confirm_claim(
+        self, kind: ClaimKind, owner_id: int, sender_key: str, token: str, audience: str = INTERNAL
+    ) -> None:
         c = kind.table.c
         with self._begin(f"confirming the {kind.what}") as conn:
             conn.execute(
                 update(kind.table)
-                .where(c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token)
+                .where(*kind.mine(owner_id, sender_key, audience), c.token == token)
                 .values(state="sent")
             )
 
     def release_claim(
-        self, kind: ClaimKind, owner_id: int, sender_key: str, token: str, only_pending: bool = False
+        self,
+        kind: ClaimKind,
+        owner_id: int,
+        sender_key: str,
+        token: str,
+        audience: str = INTERNAL,
+        only_pending: bool = False,
     ) -> None:
         """Give the claim back; ``only_pending``: unless it was confirmed (a commit whose answer was
         lost may have confirmed it, and its response is then owed)."""
         c = kind.table.c
-        where = [c[kind.owner] == owner_id, c.sender_key == sender_key, c.token == token]
+        where = [*kind.mine(owner_id, sender_key, audience), c.token == token]
         if only_pending:
             where.append(c.state == "pending")
         with self._begin(f"releasing the {kind.what} claim") as conn:
             conn.execute(delete(kind.table).where(*where))
 
-    def last_claim(self, kind: ClaimKind, owner_id: int, sender_key: str) -> LastClaim | None:
+    def last_claim(
+        self, kind: ClaimKind, owner_id: int, sender_key: str, audience: str = INTERNAL
+    ) -> LastClaim | None:
         c = kind.table.c
         with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
             row = conn.execute(
-                select(c.replied_at, c.message_key, c.state).where(
-                    c[kind.owner] == owner_id, c.sender_key == sender_key
-                )
+                select(c.replied_at, c.message_key, c.state).where(*kind.mine(owner_id, sender_key, audience))
             ).first()
         return None if row is None else LastClaim(row.replied_at, row.message_key, row.state)

@@ -27,6 +27,7 @@ from sqlalchemy.types import TypeDecorator
 SCHEMA_REVISION = "0006"
 
 ADDRESS_LENGTH = 320
+LANGUAGE_LENGTH = 64
 MYSQL_TABLE_ARGS: dict[str, Any] = {
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -74,7 +75,29 @@ vacations = Table(
     Column("interval_seconds", Integer, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # The internal (or only) message in HTML, and the external message, in the default language.
+    Column("html_message", Text, nullable=True),
+    Column("external_subject", Text, nullable=True),
+    Column("external_message", Text, nullable=True),
+    Column("external_html_message", Text, nullable=True),
+    Column("external_audience", String(8), nullable=False, server_default="all"),
+    Column("default_language", String(LANGUAGE_LENGTH), nullable=True),
     UniqueConstraint("address", name="uq_vacations_address"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# A vacation's subject and message in another language than its default, per audience.
+vacation_messages = Table(
+    "vacation_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("vacation_id", Integer, ForeignKey("vacations.id", ondelete="CASCADE"), nullable=False),
+    Column("audience", String(8), nullable=False),
+    Column("language", String(LANGUAGE_LENGTH), nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("html_message", Text, nullable=True),
+    UniqueConstraint("vacation_id", "audience", "language", name="uq_vacation_messages_key"),
     **MYSQL_TABLE_ARGS,
 )
 
@@ -88,7 +111,7 @@ vacation_aliases = Table(
     **MYSQL_TABLE_ARGS,
 )
 
-# One row per (vacation, sender): the last reply, so the interval can be claimed atomically.
+# One row per (vacation, sender, audience): the last reply, so the interval can be claimed atomically.
 reply_claims = Table(
     "reply_claims",
     metadata,
@@ -99,7 +122,11 @@ reply_claims = Table(
     Column("message_key", Text, nullable=False),
     Column("state", String(8), nullable=False),
     Column("token", String(32), nullable=False),
-    UniqueConstraint("vacation_id", "sender_key", name="uq_reply_claims_vacation_sender"),
+    # Whose message the reply was (internal, external): each has its own interval per sender.
+    Column("audience", String(8), nullable=False, server_default="internal"),
+    UniqueConstraint(
+        "vacation_id", "sender_key", "audience", name="uq_reply_claims_vacation_sender_audience"
+    ),
     **MYSQL_TABLE_ARGS,
 )
 

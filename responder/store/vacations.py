@@ -1,4 +1,4 @@
-"""The vacations table and its aliases: look-up by address, listing, saving, switching, deleting."""
+"""The vacations table, its aliases and its messages in other languages: look-up, listing, saving."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Unpack
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from responder.decide.records import Vacation, VacationChanges
+from responder.decide.records import Translation, Vacation, VacationChanges
 from responder.store.engine import Database
-from responder.store.schema import reply_claims, vacation_aliases, vacations
+from responder.store.schema import reply_claims, vacation_aliases, vacation_messages, vacations
 
 
 class Vacations(Database):
@@ -29,9 +29,30 @@ class Vacations(Database):
                 found[vacation_id].append(address)
         return {i: tuple(v) for i, v in found.items()}
 
+    def _translations(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[Translation, ...]]:
+        found: dict[int, list[Translation]] = {i: [] for i in ids}
+        if ids:
+            c = vacation_messages.c
+            rows = conn.execute(
+                select(vacation_messages).where(c.vacation_id.in_(ids)).order_by(c.audience, c.language)
+            ).mappings()
+            for row in rows:
+                found[row["vacation_id"]].append(
+                    Translation(
+                        row["audience"], row["language"], row["subject"], row["message"], row["html_message"]
+                    )
+                )
+        return {i: tuple(v) for i, v in found.items()}
+
     @staticmethod
-    def _vacation(row: RowMapping, aliases: tuple[str, ...]) -> Vacation:
-        return Vacation(aliases=aliases, **{column.name: row[column.name] for column in vacations.c})
+    def _vacation(
+        row: RowMapping, aliases: tuple[str, ...], translations: tuple[Translation, ...]
+    ) -> Vacation:
+        return Vacation(
+            aliases=aliases,
+            translations=translations,
+            **{column.name: row[column.name] for column in vacations.c},
+        )
 
     def vacation_for(self, addresses: Sequence[str]) -> Vacation | None:
         """The vacation of the first of ``addresses`` that has one (recipient before original recipient)."""
@@ -46,23 +67,34 @@ class Vacations(Database):
             for address in wanted:
                 if address in rows:
                     row = rows[address]
-                    return self._vacation(row, self._aliases(conn, [row["id"]])[row["id"]])
+                    ids = [row["id"]]
+                    return self._vacation(
+                        row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]]
+                    )
         return None
 
     def list_vacations(self) -> list[Vacation]:
         with self._guard("listing vacations"), self.engine.connect() as conn:
             rows = list(conn.execute(select(vacations).order_by(vacations.c.address)).mappings())
-            aliases = self._aliases(conn, [row["id"] for row in rows])
-            return [self._vacation(row, aliases[row["id"]]) for row in rows]
+            ids = [row["id"] for row in rows]
+            aliases, translations = self._aliases(conn, ids), self._translations(conn, ids)
+            return [self._vacation(row, aliases[row["id"]], translations[row["id"]]) for row in rows]
 
     def put_vacation(
         self,
         address: str,
         now: dt.datetime,
         aliases: Sequence[str] | None,
+        translations: Sequence[Translation] | None = None,
+        drop_languages: Sequence[str] = (),
         **changes: Unpack[VacationChanges],
     ) -> None:
-        """Create or update the vacation of ``address``; ``aliases`` None keeps the current list."""
+        """Create or update the vacation of ``address``; ``aliases`` None keeps the current list.
+
+        Each of ``translations`` replaces the message of its (audience, language), or deletes it when
+        it has no text at all; the others are kept. Every message in a language of ``drop_languages``
+        is deleted, for both audiences.
+        """
         with self._begin("saving the vacation") as conn:
             existing = conn.execute(
                 select(vacations.c.id).where(vacations.c.address == address)
@@ -83,6 +115,31 @@ class Vacations(Database):
                 conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
                 for alias in dict.fromkeys(aliases):
                     conn.execute(insert(vacation_aliases).values(vacation_id=vacation_id, address=alias))
+            c = vacation_messages.c
+            if drop_languages:
+                conn.execute(
+                    delete(vacation_messages).where(
+                        c.vacation_id == vacation_id, c.language.in_(drop_languages)
+                    )
+                )
+            for item in translations or ():
+                conn.execute(
+                    delete(vacation_messages).where(
+                        c.vacation_id == vacation_id, c.audience == item.audience, c.language == item.language
+                    )
+                )
+                if not (item.subject or item.message or item.html_message):
+                    continue  # an emptied message is a deleted one
+                conn.execute(
+                    insert(vacation_messages).values(
+                        vacation_id=vacation_id,
+                        audience=item.audience,
+                        language=item.language,
+                        subject=item.subject,
+                        message=item.message,
+                        html_message=item.html_message,
+                    )
+                )
 
     def set_enabled(self, address: str, enabled: bool, now: dt.datetime) -> bool:
         with self._begin("saving the vacation") as conn:
@@ -103,5 +160,6 @@ class Vacations(Database):
             # Explicit deletes: foreign keys may be off on an old SQLite file opened elsewhere.
             conn.execute(delete(reply_claims).where(reply_claims.c.vacation_id == vacation_id))
             conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
+            conn.execute(delete(vacation_messages).where(vacation_messages.c.vacation_id == vacation_id))
             conn.execute(delete(vacations).where(vacations.c.id == vacation_id))
             return True

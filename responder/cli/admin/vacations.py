@@ -20,6 +20,13 @@ from responder.cli.admin.common import (
     schedule_options,
     wall_time,
 )
+from responder.cli.admin.vacation_content import (
+    ContentChanges,
+    check_content,
+    content_json,
+    content_options,
+    register_content,
+)
 from responder.config.settings import Settings
 from responder.config.values import format_duration, parse_duration
 from responder.decide.records import Vacation, VacationChanges
@@ -38,6 +45,7 @@ def register(commands: Any) -> None:
     text.add_argument("--message", help="reply text (the template's {{ message }})")
     text.add_argument("--message-file", help="file holding the reply text (UTF-8)")
     put.add_argument("--subject", help="reply subject (default: 'Auto: ' + the original subject)")
+    register_content(put)
     put.add_argument(
         "--from", dest="from_header", help='reply From, e.g. "Alice Example <alice@example.com>"'
     )
@@ -84,11 +92,10 @@ def _from_header(text: str) -> str:
 
 def _vacation_fields(
     args: argparse.Namespace, existing: Vacation | None, settings: Settings
-) -> VacationChanges:
+) -> tuple[VacationChanges, ContentChanges]:
     fields: VacationChanges = {"enabled": True}
-    message = message_option(args, existing is None, "vacation")
-    if message is not None:
-        fields["message"] = message
+    message = message_option(args, False, "vacation")
+    content = content_options(args, existing, message, fields)
     schedule_options(args, existing, fields)
     if args.interval is not None:
         try:
@@ -104,33 +111,43 @@ def _vacation_fields(
                 file=sys.stderr,
             )
         fields["interval_seconds"] = int(seconds)
-    if args.subject is not None:
-        fields["subject"] = args.subject or None
     if args.from_header is not None:
         fields["from_header"] = _from_header(args.from_header) if args.from_header else None
     if args.template is not None:
         fields["template"] = args.template or None
-    return fields
+    return fields, content
 
 
 def _check_template(settings: Settings, vacation: Vacation) -> None:
-    """Render once with sample values, so that a broken template is refused now, not at delivery."""
+    """Render every message (each audience and language, text and HTML) with sample values, so that
+    a broken template is refused now, not at delivery."""
+    from responder.decide.content import all_contents
     from responder.decide.templates import (
         SAMPLE_SENDER,
         SAMPLE_SUBJECT,
         Renderer,
         RenderError,
+        html_template_for,
         reply_variables,
+        template_names,
     )
 
     interval = dt.timedelta(seconds=_applied_interval(vacation, settings))
-    try:
-        Renderer(settings.reply.templates_dir).render(
-            vacation.template or settings.reply.default_template,
-            reply_variables(vacation, SAMPLE_SENDER, SAMPLE_SUBJECT, interval),
-        )
-    except RenderError as exc:
-        raise AdminError(str(exc)) from None
+    renderer = Renderer(settings.reply.templates_dir)
+    reply = settings.reply
+    for audience, content in all_contents(vacation):
+        language = content.language.language
+        variables = reply_variables(vacation, SAMPLE_SENDER, SAMPLE_SUBJECT, interval, content, audience)
+        names = [template_names(vacation.template or reply.default_template, language)]
+        if variables["html_message"]:
+            names.append(
+                template_names(html_template_for(vacation.template, reply.default_html_template), language)
+            )
+        try:
+            for choices in names:
+                renderer.render(choices, variables)
+        except RenderError as exc:
+            raise AdminError(str(exc)) from None
 
 
 def _prospective(
@@ -195,6 +212,7 @@ def _as_json(vacation: Vacation, now: dt.datetime, settings: Settings) -> dict[s
         "template": vacation.template,
         "aliases": list(vacation.aliases),
         "message": vacation.message,
+        **content_json(vacation),
         "updated": vacation.updated_at.isoformat(timespec="seconds"),
     }
 
@@ -237,10 +255,12 @@ def _set(args: argparse.Namespace, store: Store, settings: Settings) -> int:
         )
     existing = store.vacation_for([address])
     existing = existing if existing and existing.address == address else None
-    fields = _vacation_fields(args, existing, settings)
+    fields, content = _vacation_fields(args, existing, settings)
     aliases = None if args.alias is None else [parse_address(a) for a in args.alias]
-    _check_template(settings, _prospective(address, existing, fields, now))
-    store.put_vacation(address, now, aliases, **fields)
+    prospective = content.apply(_prospective(address, existing, fields, now))
+    check_content(prospective)
+    _check_template(settings, prospective)
+    store.put_vacation(address, now, aliases, content.translations, content.drop_languages, **fields)
     print(f"{address}: {_find(store, address).state(now)}")
     return EX_OK
 
@@ -253,6 +273,11 @@ def _show(args: argparse.Namespace, store: Store, settings: Settings) -> int:
         print_json(shown)
         return EX_OK
     del shown["message"], shown["interval_set"]
+    for key in ("html_message", "external_message", "external_html_message", "translations"):
+        del shown[key]
+    shown["html"] = f"{len(vacation.html_message)} characters" if vacation.html_message else None
+    shown["external"] = "yes" if vacation.has_external() else None
+    shown["languages"] = sorted({f"{t.language} ({t.audience})" for t in vacation.translations})
     shown["interval"] = _shown_interval(vacation, settings)
     print_record(shown, vacation.message)
     return EX_OK
