@@ -143,11 +143,9 @@ def check_template(settings: Settings, vacation: Vacation) -> None:
 
 
 def _template_name(value: object) -> str | None:
-    from responder.manage.templates import check_name
-
     if value is None or value == "":
         return None
-    return check_name("template", value)
+    return fields.template_name("template", value)
 
 
 def changes_from(
