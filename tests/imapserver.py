@@ -33,10 +33,7 @@ log_path = {base}/dovecot.log
 instance_name = responder-test-{port}
 protocols = imap
 listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-ssl_min_protocol = TLSv1.2
+{ssl}
 auth_mechanisms = plain login
 disable_plaintext_auth = no
 default_login_user = dovenull
@@ -55,11 +52,7 @@ service imap-login {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {tls_port}
-    ssl = yes
-  }}
+{imaps}
 }}
 # Tests fail logins on purpose: no delay and no growing per-IP penalty (mode 0 switches it off).
 auth_failure_delay = 0
@@ -92,10 +85,28 @@ def _listening(port: int, greeting: bool) -> bool:
         return False
 
 
-class ImapServer:
-    """One private Dovecot; ``port`` offers STARTTLS, ``tls_port`` is imaps, ``tls.ca`` verifies both."""
+_SSL = """\
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2"""
 
-    def __init__(self) -> None:
+_IMAPS = """\
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}"""
+
+
+class ImapServer:
+    """One private Dovecot; ``port`` offers STARTTLS, ``tls_port`` is imaps, ``tls.ca`` verifies both.
+
+    ``tls=False`` makes one without any TLS: plain LOGIN, which only a loopback server may get.
+    """
+
+    def __init__(self, tls: bool = True) -> None:
+        self.with_tls = tls
         self.base = Path(tempfile.mkdtemp(prefix="responder-imap-"))
         self.base.chmod(0o755)
         self.tls: TlsFiles = make_tls(self.base)
@@ -122,13 +133,13 @@ class ImapServer:
         return f"imaps://127.0.0.1:{self.tls_port}"
 
     def _write_conf(self) -> None:
+        tls = {"cert": self.tls.cert, "key": self.tls.key, "tls_port": self.tls_port}
         self.conf.write_text(
             _CONF.format(
                 base=self.base,
-                cert=self.tls.cert,
-                key=self.tls.key,
+                ssl=_SSL.format(**tls) if self.with_tls else "ssl = no",
+                imaps=_IMAPS.format(**tls) if self.with_tls else "",
                 port=self.port,
-                tls_port=self.tls_port,
                 uid=self.mail_user.pw_uid,
                 gid=self.mail_user.pw_gid,
             )
@@ -147,7 +158,9 @@ class ImapServer:
             if result.returncode == 0:
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline:
-                    if _listening(self.port, True) and _listening(self.tls_port, False):
+                    if _listening(self.port, True) and (
+                        not self.with_tls or _listening(self.tls_port, False)
+                    ):
                         return self
                     time.sleep(0.1)
             self.stop()

@@ -111,6 +111,16 @@ def test_imap_down_means_try_again_later_never_signed_in(
         own.close()
 
 
+def test_plain_login_to_a_loopback_server_without_tls(make_settings: SettingsFactory) -> None:
+    plain = ImapServer(tls=False).start()
+    try:
+        settings = make_settings(web={"imap": plain.url})
+        assert asyncio.run(check_password(settings, "bob@example.com", USERS["bob@example.com"])) is True
+        assert asyncio.run(check_password(settings, "bob@example.com", "wrong")) is False
+    finally:
+        plain.close()
+
+
 def test_a_silent_imap_server_times_out(
     make_settings: SettingsFactory, store: Store, clock: FakeClock
 ) -> None:
