@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from responder.decide.records import DecisionRecord, Retirement, Vacation
 from responder.store.audit import Audit, PurgeResult
+from responder.store.changes import Change, Changes
 from responder.store.claims import (
     BOUNCES,
     PENDING,
@@ -20,6 +21,7 @@ from responder.store.engine import STATEMENT_SLACK, limit_statements, make_engin
 from responder.store.migrate import Migrations
 from responder.store.outbox import Outbox
 from responder.store.retirements import Retirements
+from responder.store.tokens import ApiToken, TokenExists, Tokens
 from responder.store.vacations import Vacations
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "STATEMENT_SLACK",
     "TAKEN",
     "WON",
+    "ApiToken",
+    "Change",
     "ClaimKind",
     "ClaimRequest",
     "CounterWindow",
@@ -38,6 +42,7 @@ __all__ = [
     "RateCounter",
     "Retirement",
     "Store",
+    "TokenExists",
     "Vacation",
     "limit_statements",
     "make_engine",
@@ -46,7 +51,7 @@ __all__ = [
 
 # The repositories share one engine and its fault translation (``Database``), so the façade is
 # their union: every caller keeps ``store.vacation_for(...)``, and each table's SQL lives in one module.
-class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox):
+class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox, Tokens, Changes):
     """All database access of the engine and the admin commands."""
 
     @classmethod

@@ -222,3 +222,34 @@ outbox = Table(
     Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
     **MYSQL_TABLE_ARGS,
 )
+
+# API tokens of admins and domain admins: only the SHA-256 of each token is kept.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("scope", String(8), nullable=False),
+    Column("domain", String(255), nullable=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("name", name="uq_api_tokens_name"),
+    UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# What was changed through the web service: who, when, which address, each field before and after.
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(400), nullable=False),
+    Column("via", String(8), nullable=False),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_changes_at", "at"),
+    Index("ix_changes_address", "address"),
+    **MYSQL_TABLE_ARGS,
+)

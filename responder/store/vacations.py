@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from responder.decide.records import Translation, Vacation, VacationChanges
+from responder.store.changes import Change, write_change
 from responder.store.engine import Database
 from responder.store.schema import reply_claims, vacation_aliases, vacation_messages, vacations
 
@@ -87,6 +88,8 @@ class Vacations(Database):
         aliases: Sequence[str] | None,
         translations: Sequence[Translation] | None = None,
         drop_languages: Sequence[str] = (),
+        *,
+        change: Change | None = None,
         **changes: Unpack[VacationChanges],
     ) -> None:
         """Create or update the vacation of ``address``; ``aliases`` None keeps the current list.
@@ -94,6 +97,7 @@ class Vacations(Database):
         Each of ``translations`` replaces the message of its (audience, language), or deletes it when
         it has no text at all; the others are kept. Every message in a language of ``drop_languages``
         is deleted, for both audiences.
+        ``change``, when given, is logged in the same transaction (the web service's change log).
         """
         with self._begin("saving the vacation") as conn:
             existing = conn.execute(
@@ -140,17 +144,23 @@ class Vacations(Database):
                         html_message=item.html_message,
                     )
                 )
+            if change is not None:
+                write_change(conn, change)
 
-    def set_enabled(self, address: str, enabled: bool, now: dt.datetime) -> bool:
+    def set_enabled(
+        self, address: str, enabled: bool, now: dt.datetime, change: Change | None = None
+    ) -> bool:
         with self._begin("saving the vacation") as conn:
             result = conn.execute(
                 update(vacations)
                 .where(vacations.c.address == address)
                 .values(enabled=enabled, updated_at=now)
             )
+            if result.rowcount > 0 and change is not None:
+                write_change(conn, change)
             return result.rowcount > 0
 
-    def delete_vacation(self, address: str) -> bool:
+    def delete_vacation(self, address: str, change: Change | None = None) -> bool:
         with self._begin("deleting the vacation") as conn:
             vacation_id = conn.execute(
                 select(vacations.c.id).where(vacations.c.address == address)
@@ -162,4 +172,6 @@ class Vacations(Database):
             conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
             conn.execute(delete(vacation_messages).where(vacation_messages.c.vacation_id == vacation_id))
             conn.execute(delete(vacations).where(vacations.c.id == vacation_id))
+            if change is not None:
+                write_change(conn, change)
             return True
