@@ -87,6 +87,11 @@ def _route(method: str, path: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def path_part(text: str) -> str:
+    """``text`` as one URL path segment; the @ of an address stays readable."""
+    return quote(text, safe="@+")
+
+
 # -- state shared by the pages of one app ------------------------------------------------------------
 
 
@@ -107,6 +112,7 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("responder.web", "templates"), autoescape=True)
     env.filters["spoken_time"] = spoken_time
     env.filters["wall"] = wall_time
+    env.filters["path"] = path_part
     return env
 
 
@@ -129,7 +135,9 @@ def _state(request: Request) -> PageState:
         settings = _web(request).settings
         web = getattr(settings, "web", None)
         lifetime = float(getattr(web, "session_lifetime", DEFAULT_SESSION_LIFETIME))
-        state = PageState(SessionCodec(session_secret(settings), lifetime), _environment())
+        clock = _web(request).clock
+        codec = SessionCodec(session_secret(settings), lifetime, lambda: clock().timestamp())
+        state = PageState(codec, _environment())
         request.app.state.pages = state
     return state
 
@@ -262,7 +270,7 @@ async def home(request: Request) -> Response:
         return _redirect("/signin")
     if session.kind in ADMIN_KINDS:
         return _redirect("/admin")
-    return _redirect(f"/vacation/{quote(session.address or '')}")
+    return _redirect(f"/vacation/{path_part(session.address or '')}")
 
 
 @_route("GET", "/signin")
@@ -465,7 +473,7 @@ async def own_vacation(request: Request) -> Response:
     session = _signed_in(request)
     if session.kind in ADMIN_KINDS or not session.address:
         return _redirect("/admin")
-    return _redirect(f"/vacation/{quote(session.address)}")
+    return _redirect(f"/vacation/{path_part(session.address)}")
 
 
 _NOTICES = {
@@ -505,7 +513,7 @@ async def vacation_save(request: Request) -> Response:
         return await _vacation_page(
             request, session, address, values=values, error=FieldError("address", str(exc)), status=409
         )
-    return _redirect(f"/vacation/{quote(address)}?done=saved")
+    return _redirect(f"/vacation/{path_part(address)}?done=saved")
 
 
 @_route("POST", "/vacation/{address}/off")
@@ -514,7 +522,7 @@ async def vacation_off(request: Request) -> Response:
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.switch_off, _web(request), _actor(session), address)
-    return _redirect(f"/vacation/{quote(address)}?done=off")
+    return _redirect(f"/vacation/{path_part(address)}?done=off")
 
 
 @_route("POST", "/vacation/{address}/delete")
@@ -523,7 +531,7 @@ async def vacation_delete(request: Request) -> Response:
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.delete_vacation, _web(request), _actor(session), address)
-    return _redirect(f"/vacation/{quote(address)}?done=deleted")
+    return _redirect(f"/vacation/{path_part(address)}?done=deleted")
 
 
 # -- admin: find an address ------------------------------------------------------------------------
@@ -600,7 +608,7 @@ async def retired_new(request: Request) -> Response:
             retirements=[(r, r.state(now)) for r in retirements],
         )
     address = _managed(request, session, address)
-    return _redirect(f"/admin/retired/{quote(address)}")
+    return _redirect(f"/admin/retired/{path_part(address)}")
 
 
 async def _retired_page(
@@ -653,7 +661,7 @@ async def retired_save(request: Request) -> Response:
     except operations.Conflict as exc:
         error = FieldError("address", str(exc))
         return await _retired_page(request, session, address, values=values, error=error, status=409)
-    return _redirect(f"/admin/retired/{quote(address)}?done=saved")
+    return _redirect(f"/admin/retired/{path_part(address)}?done=saved")
 
 
 @_route("POST", "/admin/retired/{address}/delete")
@@ -662,7 +670,7 @@ async def retired_delete(request: Request) -> Response:
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.delete_retirement, _web(request), _actor(session), address)
-    return _redirect(f"/admin/retired/{quote(address)}?done=deleted")
+    return _redirect(f"/admin/retired/{path_part(address)}?done=deleted")
 
 
 # -- admin: templates ------------------------------------------------------------------------------
@@ -743,7 +751,7 @@ async def template_save(request: Request) -> Response:
         await run_in_threadpool(operations.save_template, ctx, _actor(session), name, source)
     except FieldError as exc:
         return await _template_page(request, session, name, source=source, error=exc, status=422)
-    return _redirect(f"/admin/templates/{quote(name)}?done=saved")
+    return _redirect(f"/admin/templates/{path_part(name)}?done=saved")
 
 
 # -- admin: the audit trail and explain ------------------------------------------------------------

@@ -66,11 +66,11 @@ def spoken_time(value: dt.datetime, zone_name: str) -> str:
     return f"{local:%A} {local.day} {local:%B %Y, %H:%M} ({zone_name})"
 
 
-_UNITS = (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
 
 def spoken_duration(seconds: float) -> str:
-    """``7 days``, ``1 day and 12 hours``, ``2 weeks``: a duration in words, largest units first."""
+    """``7 days``, ``1 day and 12 hours``: a duration in words, largest units first (days, not weeks)."""
     left = int(seconds)
     parts: list[str] = []
     for name, size in _UNITS:

@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from collections.abc import Callable
+
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -39,15 +41,26 @@ class Session:
 
 def new_session(**who: Any) -> Session:
     """A fresh session with a new CSRF token: signing in or out never keeps the old token (fixation)."""
-    return Session(csrf=secrets.token_urlsafe(32), issued=time.time(), **who)
+    return Session(csrf=secrets.token_urlsafe(32), **who)
+
+
+class _Signer(TimestampSigner):
+    """itsdangerous' timestamp signer on the service's clock (the one clock tests replace)."""
+
+    clock: Callable[[], float] = time.time
+
+    def get_timestamp(self) -> int:
+        return int(self.clock())
 
 
 class SessionCodec:
     """Signs sessions into cookie values and reads them back, refusing forged or expired ones."""
 
-    def __init__(self, secret: bytes, lifetime: float) -> None:
-        self.serializer = URLSafeTimedSerializer(secret, salt="responder-web-session")
+    def __init__(self, secret: bytes, lifetime: float, clock: Callable[[], float] = time.time) -> None:
+        signer = type("Signer", (_Signer,), {"clock": staticmethod(clock)})
+        self.serializer = URLSafeTimedSerializer(secret, salt="responder-web-session", signer=signer)
         self.lifetime = lifetime
+        self.clock = clock
 
     def dumps(self, session: Session) -> str:
         return self.serializer.dumps(session.as_dict())
@@ -60,7 +73,7 @@ class SessionCodec:
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
             return None
         kind = data.get("k") or ""
-        if not kind and time.time() - signed_at.timestamp() > ANONYMOUS_LIFETIME:
+        if not kind and self.clock() - signed_at.timestamp() > ANONYMOUS_LIFETIME:
             return None
         return Session(
             csrf=data["c"],
