@@ -63,7 +63,13 @@ def check_bounce(ctx: WebContext, address: str, changes: RetirementChanges) -> N
     """Render the bounce text once with the new values, so that a failing template is refused now."""
     import dataclasses
 
-    from responder.decide.templates import SAMPLE_SENDER, SAMPLE_SUBJECT, Renderer, RenderError, bounce_variables
+    from responder.decide.templates import (
+        SAMPLE_SENDER,
+        SAMPLE_SUBJECT,
+        Renderer,
+        RenderError,
+        bounce_variables,
+    )
 
     now = ctx.clock()
     retirement = dataclasses.replace(retirement_of(ctx, address) or blank_retirement(address, now), **changes)
@@ -94,7 +100,9 @@ def listing(ctx: WebContext, who: auth.Principal, query: str) -> tuple[list[Vaca
 
 def template_name(name: str) -> str:
     if not TEMPLATE_NAME.match(name):
-        raise FieldError("name", f"not a template name: {name!r} (letters, digits, '.', '_', '-', ending .j2)")
+        raise FieldError(
+            "name", f"not a template name: {name!r} (letters, digits, '.', '_', '-', ending .j2)"
+        )
     return name
 
 
@@ -205,7 +213,7 @@ def audit_rows(ctx: WebContext, who: auth.Principal, query: AuditQuery) -> list[
         row
         for row in rows
         if _in_scope(who, row)
-        and (query.reason is None or (row.reason or "") == query.reason or row.action == query.reason)
+        and (query.reason is None or query.reason in (row.reason or "", row.action))
         and (query.since is None or row.at >= query.since)
         and (query.until is None or row.at < query.until)
     ]

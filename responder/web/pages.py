@@ -435,7 +435,9 @@ async def _vacation_page(
     stored = await run_in_threadpool(operations.vacation_of, ctx, address)
     retired = await run_in_threadpool(operations.retirement_of, ctx, address)
     if values is None:
-        values = _vacation_values(stored) if stored else {**_vacation_values(_blank(address, now)), "message": ""}
+        values = (
+            _vacation_values(stored) if stored else {**_vacation_values(_blank(address, now)), "message": ""}
+        )
     if preview is None and stored is not None and error is None:
         try:
             preview = await run_in_threadpool(_preview, ctx, stored, now)
@@ -805,7 +807,9 @@ async def explain(request: Request) -> Response:
             raise _refuse(request, session, "The recipient is outside the addresses you manage.")
         if not values["message"].strip():
             raise FieldError("message", "paste the message, its header first")
-        result = await run_in_threadpool(operations.explain, _web(request), sender, recipient, values["message"])
+        result = await run_in_threadpool(
+            operations.explain, _web(request), sender, recipient, values["message"]
+        )
     except FieldError as exc:
         return _render(request, "explain.html", session, 422, values=values, result=None, error=exc)
     return _render(request, "explain.html", session, values=values, result=result)

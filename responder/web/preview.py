@@ -51,14 +51,20 @@ def preview_reply(settings: Settings, vacation: Vacation, now: dt.datetime) -> P
     Only the rules are skipped (a preview answers "what would they read", not "would they get it"):
     the template, the interval it names, the subject rule and every header come from the engine.
     """
-    inbound = Inbound(Envelope(sender=SAMPLE_SENDER, recipient=vacation.address), sample_message(vacation.address, now))
+    inbound = Inbound(
+        Envelope(sender=SAMPLE_SENDER, recipient=vacation.address), sample_message(vacation.address, now)
+    )
     services = Services(settings, clock=lambda: now)
     ctx = Context(inbound, services, dry_run=True)
     # The vacation being edited, not the stored one: a cached_property is set on the instance.
     ctx.vacation = vacation
     outgoing = build_reply(ctx)
     message = outgoing.message
-    fields = [(name, str(value)) for name, value in message.items() if name.lower() not in ("content-type", "content-transfer-encoding", "mime-version")]
+    fields = [
+        (name, str(value))
+        for name, value in message.items()
+        if name.lower() not in ("content-type", "content-transfer-encoding", "mime-version")
+    ]
     ordered = sorted(fields, key=lambda f: _FIRST.index(f[0]) if f[0] in _FIRST else len(_FIRST))
     body = message.get_content()
     assert isinstance(body, str)

@@ -1,4 +1,4 @@
-"""Form values of a schedule: browser date-times read as wall time in an IANA zone, and shown back in words."""
+"""Schedules in forms: browser date-times read as wall time in an IANA zone, and shown back in words."""
 
 from __future__ import annotations
 

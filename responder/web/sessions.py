@@ -5,10 +5,9 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from collections.abc import Callable
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
@@ -67,7 +66,7 @@ class SessionCodec:
 
     def loads(self, value: str) -> Session | None:
         try:
-            data, signed_at = self.serializer.loads(value, max_age=self.lifetime, return_timestamp=True)
+            data, signed_at = self.serializer.loads(value, max_age=int(self.lifetime), return_timestamp=True)
         except BadSignature:  # SignatureExpired included
             return None
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
@@ -116,4 +115,3 @@ def csrf_matches(session: Session | None, submitted: object) -> bool:
     if session is None or not isinstance(submitted, str) or not submitted:
         return False
     return hmac.compare_digest(session.csrf.encode(), submitted.encode())
-

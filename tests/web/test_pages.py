@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,6 @@ from tests.web.pages_support import PageClient, csrf_of, serve, text_of
 from tests.web.users import ALICE, BOB, CAROL, Site, later, make_token
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def site(make_config: ConfigFactory, tmp_path: Path, clock: FakeClock) -> Iterator[Site]:
-    from responder.web.app import create_app
-
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    config = make_config(reply={"templates_dir": str(templates)})
-    settings = load(config)
-    app = create_app(settings, clock=clock)
-    with serve(app) as base_url:
-        yield Site(config=config, settings=settings, base_url=base_url, clock=clock)
-
-
-@pytest.fixture
-def client(site: Site) -> Iterator[PageClient]:
-    c = PageClient(site.base_url)
-    yield c
-    c.close()
 
 
 def _vacation_form(**overrides: str) -> dict[str, str]:
@@ -192,8 +171,16 @@ BAD_FIELDS = [
 @pytest.mark.parametrize(
     ("field", "overrides"),
     BAD_FIELDS,
-    ids=["bad-start", "bad-end", "end-before-start", "unknown-zone", "crlf-subject", "long-subject",
-         "oversize-message", "empty-message"],
+    ids=[
+        "bad-start",
+        "bad-end",
+        "end-before-start",
+        "unknown-zone",
+        "crlf-subject",
+        "long-subject",
+        "oversize-message",
+        "empty-message",
+    ],
 )
 def test_bad_input_names_the_field_and_writes_nothing(
     client: PageClient, site: Site, field: str, overrides: dict[str, str]
@@ -216,7 +203,9 @@ def test_an_oversized_body_is_refused_before_it_is_read(client: PageClient, site
 def test_page_text_is_escaped(client: PageClient) -> None:
     client.sign_in(*ALICE)
     page = f"/vacation/{ALICE[0]}"
-    response = client.submit(page, page, _vacation_form(message="<script>alert(1)</script>", action="preview"))
+    response = client.submit(
+        page, page, _vacation_form(message="<script>alert(1)</script>", action="preview")
+    )
     assert response.status_code == 200
     assert "<script>alert(1)" not in response.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
@@ -291,9 +280,14 @@ def test_the_route_table_is_what_the_refusal_tests_cover() -> None:
     assert ("GET", "/vacation/{address}") in ADDRESS_ROUTES
     assert ("POST", "/vacation/{address}") in ADDRESS_ROUTES
     assert len(ADMIN_ROUTES) >= 10
-    assert {p for _, p in pages.ROUTES} <= {
-        p for _, p in ADDRESS_ROUTES + ADMIN_ROUTES
-    } | {"/", "/signin", "/signin/token", "/signout", "/static/{name}", "/vacation"}
+    assert {p for _, p in pages.ROUTES} <= {p for _, p in ADDRESS_ROUTES + ADMIN_ROUTES} | {
+        "/",
+        "/signin",
+        "/signin/token",
+        "/signout",
+        "/static/{name}",
+        "/vacation",
+    }
 
 
 @pytest.mark.parametrize(("method", "path"), ADDRESS_ROUTES + ADMIN_ROUTES)
@@ -382,9 +376,13 @@ def test_retired_addresses(admin: PageClient, site: Site) -> None:
     assert new.status_code == 303
     page = new.headers["location"]
     assert page == "/admin/retired/old@example.com"
-    bad = admin.submit(page, page, {"message": "Write to new@example.com", "status": "4.0.0", "timezone": "UTC"})
+    bad = admin.submit(
+        page, page, {"message": "Write to new@example.com", "status": "4.0.0", "timezone": "UTC"}
+    )
     assert bad.status_code == 422 and 'id="status-error"' in bad.text
-    ok = admin.submit(page, page, {"message": "Write to new@example.com", "status": "5.1.6", "timezone": "UTC"})
+    ok = admin.submit(
+        page, page, {"message": "Write to new@example.com", "status": "5.1.6", "timezone": "UTC"}
+    )
     assert ok.status_code == 303
     assert "old@example.com" in admin.get("/admin/retired").text
     assert admin.submit(page, f"{page}/delete", {}).status_code == 303

@@ -34,3 +34,11 @@ def make_token(site: Site, name: str, admin: bool = False, domain: str | None = 
 def later(days: int = 30) -> str:
     """A wall time ``days`` from the real now, for tests where the hook (on the real clock) decides."""
     return (dt.datetime.now() + dt.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M")
+
+
+def make_token_for(config: Path, name: str, admin: bool = False, domain: str | None = None) -> str:
+    from responder.web import auth
+
+    token = f"tok-{name}"
+    auth.TOKENS[token] = auth.Principal("admin" if admin else "domain", name, None, domain)  # type: ignore[attr-defined]
+    return token
