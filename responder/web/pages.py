@@ -239,7 +239,7 @@ async def _form(request: Request, session: Session | None) -> Mapping[str, Any]:
         raise _Stop(
             _message_page(
                 request,
-                None,
+                session,
                 403,
                 "The form expired",
                 "The form was not sent from this session (its CSRF token is missing or wrong). "
