@@ -179,3 +179,23 @@ def test_an_admin_sets_a_vacation_for_someone_else(
         assert response is not None and response.status == 200, path
         page.screenshot(path=artifacts / f"admin-{name}.png", full_page=True)
     context.close()
+
+
+def test_the_pages_work_without_javascript(browser: Any, live: tuple[Path, str], artifacts: Path) -> None:
+    _, base_url = live
+    context = browser.new_context(base_url=base_url, java_script_enabled=False, timezone_id=BROWSER_ZONE)
+    page = context.new_page()
+    page.goto("/signin")
+    page.fill("#address", BOB[0])
+    page.fill("#password", BOB[1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**/vacation/{BOB[0]}")
+    # No script: the zone select stays at UTC, and saying so is the page's job, not the browser's.
+    assert page.input_value("#timezone") == "UTC"
+    page.fill("#end", "2030-01-10T08:00")
+    page.fill("#message", "Away without script.")
+    page.click("button[value=save]")
+    page.wait_for_selector("text=Saved.")
+    assert page.inner_text("#banner").endswith("Thursday 10 January 2030, 08:00 (UTC).")
+    page.screenshot(path=artifacts / "vacation-no-script.png", full_page=True)
+    context.close()
