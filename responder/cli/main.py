@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", type=_listen_argument, help="unix:/path or HOST:PORT (default: policy.listen)"
     )
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
+    commands.add_parser("web", help="run the web service (pages, JMAP, API) on web.listen")
 
     from responder.cli.admin import bounces, db, limits, log, vacations
 
@@ -152,6 +153,16 @@ def run_serve(args: argparse.Namespace) -> int:
     return ExitCode.EX_OK
 
 
+def run_web(args: argparse.Namespace) -> int:
+    """The web service: 0 after a stop by signal, 1 when it cannot start."""
+    from responder.logsetup import setup_logging
+    from responder.web.server import run_web as serve_web
+
+    settings = _settings(args)
+    setup_logging(settings.log)
+    return serve_web(settings)
+
+
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if stdin is None and sys.stdin is not None:
@@ -176,6 +187,8 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
             return run_policy(args, _settings(args))
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "web":
+            return run_web(args)
         from responder.cli.admin.common import run_admin
 
         return run_admin(args, _settings(args))

@@ -54,6 +54,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("bad value for reply.min_interval: greater than reply.max_interval")
     if settings.smtp.username and not settings.smtp.password:
         raise ConfigError("bad value for smtp.password: smtp.username is set without a password")
+    web = settings.web
+    if bool(web.tls_cert) != bool(web.tls_key):
+        missing = "web.tls_key" if web.tls_cert else "web.tls_cert"
+        raise ConfigError(f"bad value for {missing}: web.tls_cert and web.tls_key go together")
 
 
 def config_path(explicit: str | None) -> Path:

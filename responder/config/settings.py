@@ -268,6 +268,74 @@ class ServerSettings:
     stop_timeout: float = _opt(_positive(_duration), 90.0)
 
 
+def _imap_url(value: object) -> str:
+    """``imap://HOST[:PORT]`` (STARTTLS) or ``imaps://HOST[:PORT]``; nothing else."""
+    from urllib.parse import urlsplit
+
+    text = _str(value)
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"not a port in {text!r}") from None
+    if parts.scheme not in ("imap", "imaps") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"expected imap://HOST[:PORT] or imaps://HOST[:PORT], got {text!r}")
+    if parts.username or parts.password or parts.query or parts.fragment or port == 0:
+        raise ValueError(f"expected imap://HOST[:PORT] or imaps://HOST[:PORT], got {text!r}")
+    return text
+
+
+def _base_url(value: object) -> str:
+    from urllib.parse import urlsplit
+
+    text = _str(value)
+    if text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"expected an http:// or https:// URL such as https://mail.example.com, got {text!r}"
+            )
+    return text.rstrip("/")
+
+
+def _signin_limit(value: object) -> Limit:
+    limit = _limit(value)
+    if limit is None:
+        raise ValueError('sign-in attempts cannot be unlimited: give COUNT/WINDOW such as "5/15m"')
+    return limit
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``responder web``: pages, JMAP and the API over HTTP, sharing the database with the other commands."""
+
+    # RUF009: _opt builds a dataclass field, and a SocketSpec is immutable.
+    listen: SocketSpec = _opt(_socket, SocketSpec(host="127.0.0.1", port=8080))  # noqa: RUF009
+    socket_mode: int = _opt(_mode, 0o660)
+    # The URL people and clients use (scheme, host, path prefix); empty: taken from each request.
+    base_url: str = _opt(_base_url, "")
+    # PEM files; both set means the service speaks HTTPS itself, else a reverse proxy does.
+    tls_cert: str = _opt(_str, "")
+    tls_key: str = _opt(_str, "")
+    # Where mail passwords are checked: imap:// with STARTTLS (plain LOGIN only to a loopback
+    # server that offers no STARTTLS), or imaps://.
+    imap: str = _opt(_imap_url, "imap://127.0.0.1:143")
+    imap_timeout: float = _opt(_positive(_duration), 10.0)
+    # CA certificates that verify the IMAP server; empty: the system's.
+    imap_ca_file: str = _opt(_str, "")
+    # A file holding the key that signs session cookies (at least 32 bytes); not the key itself.
+    secret_file: str = _opt(_str, "/etc/responder/web-secret")
+    session_lifetime: float = _opt(_positive(_duration), 8 * 3600.0)
+    # Failed sign-ins allowed per account and per client address in a window.
+    # RUF009: _opt builds a dataclass field, and a Limit is frozen.
+    signin_per_account: Limit = _opt(_signin_limit, parse_limit("5/15m"))  # noqa: RUF009
+    signin_per_client: Limit = _opt(_signin_limit, parse_limit("20/15m"))  # noqa: RUF009
+    # Requests with a larger body are refused with 413 before they are read.
+    max_body: int = _opt(_positive(_int), 1024 * 1024)
+    # Reverse proxies whose X-Forwarded-For/-Proto headers are believed.
+    proxy_hosts: tuple[str, ...] = _opt(_networks, ())
+
+
 @dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -281,4 +349,5 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     bounce: BounceSettings = field(default_factory=BounceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     source: str = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from responder.decide.records import DecisionRecord, Retirement, Vacation
 from responder.store.audit import Audit, PurgeResult
+from responder.store.changes import Change, Changes
 from responder.store.claims import (
     BOUNCES,
     PENDING,
@@ -19,6 +20,7 @@ from responder.store.counters import Counters, CounterWindow, RateCounter
 from responder.store.engine import STATEMENT_SLACK, limit_statements, make_engine, sqlite_file
 from responder.store.migrate import Migrations
 from responder.store.retirements import Retirements
+from responder.store.tokens import ApiToken, TokenExists, Tokens
 from responder.store.vacations import Vacations
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "STATEMENT_SLACK",
     "TAKEN",
     "WON",
+    "ApiToken",
+    "Change",
     "ClaimKind",
     "ClaimRequest",
     "CounterWindow",
@@ -37,6 +41,7 @@ __all__ = [
     "RateCounter",
     "Retirement",
     "Store",
+    "TokenExists",
     "Vacation",
     "limit_statements",
     "make_engine",
@@ -45,7 +50,7 @@ __all__ = [
 
 # The repositories share one engine and its fault translation (``Database``), so the façade is
 # their union: every caller keeps ``store.vacation_for(...)``, and each table's SQL lives in one module.
-class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit):
+class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Tokens, Changes):
     """All database access of the engine and the admin commands."""
 
     @classmethod

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 # The alembic revision this code expects; tests check it is the head of migrations/.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 ADDRESS_LENGTH = 320
 MYSQL_TABLE_ARGS: dict[str, Any] = {
@@ -165,5 +165,36 @@ bounce_claims = Table(
     Column("state", String(8), nullable=False),
     Column("token", String(32), nullable=False),
     UniqueConstraint("retired_id", "sender_key", name="uq_bounce_claims_retired_sender"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# API tokens of admins and domain admins: only the SHA-256 of each token is kept.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("scope", String(8), nullable=False),
+    Column("domain", String(255), nullable=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("name", name="uq_api_tokens_name"),
+    UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# What was changed through the web service: who, when, which address, each field before and after.
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(400), nullable=False),
+    Column("via", String(8), nullable=False),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_changes_at", "at"),
+    Index("ix_changes_address", "address"),
     **MYSQL_TABLE_ARGS,
 )

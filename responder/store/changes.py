@@ -1,0 +1,64 @@
+"""The changes table: every change made through the web service, appended and read back with filters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from responder.store.engine import Database
+from responder.store.schema import changes
+
+
+@dataclass(frozen=True)
+class Change:
+    at: dt.datetime
+    actor: str
+    via: str
+    address: str
+    action: str
+    detail: dict[str, Any]
+
+
+class Changes(Database):
+    """Writing and reading the change log."""
+
+    def record_change(
+        self, at: dt.datetime, actor: str, via: str, address: str, action: str, detail: dict[str, Any]
+    ) -> None:
+        text = json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
+        with self._begin("recording the change") as conn:
+            conn.execute(
+                insert(changes).values(
+                    at=at, actor=actor, via=via, address=address, action=action, detail=text
+                )
+            )
+
+    def list_changes(
+        self,
+        address: str | None = None,
+        domain: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+    ) -> list[Change]:
+        c = changes.c
+        query = select(changes).order_by(c.at.desc(), c.id.desc()).limit(limit)
+        if address:
+            query = query.where(c.address == address)
+        if domain:
+            query = query.where(
+                c.address.like("%@" + domain.replace("%", r"\%").replace("_", r"\_"), escape="\\")
+            )
+        if since:
+            query = query.where(c.at >= since)
+        if until:
+            query = query.where(c.at < until)
+        with self._connect("reading the change log") as conn:
+            return [
+                Change(r.at, r.actor, r.via, r.address, r.action, json.loads(r.detail))
+                for r in conn.execute(query)
+            ]
