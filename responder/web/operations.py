@@ -21,6 +21,13 @@ AUDIT_ROWS = 200
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}\.j2$")
 
 
+def token_alive(ctx: WebContext, who: auth.Principal) -> bool:
+    """Whether the token an admin signed in with is still there, with the same scope."""
+    return any(
+        t.name == who.name and t.scope == who.kind and t.domain == who.domain for t in ctx.store.list_tokens()
+    )
+
+
 class Conflict(Exception):
     """The change cannot be made as things stand (an address both retired and on vacation)."""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import inspect
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -47,7 +45,6 @@ router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"style.css": "text/css; charset=utf-8", "timezone.js": "text/javascript; charset=utf-8"}
-DEFAULT_SESSION_LIFETIME = 8 * 3600.0
 ADMIN_KINDS = ("admin", "domain")
 
 # Every page route as (method, path), for the tests that try each one as the wrong person.
@@ -116,27 +113,12 @@ def _environment() -> Environment:
     return env
 
 
-def session_secret(settings: Any) -> bytes:
-    """The key that signs the session cookie: ``[web] secret_file``, else one made for this process."""
-    web = getattr(settings, "web", None)
-    path = getattr(web, "secret_file", "") if web is not None else ""
-    if not path:
-        # Sessions then end when the service restarts, and each process has its own.
-        return secrets.token_bytes(32)
-    secret = Path(path).read_bytes().strip()
-    if len(secret) < 16:
-        raise ValueError(f"[web] secret_file {path}: the secret is shorter than 16 bytes")
-    return secret
-
-
 def _state(request: Request) -> PageState:
     state: PageState | None = getattr(request.app.state, "pages", None)
     if state is None:
-        settings = _web(request).settings
-        web = getattr(settings, "web", None)
-        lifetime = float(getattr(web, "session_lifetime", DEFAULT_SESSION_LIFETIME))
-        clock = _web(request).clock
-        codec = SessionCodec(session_secret(settings), lifetime, lambda: clock().timestamp())
+        ctx = _web(request)
+        clock = ctx.clock
+        codec = SessionCodec(ctx.secret, ctx.settings.web.session_lifetime, lambda: clock().timestamp())
         state = PageState(codec, _environment())
         request.app.state.pages = state
     return state
@@ -194,11 +176,17 @@ def _session(request: Request) -> Session | None:
     return _state(request).codec.read(request)
 
 
-def _signed_in(request: Request) -> Session:
-    """The signed-in session; a GET without one goes to the sign-in page, anything else is refused."""
+async def _signed_in(request: Request) -> Session:
+    """The signed-in session; a GET without one goes to the sign-in page, anything else is refused.
+
+    An admin's session lasts only as long as its token: a revoked token ends it at the next request.
+    """
     session = _session(request)
     if session is not None and session.signed_in:
-        return session
+        if session.kind not in ADMIN_KINDS:
+            return session
+        if await run_in_threadpool(operations.token_alive, _web(request), principal(session)):
+            return session
     if request.method == "GET":
         raise _Stop(_redirect("/signin?" + urlencode({"next": request.url.path})))
     raise _Stop(_message_page(request, None, 401, "Signed out", "Your session ended: sign in again."))
@@ -209,9 +197,9 @@ def principal(session: Session) -> auth.Principal:
     return auth.Principal(kind=kind, name=session.name, address=session.address, domain=session.domain)
 
 
-def _admin(request: Request, site: bool = False) -> Session:
+async def _admin(request: Request, site: bool = False) -> Session:
     """An admin's session (``site``: a full admin's, not a domain admin's); users are refused."""
-    session = _signed_in(request)
+    session = await _signed_in(request)
     if session.kind not in (("admin",) if site else ADMIN_KINDS):
         raise _refuse(request, session, "This page is for administrators.")
     return session
@@ -250,7 +238,7 @@ async def _form(request: Request, session: Session | None) -> Mapping[str, Any]:
 
 
 def _actor(session: Session) -> str:
-    return session.address if session.kind == "user" and session.address else f"token:{session.name}"
+    return principal(session).actor
 
 
 # -- sign-in ---------------------------------------------------------------------------------------
@@ -329,8 +317,7 @@ async def token_page(request: Request) -> Response:
 @_route("POST", "/signin/token")
 async def token_signin(request: Request) -> Response:
     form = await _form(request, _session(request))
-    found = auth.principal_for_token(_web(request), text(form, "token").strip())
-    who = await found if inspect.isawaitable(found) else found
+    who = await run_in_threadpool(auth.principal_for_token, _web(request), text(form, "token").strip())
     if who is None:
         return _render(request, "token.html", None, 401, error="This token is unknown or revoked.")
     return _start_session(request, who, "/admin" if who.kind in ADMIN_KINDS else "/")
@@ -472,7 +459,7 @@ def _blank(address: str, now: dt.datetime) -> Vacation:
 
 @_route("GET", "/vacation")
 async def own_vacation(request: Request) -> Response:
-    session = _signed_in(request)
+    session = await _signed_in(request)
     if session.kind in ADMIN_KINDS or not session.address:
         return _redirect("/admin")
     return _redirect(f"/vacation/{path_part(session.address)}")
@@ -487,7 +474,7 @@ _NOTICES = {
 
 @_route("GET", "/vacation/{address}")
 async def vacation_page(request: Request) -> Response:
-    session = _signed_in(request)
+    session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     notice = _NOTICES.get(request.query_params.get("done", ""), "")
     return await _vacation_page(request, session, address, notice=notice)
@@ -495,7 +482,7 @@ async def vacation_page(request: Request) -> Response:
 
 @_route("POST", "/vacation/{address}")
 async def vacation_save(request: Request) -> Response:
-    session = _signed_in(request)
+    session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     form = await _form(request, session)
     ctx = _web(request)
@@ -520,7 +507,7 @@ async def vacation_save(request: Request) -> Response:
 
 @_route("POST", "/vacation/{address}/off")
 async def vacation_off(request: Request) -> Response:
-    session = _signed_in(request)
+    session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.switch_off, _web(request), _actor(session), address)
@@ -529,7 +516,7 @@ async def vacation_off(request: Request) -> Response:
 
 @_route("POST", "/vacation/{address}/delete")
 async def vacation_delete(request: Request) -> Response:
-    session = _signed_in(request)
+    session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.delete_vacation, _web(request), _actor(session), address)
@@ -541,7 +528,7 @@ async def vacation_delete(request: Request) -> Response:
 
 @_route("GET", "/admin")
 async def admin_home(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     ctx = _web(request)
     now = ctx.clock()
     query = request.query_params.get("q", "").strip()
@@ -581,7 +568,7 @@ def _retirement_values(retirement: Retirement) -> dict[str, Any]:
 
 @_route("GET", "/admin/retired")
 async def retired_list(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     ctx = _web(request)
     now = ctx.clock()
     _, retirements = await run_in_threadpool(operations.listing, ctx, principal(session), "")
@@ -592,7 +579,7 @@ async def retired_list(request: Request) -> Response:
 
 @_route("POST", "/admin/retired")
 async def retired_new(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     form = await _form(request, session)
     raw = text(form, "address")
     try:
@@ -643,7 +630,7 @@ async def _retired_page(
 
 @_route("GET", "/admin/retired/{address}")
 async def retired_page(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     address = _managed(request, session, request.path_params["address"])
     notice = {"saved": "Saved.", "deleted": "Deleted."}.get(request.query_params.get("done", ""), "")
     return await _retired_page(request, session, address, notice=notice)
@@ -651,7 +638,7 @@ async def retired_page(request: Request) -> Response:
 
 @_route("POST", "/admin/retired/{address}")
 async def retired_save(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     address = _managed(request, session, request.path_params["address"])
     form = await _form(request, session)
     values = {name: text(form, name) for name in ("start", "end", "timezone", "status", "message")}
@@ -668,7 +655,7 @@ async def retired_save(request: Request) -> Response:
 
 @_route("POST", "/admin/retired/{address}/delete")
 async def retired_delete(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
     await run_in_threadpool(operations.delete_retirement, _web(request), _actor(session), address)
@@ -680,7 +667,7 @@ async def retired_delete(request: Request) -> Response:
 
 @_route("GET", "/admin/templates")
 async def templates_list(request: Request) -> Response:
-    session = _admin(request, site=True)
+    session = await _admin(request, site=True)
     names = await run_in_threadpool(operations.template_names, _web(request))
     return _render(
         request,
@@ -733,7 +720,7 @@ def _template_name(request: Request, session: Session) -> str:
 
 @_route("GET", "/admin/templates/{name}")
 async def template_page(request: Request) -> Response:
-    session = _admin(request, site=True)
+    session = await _admin(request, site=True)
     name = _template_name(request, session)
     notice = "Saved." if request.query_params.get("done") == "saved" else ""
     return await _template_page(request, session, name, notice=notice)
@@ -741,7 +728,7 @@ async def template_page(request: Request) -> Response:
 
 @_route("POST", "/admin/templates/{name}")
 async def template_save(request: Request) -> Response:
-    session = _admin(request, site=True)
+    session = await _admin(request, site=True)
     name = _template_name(request, session)
     form = await _form(request, session)
     source = text(form, "source")
@@ -761,7 +748,7 @@ async def template_save(request: Request) -> Response:
 
 @_route("GET", "/admin/audit")
 async def audit_page(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     ctx = _web(request)
     params = request.query_params
     values = {name: params.get(name, "") for name in ("sender", "recipient", "reason", "since", "until")}
@@ -787,7 +774,7 @@ async def audit_page(request: Request) -> Response:
 
 @_route("GET", "/admin/explain")
 async def explain_page(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     return _render(
         request, "explain.html", session, values={"sender": "", "recipient": "", "message": ""}, result=None
     )
@@ -795,7 +782,7 @@ async def explain_page(request: Request) -> Response:
 
 @_route("POST", "/admin/explain")
 async def explain(request: Request) -> Response:
-    session = _admin(request)
+    session = await _admin(request)
     form = await _form(request, session)
     values = {name: text(form, name) for name in ("sender", "recipient", "message")}
     try:

@@ -18,9 +18,9 @@ from responder.config.values import SocketSpec
 from responder.web.app import create_app
 from responder.web.server import bind, uvicorn_config
 from tests.certs import TlsFiles, make_tls
-from tests.imapserver import ImapServer
 from tests.conftest import ConfigFactory
 from tests.helpers import FakeClock
+from tests.imapserver import ImapServer
 from tests.sink import SmtpSink
 from tests.web.pages_support import PageClient, serving
 from tests.web.users import Site
@@ -126,20 +126,31 @@ def web_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 @pytest.fixture
-def site_config(make_config: ConfigFactory, tmp_path: Path, imap_server: ImapServer, secret_file: Path) -> Path:
-    """A config file for the test database, sink and Dovecot, with a templates directory of its own."""
-    templates = tmp_path / "templates"
-    templates.mkdir(exist_ok=True)
-    return make_config(
-        reply={"templates_dir": str(templates)},
-        web={
+def make_site_config(
+    make_config: ConfigFactory, tmp_path: Path, imap_server: ImapServer, secret_file: Path
+) -> ConfigFactory:
+    """Config files for the test database, sink and Dovecot, which the hook reads as well as the service."""
+
+    def make(**sections: Mapping[str, object]) -> Path:
+        templates = tmp_path / "templates"
+        templates.mkdir(exist_ok=True)
+        web = {
             "listen": "127.0.0.1:0",
             "imap": imap_server.url,
             "imap_ca_file": str(imap_server.tls.ca),
             "imap_timeout": 10,
             "secret_file": str(secret_file),
-        },
-    )
+            **sections.get("web", {}),
+        }
+        reply = {"templates_dir": str(templates), **sections.get("reply", {})}
+        return make_config(**{**sections, "reply": reply, "web": web})
+
+    return make
+
+
+@pytest.fixture
+def site_config(make_site_config: ConfigFactory) -> Path:
+    return make_site_config()
 
 
 @pytest.fixture

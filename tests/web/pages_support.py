@@ -16,7 +16,7 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serving(app: Any) -> Iterator[str]:
     """``app`` under uvicorn in a thread, on a port the OS picks; yields the base URL.
 
     uvicorn believes X-Forwarded-Proto from loopback only, as a site's config does for its own proxy.

@@ -16,10 +16,9 @@ import pytest
 
 from responder.config.load import load
 from responder.store.database import Store
-from tests.conftest import ConfigFactory
 from tests.helpers import deliver_args, run_hook
 from tests.sink import SmtpSink
-from tests.web.pages_support import serve
+from tests.web.pages_support import serving
 from tests.web.users import ALICE, BOB, make_token_for
 
 # Where the browser is; the skip test points it at a path that does not exist.
@@ -56,12 +55,12 @@ def artifacts(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def live(make_config: ConfigFactory) -> Iterator[tuple[Path, str]]:
+def live(site_config: Path) -> Iterator[tuple[Path, str]]:
     """The service on the real clock: the hook that answers afterwards runs on it too."""
     from responder.web.app import create_app
 
-    config = make_config()
-    with serve(create_app(load(config))) as base_url:
+    config = site_config
+    with serving(create_app(load(config))) as base_url:
         yield config, base_url
 
 

@@ -15,7 +15,7 @@ from responder.web import pages
 from tests.conftest import ConfigFactory
 from tests.helpers import FakeClock, deliver_args, run_hook
 from tests.sink import SmtpSink
-from tests.web.pages_support import PageClient, csrf_of, serve, text_of
+from tests.web.pages_support import PageClient, csrf_of, serving, text_of
 from tests.web.users import ALICE, BOB, CAROL, Site, later, make_token
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,11 +144,11 @@ def test_saving_stores_the_wall_times_in_the_chosen_zone(client: PageClient, sit
     assert 'value="2026-12-24T17:00"' in page.text
 
 
-def test_the_interval_sentence_follows_the_site(make_config: ConfigFactory, clock: FakeClock) -> None:
+def test_the_interval_sentence_follows_the_site(make_site_config: ConfigFactory, clock: FakeClock) -> None:
     from responder.web.app import create_app
 
-    settings = load(make_config(reply={"default_interval": "2d"}))
-    with serve(create_app(settings, clock=clock)) as base_url:
+    settings = load(make_site_config(reply={"default_interval": "2d"}))
+    with serving(create_app(settings, clock=clock)) as base_url:
         c = PageClient(base_url)
         c.sign_in(*ALICE)
         page = c.get(f"/vacation/{ALICE[0]}")
