@@ -74,6 +74,39 @@ def test_unknown_user_and_wrong_password_get_the_same_answer(client: PageClient)
     assert client.get("/vacation").status_code == 303  # still signed out
 
 
+def test_too_many_failures_say_try_again_later_even_with_the_right_password(client: PageClient) -> None:
+    for _ in range(5):
+        assert (
+            client.submit("/signin", "/signin", {"address": ALICE[0], "password": "guess"}).status_code == 401
+        )
+    throttled = client.submit("/signin", "/signin", {"address": ALICE[0], "password": ALICE[1]})
+    assert throttled.status_code == 429
+    assert "Try again later" in text_of(throttled.text, "signin-error")
+    assert int(throttled.headers["retry-after"]) > 0
+    assert client.get("/vacation").status_code == 303  # not signed in
+
+
+def test_an_imap_server_that_is_down_means_try_again_later(
+    make_site_config: ConfigFactory, clock: FakeClock
+) -> None:
+    import socket
+
+    from responder.web.app import create_app
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: the server is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = load(make_site_config(web={"imap": f"imap://127.0.0.1:{port}"}))
+    with serving(create_app(settings, clock=clock)) as base_url:
+        c = PageClient(base_url)
+        response = c.submit("/signin", "/signin", {"address": ALICE[0], "password": ALICE[1]})
+        signed_in = c.get("/vacation").status_code
+        c.close()
+    assert response.status_code == 503
+    assert "Try again later" in text_of(response.text, "signin-error")
+    assert signed_in == 303
+
+
 def test_a_page_without_a_session_goes_to_the_sign_in_page(client: PageClient) -> None:
     response = client.get(f"/vacation/{ALICE[0]}")
     assert response.status_code == 303
@@ -328,6 +361,16 @@ def admin(client: PageClient, site: Site) -> PageClient:
 def test_an_unknown_token_is_refused(client: PageClient) -> None:
     response = client.submit("/signin/token", "/signin/token", {"token": "rsp_not-a-token"})
     assert response.status_code == 401
+
+
+def test_revoking_the_token_ends_the_admin_session(admin: PageClient, site: Site) -> None:
+    assert admin.get("/admin").status_code == 200
+    store = Store.open(site.settings.database.url)
+    try:
+        assert store.revoke_token("root")
+    finally:
+        store.close()
+    assert admin.get("/admin").status_code == 303
 
 
 def test_an_admin_sets_and_clears_a_vacation_for_someone(admin: PageClient, site: Site) -> None:
