@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the LMTP service on server.socket (SIGHUP reloads, SIGTERM stops)")
     commands.add_parser("web", help="run the web service (pages, JMAP, API) on web.listen")
 
-    from responder.cli.admin import bounces, db, limits, log, vacations
+    from responder.cli.admin import bounces, db, limits, log, tokens, vacations
 
-    for admin in (db, vacations, bounces, log, limits):
+    for admin in (db, vacations, bounces, log, limits, tokens):
         admin.register(commands)
     return parser
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select
 
 from responder.decide.records import DecisionRecord
-from responder.store.engine import Database
+from responder.store.engine import Database, domain_pattern
 from responder.store.schema import bounce_claims, decisions, rate_counters, reply_claims
 
 
@@ -27,13 +27,31 @@ class Audit(Database):
             conn.execute(insert(decisions).values(**record.__dict__))
 
     def decisions(
-        self, sender: str | None = None, recipient: str | None = None, limit: int = 50
+        self,
+        sender: str | None = None,
+        recipient: str | None = None,
+        limit: int = 50,
+        *,
+        reason: str | None = None,
+        recipient_domain: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
     ) -> list[DecisionRecord]:
-        query = select(decisions).order_by(decisions.c.at.desc(), decisions.c.id.desc()).limit(limit)
+        """Newest first; ``since`` inclusive and ``until`` exclusive, like a vacation's start and end."""
+        c = decisions.c
+        query = select(decisions).order_by(c.at.desc(), c.id.desc()).limit(limit)
         if sender:
-            query = query.where(decisions.c.sender == sender)
+            query = query.where(c.sender == sender)
         if recipient:
-            query = query.where(decisions.c.recipient == recipient)
+            query = query.where(c.recipient == recipient)
+        if reason:
+            query = query.where(c.reason == reason)
+        if recipient_domain:
+            query = query.where(c.recipient.like(domain_pattern(recipient_domain), escape="/"))
+        if since:
+            query = query.where(c.at >= since)
+        if until:
+            query = query.where(c.at < until)
         with self._guard("reading the audit"), self.engine.connect() as conn:
             return [
                 DecisionRecord(**{k: row[k] for k in DecisionRecord.__dataclass_fields__})

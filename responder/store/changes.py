@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from responder.store.engine import Database
+from responder.store.engine import Database, domain_pattern
 from responder.store.schema import changes
 
 
@@ -50,9 +50,7 @@ class Changes(Database):
         if address:
             query = query.where(c.address == address)
         if domain:
-            query = query.where(
-                c.address.like("%@" + domain.replace("%", r"\%").replace("_", r"\_"), escape="\\")
-            )
+            query = query.where(c.address.like(domain_pattern(domain), escape="/"))
         if since:
             query = query.where(c.at >= since)
         if until:

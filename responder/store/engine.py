@@ -193,3 +193,9 @@ class Database:
                 if not remaining:
                     raise
         raise AssertionError("unreachable")
+
+
+def domain_pattern(domain: str) -> str:
+    """A LIKE pattern (escape character "/") for the addresses of ``domain``; "/" escapes on every backend."""
+    escaped = domain.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%@{escaped}"

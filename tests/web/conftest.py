@@ -122,6 +122,21 @@ def web_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls(tmp_path_factory.mktemp("web-tls"))
 
 
+@pytest.fixture
+def api(make_settings: SettingsFactory, serve: ServeFactory, store: Any, tmp_path: Path) -> Iterator[Any]:
+    """The app served with site templates in tmp_path/templates and two tokens; an Api helper on it."""
+    import httpx
+
+    from tests.web.apitools import Api, add_tokens
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    add_tokens(store)
+    served = serve(make_settings(reply={"templates_dir": str(templates)}))
+    with httpx.Client(base_url=served.url, timeout=60) as client:
+        yield Api(client, store)
+
+
 # -- the pages' fixtures: the service with a config file the hook reads too --------------------------
 
 
