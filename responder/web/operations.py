@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from responder.decide.records import DecisionRecord, Retirement, RetirementChanges, Vacation, VacationChanges
-from responder.paths import resource_dir
+from responder.manage.errors import Conflict as ManageConflict
+from responder.manage.errors import NotFound, Refused
 from responder.web import auth
 from responder.web.context import WebContext
-from responder.web.forms import MAX_TEMPLATE, blank_retirement, blank_vacation, body_text, one_line
+from responder.web.forms import body_text, one_line
 from responder.web.schedule import FieldError, parse_local, zone
 
+# The channel the change log names for changes made on these pages.
+VIA = "web"
 # Rows shown at most on one audit page, newest first.
 AUDIT_ROWS = 200
-TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}\.j2$")
 
 
 def token_alive(ctx: WebContext, who: auth.Principal) -> bool:
@@ -42,52 +41,82 @@ def retirement_of(ctx: WebContext, address: str) -> Retirement | None:
     return found if found is not None and found.address == address else None
 
 
-def save_vacation(ctx: WebContext, actor: str, address: str, changes: VacationChanges) -> None:
-    if retirement_of(ctx, address) is not None:
-        raise Conflict(f"{address} is retired: delete the retirement before setting a vacation")
-    ctx.store.put_vacation(address, ctx.clock(), None, **changes)
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
-def switch_off(ctx: WebContext, actor: str, address: str) -> bool:
-    return ctx.store.set_enabled(address, False, ctx.clock())
+def _refused(exc: Refused) -> Exception:
+    """A refusal of the shared operations as the pages report it: a field error or a conflict."""
+    field = exc.field or "address"
+    message = exc.message.removeprefix(f"{field}: ")
+    if isinstance(exc, ManageConflict | NotFound):
+        return Conflict(message)
+    return FieldError(field, message)
 
 
-def delete_vacation(ctx: WebContext, actor: str, address: str) -> bool:
-    return ctx.store.delete_vacation(address)
+def save_vacation(ctx: WebContext, who: auth.Principal, address: str, changes: VacationChanges) -> None:
+    """Save through the shared operation: its checks, the template's render and the change log apply."""
+    from responder.manage.vacations import set_vacation
 
-
-def save_retirement(ctx: WebContext, actor: str, address: str, changes: RetirementChanges) -> None:
-    check_bounce(ctx, address, changes)
-    if not ctx.store.put_retirement(address, ctx.clock(), **changes):
-        raise Conflict(f"{address} has a vacation: delete it before retiring the address")
-
-
-def delete_retirement(ctx: WebContext, actor: str, address: str) -> bool:
-    return ctx.store.delete_retirement(address)
-
-
-def check_bounce(ctx: WebContext, address: str, changes: RetirementChanges) -> None:
-    """Render the bounce text once with the new values, so that a failing template is refused now."""
-    import dataclasses
-
-    from responder.decide.templates import (
-        SAMPLE_SENDER,
-        SAMPLE_SUBJECT,
-        Renderer,
-        RenderError,
-        bounce_variables,
-    )
-
-    now = ctx.clock()
-    retirement = dataclasses.replace(retirement_of(ctx, address) or blank_retirement(address, now), **changes)
-    settings = ctx.settings
-    mta = settings.bounce.reporting_mta or settings.smtp.hostname or address.rpartition("@")[2]
+    body = {
+        "enabled": changes["enabled"],
+        "timezone": changes["timezone"],
+        "start": _iso(changes["starts_at"]),
+        "end": _iso(changes["ends_at"]),
+        "subject": changes["subject"] or "",
+        "message": changes["message"],
+    }
     try:
-        Renderer(settings.reply.templates_dir).render(
-            settings.bounce.template, bounce_variables(retirement, SAMPLE_SENDER, SAMPLE_SUBJECT, mta, now)
-        )
-    except RenderError as exc:
-        raise FieldError("message", f"the bounce does not render: {exc}") from None
+        set_vacation(ctx.store, ctx.settings, who.actor, VIA, address, body, ctx.clock(), _allowed(who))
+    except Refused as exc:
+        raise _refused(exc) from None
+
+
+def _allowed(who: auth.Principal) -> Callable[[str], bool]:
+    return lambda address: auth.may_manage(who, address)
+
+
+def switch_off(ctx: WebContext, who: auth.Principal, address: str) -> None:
+    from responder.manage.vacations import switch_off as off
+
+    try:
+        off(ctx.store, ctx.settings, who.actor, VIA, address, ctx.clock())
+    except Refused as exc:
+        raise _refused(exc) from None
+
+
+def delete_vacation(ctx: WebContext, who: auth.Principal, address: str) -> None:
+    from responder.manage.vacations import delete
+
+    try:
+        delete(ctx.store, ctx.settings, who.actor, VIA, address, ctx.clock())
+    except Refused as exc:
+        raise _refused(exc) from None
+
+
+def save_retirement(ctx: WebContext, who: auth.Principal, address: str, changes: RetirementChanges) -> None:
+    from responder.manage.retired import set_retired
+
+    body = {
+        "message": changes["message"],
+        "status": changes["status"],
+        "timezone": changes["timezone"],
+        "start": _iso(changes["starts_at"]),
+        "end": _iso(changes["ends_at"]),
+    }
+    try:
+        set_retired(ctx.store, ctx.settings, who.actor, VIA, address, body, ctx.clock())
+    except Refused as exc:
+        raise _refused(exc) from None
+
+
+def delete_retirement(ctx: WebContext, who: auth.Principal, address: str) -> None:
+    from responder.manage.retired import delete
+
+    try:
+        delete(ctx.store, who.actor, VIA, address, ctx.clock())
+    except Refused as exc:
+        raise _refused(exc) from None
 
 
 def listing(ctx: WebContext, who: auth.Principal, query: str) -> tuple[list[Vacation], list[Retirement]]:
@@ -106,82 +135,57 @@ def listing(ctx: WebContext, who: auth.Principal, query: str) -> tuple[list[Vaca
 
 
 def template_name(name: str) -> str:
-    if not TEMPLATE_NAME.match(name):
-        raise FieldError(
-            "name", f"not a template name: {name!r} (letters, digits, '.', '_', '-', ending .j2)"
-        )
-    return name
+    from responder.manage.templates import check_name
 
-
-def _directories(ctx: WebContext) -> list[Path]:
-    own = ctx.settings.reply.templates_dir
-    return [*([Path(own)] if own else []), resource_dir("templates")]
+    try:
+        return check_name("name", name)
+    except Refused as exc:
+        raise _refused(exc) from None
 
 
 def template_names(ctx: WebContext) -> list[str]:
-    names: set[str] = set()
-    for directory in _directories(ctx):
-        if directory.is_dir():
-            names.update(p.name for p in directory.iterdir() if p.is_file() and TEMPLATE_NAME.match(p.name))
-    return sorted(names)
+    from responder.manage.templates import list_templates
+
+    return [str(t["name"]) for t in list_templates(ctx.settings)]
 
 
 def template_source(ctx: WebContext, name: str) -> str:
-    for directory in _directories(ctx):
-        path = directory / name
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    return ""
+    """The template's text as the renderer finds it; empty for a new one."""
+    from responder.manage.templates import read_template
+
+    try:
+        return read_template(ctx.settings, name)[0]
+    except NotFound:
+        return ""
 
 
 def render_sample(ctx: WebContext, name: str, source: str) -> str:
-    """``source`` rendered as template ``name`` with the sample values of its kind, in the sandbox."""
-    from jinja2 import ChoiceLoader, DictLoader
+    """``source`` rendered as template ``name`` with sample values, in the sandbox; FieldError("text")."""
+    from responder.manage.templates import MAX_TEMPLATE, check_renders
 
-    from responder.decide.templates import (
-        SAMPLE_SENDER,
-        SAMPLE_SUBJECT,
-        Renderer,
-        RenderError,
-        bounce_variables,
-        reply_variables,
-    )
-
-    source = body_text(source, "source", MAX_TEMPLATE)
-    settings = ctx.settings
-    now = ctx.clock()
-    renderer = Renderer(settings.reply.templates_dir)
-    # The text being edited stands in for the file; the templates it includes are the saved ones.
-    assert renderer.environment.loader is not None
-    renderer.environment.loader = ChoiceLoader([DictLoader({name: source}), renderer.environment.loader])
-    sample = "sample@example.com"
-    variables: Mapping[str, Any]
-    if name == settings.bounce.template or name.startswith("bounce"):
-        retirement = blank_retirement(sample, now)
-        retirement = Retirement(**{**retirement.__dict__, "message": "I have left; write to the office."})
-        variables = bounce_variables(retirement, SAMPLE_SENDER, SAMPLE_SUBJECT, "mx.example.com", now)
-    else:
-        vacation = blank_vacation(sample, now)
-        vacation = Vacation(
-            **{**vacation.__dict__, "message": "I am away.", "ends_at": now + dt.timedelta(days=7)}
-        )
-        interval = dt.timedelta(seconds=settings.reply.default_interval)
-        variables = reply_variables(vacation, SAMPLE_SENDER, SAMPLE_SUBJECT, interval)
     try:
-        return renderer.render(name, variables)
-    except RenderError as exc:
-        raise FieldError("source", str(exc)) from None
+        return check_renders(ctx.settings, name, body_text(source, "text", MAX_TEMPLATE), ctx.clock())
+    except Refused as exc:
+        raise _refused(exc) from None
 
 
-def save_template(ctx: WebContext, actor: str, name: str, source: str) -> None:
-    directory = ctx.settings.reply.templates_dir
-    if not directory:
-        raise FieldError("source", "templates are read-only: set reply.templates_dir to edit them here")
-    render_sample(ctx, name, source)
-    path = Path(directory) / template_name(name)
-    temporary = path.with_name(f".{path.name}.new")
-    temporary.write_text(body_text(source, "source", MAX_TEMPLATE), encoding="utf-8")
-    temporary.replace(path)
+def save_template(ctx: WebContext, who: auth.Principal, name: str, source: str) -> None:
+    from responder.manage.templates import MAX_TEMPLATE, write_template
+
+    try:
+        write_template(
+            ctx.store,
+            ctx.settings,
+            who.actor,
+            VIA,
+            name,
+            body_text(source, "text", MAX_TEMPLATE),
+            ctx.clock(),
+        )
+    except ManageConflict as exc:
+        raise FieldError("text", exc.message) from None
+    except Refused as exc:
+        raise _refused(exc) from None
 
 
 # -- the audit trail -------------------------------------------------------------------------------

@@ -237,10 +237,6 @@ async def _form(request: Request, session: Session | None) -> Mapping[str, Any]:
     return form
 
 
-def _actor(session: Session) -> str:
-    return principal(session).actor
-
-
 # -- sign-in ---------------------------------------------------------------------------------------
 
 
@@ -495,7 +491,7 @@ async def vacation_save(request: Request) -> Response:
         preview = await run_in_threadpool(_preview, ctx, prospective, now)
         if text(form, "action") == "preview":
             return await _vacation_page(request, session, address, values=values, preview=preview)
-        await run_in_threadpool(operations.save_vacation, ctx, _actor(session), address, changes)
+        await run_in_threadpool(operations.save_vacation, ctx, principal(session), address, changes)
     except FieldError as exc:
         return await _vacation_page(request, session, address, values=values, error=exc, status=422)
     except operations.Conflict as exc:
@@ -510,7 +506,10 @@ async def vacation_off(request: Request) -> Response:
     session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
-    await run_in_threadpool(operations.switch_off, _web(request), _actor(session), address)
+    try:
+        await run_in_threadpool(operations.switch_off, _web(request), principal(session), address)
+    except operations.Conflict as exc:
+        return _message_page(request, session, 404, "Nothing to change", str(exc))
     return _redirect(f"/vacation/{path_part(address)}?done=off")
 
 
@@ -519,7 +518,10 @@ async def vacation_delete(request: Request) -> Response:
     session = await _signed_in(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
-    await run_in_threadpool(operations.delete_vacation, _web(request), _actor(session), address)
+    try:
+        await run_in_threadpool(operations.delete_vacation, _web(request), principal(session), address)
+    except operations.Conflict as exc:
+        return _message_page(request, session, 404, "Nothing to change", str(exc))
     return _redirect(f"/vacation/{path_part(address)}?done=deleted")
 
 
@@ -644,7 +646,9 @@ async def retired_save(request: Request) -> Response:
     values = {name: text(form, name) for name in ("start", "end", "timezone", "status", "message")}
     try:
         changes = retirement_changes(form)
-        await run_in_threadpool(operations.save_retirement, _web(request), _actor(session), address, changes)
+        await run_in_threadpool(
+            operations.save_retirement, _web(request), principal(session), address, changes
+        )
     except FieldError as exc:
         return await _retired_page(request, session, address, values=values, error=exc, status=422)
     except operations.Conflict as exc:
@@ -658,7 +662,10 @@ async def retired_delete(request: Request) -> Response:
     session = await _admin(request)
     address = _managed(request, session, request.path_params["address"])
     await _form(request, session)
-    await run_in_threadpool(operations.delete_retirement, _web(request), _actor(session), address)
+    try:
+        await run_in_threadpool(operations.delete_retirement, _web(request), principal(session), address)
+    except operations.Conflict as exc:
+        return _message_page(request, session, 404, "Nothing to change", str(exc))
     return _redirect(f"/admin/retired/{path_part(address)}?done=deleted")
 
 
@@ -731,13 +738,13 @@ async def template_save(request: Request) -> Response:
     session = await _admin(request, site=True)
     name = _template_name(request, session)
     form = await _form(request, session)
-    source = text(form, "source")
+    source = text(form, "text")
     ctx = _web(request)
     try:
         rendered = await run_in_threadpool(operations.render_sample, ctx, name, source)
         if text(form, "action") == "preview":
             return await _template_page(request, session, name, source=source, rendered=rendered)
-        await run_in_threadpool(operations.save_template, ctx, _actor(session), name, source)
+        await run_in_threadpool(operations.save_template, ctx, principal(session), name, source)
     except FieldError as exc:
         return await _template_page(request, session, name, source=source, error=exc, status=422)
     return _redirect(f"/admin/templates/{path_part(name)}?done=saved")

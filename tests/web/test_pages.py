@@ -399,16 +399,16 @@ def test_a_domain_admin_sees_only_their_domain(client: PageClient, site: Site) -
 
 def test_a_template_that_does_not_render_is_refused(admin: PageClient, site: Site) -> None:
     page = "/admin/templates/vacation.txt.j2"
-    broken = admin.submit(page, page, {"source": "{{ message }} {{ nonsense.attr }}", "action": "save"})
+    broken = admin.submit(page, page, {"text": "{{ message }} {{ nonsense.attr }}", "action": "save"})
     assert broken.status_code == 422
-    assert 'id="source-error"' in broken.text
-    escape = admin.submit(page, page, {"source": "{{ ''.__class__.__mro__ }}", "action": "save"})
+    assert 'id="text-error"' in broken.text
+    escape = admin.submit(page, page, {"text": "{{ ''.__class__.__mro__ }}", "action": "save"})
     assert escape.status_code == 422
     assert not (Path(site.settings.reply.templates_dir) / "vacation.txt.j2").exists()
-    preview = admin.submit(page, page, {"source": "Away: {{ message }}", "action": "preview"})
+    preview = admin.submit(page, page, {"text": "Away: {{ message }}", "action": "preview"})
     assert preview.status_code == 200
     assert text_of(preview.text, "rendered") == "Away: I am away."
-    saved = admin.submit(page, page, {"source": "Away: {{ message }}\n", "action": "save"})
+    saved = admin.submit(page, page, {"text": "Away: {{ message }}\n", "action": "save"})
     assert saved.status_code == 303
     written = Path(site.settings.reply.templates_dir) / "vacation.txt.j2"
     assert written.read_text() == "Away: {{ message }}\n"
