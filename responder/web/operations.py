@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from responder.decide.records import DecisionRecord, Retirement, RetirementChanges, Vacation, VacationChanges
 from responder.manage.errors import Conflict as ManageConflict
@@ -229,6 +230,13 @@ def audit_rows(ctx: WebContext, who: auth.Principal, query: AuditQuery) -> list[
         and (query.until is None or row.at < query.until)
     ]
     return found[:AUDIT_ROWS]
+
+
+def change_rows(ctx: WebContext, who: auth.Principal, address: str | None) -> list[Any]:
+    """The newest changes made through the web service and the API that ``who`` may see."""
+    if who.kind == "domain":
+        return ctx.store.list_changes(address=address, domain=who.domain, limit=AUDIT_ROWS)
+    return ctx.store.list_changes(address=address, limit=AUDIT_ROWS)
 
 
 # -- explain ---------------------------------------------------------------------------------------

@@ -779,6 +779,22 @@ async def audit_page(request: Request) -> Response:
     )
 
 
+@_route("GET", "/admin/changes")
+async def changes_page(request: Request) -> Response:
+    session = await _admin(request)
+    raw = request.query_params.get("address", "").strip()
+    error: FieldError | None = None
+    rows: list[Any] = []
+    try:
+        address = address_field(raw) if raw else None
+        rows = await run_in_threadpool(operations.change_rows, _web(request), principal(session), address)
+    except FieldError as exc:
+        error = exc
+    return _render(
+        request, "changes.html", session, 422 if error else 200, address=raw, rows=rows, error=error
+    )
+
+
 @_route("GET", "/admin/explain")
 async def explain_page(request: Request) -> Response:
     session = await _admin(request)

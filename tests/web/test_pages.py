@@ -397,6 +397,29 @@ def test_a_domain_admin_sees_only_their_domain(client: PageClient, site: Site) -
     assert _save(client, BOB[0]).status_code == 303
 
 
+def test_changes_on_the_pages_are_logged_with_who_made_them(client: PageClient, site: Site) -> None:
+    client.sign_in(*ALICE)
+    _save(client, ALICE[0])
+    client.submit(f"/vacation/{ALICE[0]}", "/signout", {})
+    client.sign_in_token(make_token(site, "helpdesk-com", domain="example.com"))
+    _save(client, BOB[0], subject="Bob is ill")
+    page = f"/vacation/{BOB[0]}"
+    client.submit(page, f"{page}/off", {})
+    store = Store.open(site.settings.database.url)
+    try:
+        logged = [(c.actor, c.via, c.address, c.action) for c in reversed(store.list_changes())]
+    finally:
+        store.close()
+    assert logged == [
+        (f"user:{ALICE[0]}", "web", ALICE[0], "vacation.set"),
+        ("token:helpdesk-com", "web", BOB[0], "vacation.set"),
+        ("token:helpdesk-com", "web", BOB[0], "vacation.off"),
+    ]
+    shown = client.get("/admin/changes").text
+    assert "token:helpdesk-com" in shown and "Bob is ill" in shown
+    assert client.get("/admin/changes", params={"address": BOB[0]}).text.count("<tr>") == 1 + 2
+
+
 def test_a_template_that_does_not_render_is_refused(admin: PageClient, site: Site) -> None:
     page = "/admin/templates/vacation.txt.j2"
     broken = admin.submit(page, page, {"text": "{{ message }} {{ nonsense.attr }}", "action": "save"})
