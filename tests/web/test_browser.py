@@ -173,6 +173,7 @@ def test_an_admin_sets_a_vacation_for_someone_else(
         ("explain", "/admin/explain"),
         ("templates", "/admin/templates/vacation.txt.j2"),
         ("retired", "/admin/retired"),
+        ("changes", "/admin/changes"),
     ]:
         response = page.goto(path)
         assert response is not None and response.status == 200, path
