@@ -482,3 +482,20 @@ def test_audit_filters_and_explain(admin: PageClient, site: Site, sink: SmtpSink
     assert "Decision: reply" in explained.text
     assert re.search(r"Auto-Submitted: auto-replied", explained.text)
     assert len(sink.received()) == 2  # explain sent nothing
+
+
+def test_a_domain_admin_reads_and_explains_only_their_domain(client: PageClient, site: Site) -> None:
+    raw = b"From: dora@example.net\r\nTo: alice@example.com\r\nSubject: Hi\r\nMessage-ID: <c@x>\r\n\r\nHi\r\n"
+    result = run_hook(site.config, *deliver_args("dora@example.net", ALICE[0]), stdin=raw)
+    assert result.returncode == 0, result.stderr.decode()
+    client.sign_in_token(make_token(site, "helpdesk-org", domain="example.org"))
+    theirs = client.get("/admin/audit").text
+    assert "dora@example.net" not in theirs and "No decisions match." in theirs
+    asked = client.get("/admin/audit", params={"recipient": ALICE[0]}).text
+    assert "dora@example.net" not in asked
+    explained = client.submit(
+        "/admin/explain",
+        "/admin/explain",
+        {"sender": "dora@example.net", "recipient": ALICE[0], "message": raw.decode()},
+    )
+    assert explained.status_code == 403
