@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import Response
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
-from starlette.requests import Request
-from starlette.responses import Response
 
 COOKIE = "responder_session"
 CSRF_FIELD = "csrf_token"
