@@ -61,12 +61,13 @@ class Server(uvicorn.Server):
 
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     web = settings.web
-    trusted = list(web.proxy_hosts)
+    # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone; on a
+    # UNIX socket from every peer, as server.xforward_hosts does: only the proxy can connect (mode).
+    trusted: list[str] | str = "*" if web.listen.path else list(web.proxy_hosts)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         ssl_certfile=web.tls_cert or None,
         ssl_keyfile=web.tls_key or None,
-        # X-Forwarded-For/-Proto are believed only from the configured proxies, never from anyone.
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or [],
         server_header=False,
