@@ -23,6 +23,7 @@ from responder.web.forms import (
     MAX_FORM_BYTES,
     address_field,
     blank_retirement,
+    blank_vacation,
     prospective_vacation,
     retirement_changes,
     text,
@@ -417,9 +418,7 @@ async def _vacation_page(
     stored = await run_in_threadpool(operations.vacation_of, ctx, address)
     retired = await run_in_threadpool(operations.retirement_of, ctx, address)
     if values is None:
-        values = (
-            _vacation_values(stored) if stored else {**_vacation_values(_blank(address, now)), "message": ""}
-        )
+        values = _vacation_values(stored) if stored else _vacation_values(blank_vacation(address, now))
     if preview is None and stored is not None and error is None:
         try:
             preview = await run_in_threadpool(_preview, ctx, stored, now)
@@ -444,12 +443,6 @@ async def _vacation_page(
         retired=retired,
         notice=notice,
     )
-
-
-def _blank(address: str, now: dt.datetime) -> Vacation:
-    from responder.web.forms import blank_vacation
-
-    return blank_vacation(address, now)
 
 
 @_route("GET", "/vacation")
