@@ -10,13 +10,17 @@ is created and dropped), one run starts a loopback SMTP sink, `responder serve` 
   ``--api-seconds``: p50, p99 and requests per second of each;
 * both at once: the decisions per second while the API load runs, and the API numbers meanwhile.
 
-    python3 bench/web.py [--api-seconds 15] [--messages 1500] [--work /tmp/responder-web-bench]
+    python3 bench/web.py [--api-seconds 15] [--messages 1500] [--web-nice 0] [--work DIR]
+
+On a machine with few cores the two services compete for them: ``--web-nice 10`` shows what a
+lower priority for the web service (systemd ``Nice=``) leaves to the mail path.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import secrets
 import signal
@@ -30,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import run as lmtp_bench  # noqa: E402 - bench/run.py: the LMTP load and the sink
+# bench/run.py, a script beside this one: its LMTP load (Bench.burst) and its SMTP sink.
+lmtp_bench: Any = importlib.import_module("run")
 
 CLIENTS = 50
 AWAY = lmtp_bench.AWAY
@@ -126,7 +132,8 @@ def _free_port() -> int:
 class Backend:
     """One database with the sink, `responder serve` and `responder web` running on it."""
 
-    def __init__(self, name: str, url: str, work: Path) -> None:
+    def __init__(self, name: str, url: str, work: Path, web_nice: int = 0) -> None:
+        self.web_nice = web_nice
         self.name = name
         self.url = url
         self.work = work / name
@@ -143,10 +150,14 @@ class Backend:
         )
         return done.stdout.decode().strip()
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, *args: str, nice: int = 0) -> subprocess.Popen[bytes]:
         log = (self.work / f"{args[-1]}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509 (no threads yet)
         )
         log.close()
         self.processes.append(process)
@@ -178,7 +189,7 @@ class Backend:
         self.responder("vacation", "set", AWAY, "--message", "I am away.")
         self.token = self.responder("token", "create", "bench", "--admin")
         self._spawn("-m", "responder", "--config", str(self.config), "serve")
-        self._spawn("-m", "responder", "--config", str(self.config), "web")
+        self._spawn("-m", "responder", "--config", str(self.config), "web", nice=self.web_nice)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -227,7 +238,7 @@ def measure(backend: Backend, args: argparse.Namespace) -> list[str]:
     loader.join()
     api_both = result[0]
     return [
-        f"== {backend.name}",
+        f"== {backend.name}" + (f" (responder web at nice {backend.web_nice})" if backend.web_nice else ""),
         f"API alone, {CLIENTS} clients, {api_alone.seconds:.0f} s ({api_alone.errors} errors):",
         "  " + api_alone.line("GET"),
         "  " + api_alone.line("PUT"),
@@ -266,6 +277,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-seconds", type=float, default=15.0)
     parser.add_argument("--messages", type=int, default=1500)
+    parser.add_argument(
+        "--web-nice", type=int, default=0, help="run `responder web` at this nice value (systemd Nice=)"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "responder-web-bench")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -280,7 +294,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         for label, url, _ in backends:
-            running = Backend(label, url, args.work)
+            running = Backend(label, url, args.work, args.web_nice)
             try:
                 running.start()
                 print("\n".join(measure(running, args)), flush=True)

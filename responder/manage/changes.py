@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from responder.store.database import Store
+from responder.store.database import Change, Store
 
 
 def difference(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -30,3 +30,16 @@ def record(
     after: Mapping[str, Any] | None,
 ) -> None:
     store.record_change(now, actor, via, address, action, difference(before, after))
+
+
+def entry(
+    now: dt.datetime,
+    actor: str,
+    via: str,
+    address: str,
+    action: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> Change:
+    """The change-log row of a change, to be written in the change's own transaction."""
+    return Change(now, actor, via, address, action, difference(before, after))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -105,3 +106,15 @@ def only_known(body: dict[str, Any], known: set[str], ignored: set[str]) -> None
     for key in body:
         if key not in known and key not in ignored:
             raise InvalidField(key, f"{key}: unknown field")
+
+
+# A file name in the templates directory: no directories, no hidden files.
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.j2$")
+
+
+def template_name(field: str, value: object) -> str:
+    if not isinstance(value, str) or not TEMPLATE_NAME.match(value) or ".." in value:
+        raise InvalidField(
+            field, f"{field}: a template is a file name such as vacation.txt.j2 (letters, digits, . _ -)"
+        )
+    return value

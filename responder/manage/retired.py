@@ -10,7 +10,7 @@ from typing import Any
 from responder.config.settings import Settings
 from responder.decide.records import DEFAULT_STATUS, Retirement, RetirementChanges, valid_status
 from responder.manage import fields
-from responder.manage.changes import record
+from responder.manage.changes import entry
 from responder.manage.errors import Conflict, InvalidField, NotFound
 from responder.manage.vacations import wall_time
 from responder.store.database import Store
@@ -114,17 +114,18 @@ def set_retired(
         created_at=now,
         updated_at=now,
     )
-    _check_template(settings, dataclasses.replace(base, **changes), now)
-    if not store.put_retirement(address, now, **changes):
+    prospective = dataclasses.replace(base, **changes)
+    _check_template(settings, prospective, now)
+    logged = entry(now, actor, via, address, "retired.set", _logged(existing, now), _logged(prospective, now))
+    if not store.put_retirement(address, now, change=logged, **changes):
         raise Conflict(f"{address} has a vacation; an address is either on vacation or retired", "address")
     saved = find(store, address)
     assert saved is not None
-    record(store, now, actor, via, address, "retired.set", _logged(existing, now), _logged(saved, now))
     return saved
 
 
 def delete(store: Store, actor: str, via: str, address: str, now: dt.datetime) -> None:
     existing = find(store, address)
-    if existing is None or not store.delete_retirement(address):
+    logged = entry(now, actor, via, address, "retired.delete", _logged(existing, now), None)
+    if existing is None or not store.delete_retirement(address, logged):
         raise NotFound(f"{address} is not retired", "address")
-    record(store, now, actor, via, address, "retired.delete", _logged(existing, now), None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -16,21 +15,13 @@ from responder.decide.records import DEFAULT_STATUS, Retirement
 from responder.manage import fields
 from responder.manage.changes import record
 from responder.manage.errors import Conflict, InvalidField, NotFound
+from responder.manage.fields import TEMPLATE_NAME as _NAME
+from responder.manage.fields import template_name as check_name
 from responder.manage.vacations import applied_interval, blank
 from responder.paths import resource_dir
 from responder.store.database import Store
 
-# A file name in the templates directory: no directories, no hidden files.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.j2$")
 MAX_TEMPLATE = 64 * 1024
-
-
-def check_name(field: str, value: object) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
-        raise InvalidField(
-            field, f"{field}: a template is a file name such as vacation.txt.j2 (letters, digits, . _ -)"
-        )
-    return value
 
 
 def _directories(settings: Settings) -> list[Path]:

@@ -12,7 +12,7 @@ from responder.config.settings import Settings
 from responder.config.values import format_duration
 from responder.decide.records import Vacation, VacationChanges
 from responder.manage import fields
-from responder.manage.changes import record
+from responder.manage.changes import entry
 from responder.manage.errors import Conflict, InvalidField, NotFound
 from responder.store.database import Store
 
@@ -143,11 +143,9 @@ def check_template(settings: Settings, vacation: Vacation) -> None:
 
 
 def _template_name(value: object) -> str | None:
-    from responder.manage.templates import check_name
-
     if value is None or value == "":
         return None
-    return check_name("template", value)
+    return fields.template_name("template", value)
 
 
 def changes_from(
@@ -207,19 +205,18 @@ def set_vacation(
     if aliases is not None:
         prospective = dataclasses.replace(prospective, aliases=tuple(dict.fromkeys(aliases)))
     check_template(settings, prospective)
-    store.put_vacation(address, now, aliases, **changes)
-    saved = find(store, address)
-    assert saved is not None
-    record(
-        store,
+    logged = entry(
         now,
         actor,
         via,
         address,
         "vacation.set",
         _logged(existing, settings, now),
-        _logged(saved, settings, now),
+        _logged(prospective, settings, now),
     )
+    store.put_vacation(address, now, aliases, change=logged, **changes)
+    saved = find(store, address)
+    assert saved is not None
     return saved
 
 
@@ -229,24 +226,19 @@ def switch_off(
     existing = find(store, address)
     if existing is None:
         raise NotFound(f"no vacation for {address}", "address")
-    store.set_enabled(address, False, now)
+    before = _logged(existing, settings, now)
+    after = _logged(dataclasses.replace(existing, enabled=False), settings, now)
+    if not store.set_enabled(
+        address, False, now, entry(now, actor, via, address, "vacation.off", before, after)
+    ):
+        raise NotFound(f"no vacation for {address}", "address")
     saved = find(store, address)
     assert saved is not None
-    record(
-        store,
-        now,
-        actor,
-        via,
-        address,
-        "vacation.off",
-        _logged(existing, settings, now),
-        _logged(saved, settings, now),
-    )
     return saved
 
 
 def delete(store: Store, settings: Settings, actor: str, via: str, address: str, now: dt.datetime) -> None:
     existing = find(store, address)
-    if existing is None or not store.delete_vacation(address):
+    logged = entry(now, actor, via, address, "vacation.delete", _logged(existing, settings, now), None)
+    if existing is None or not store.delete_vacation(address, logged):
         raise NotFound(f"no vacation for {address}", "address")
-    record(store, now, actor, via, address, "vacation.delete", _logged(existing, settings, now), None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 
 from responder.store.engine import Database, domain_pattern
 from responder.store.schema import changes
@@ -23,19 +24,29 @@ class Change:
     detail: dict[str, Any]
 
 
+def write_change(conn: Connection, change: Change) -> None:
+    """Append ``change`` in the caller's transaction: the change and its record commit together."""
+    text = json.dumps(change.detail, ensure_ascii=False, sort_keys=True, default=str)
+    conn.execute(
+        insert(changes).values(
+            at=change.at,
+            actor=change.actor,
+            via=change.via,
+            address=change.address,
+            action=change.action,
+            detail=text,
+        )
+    )
+
+
 class Changes(Database):
     """Writing and reading the change log."""
 
     def record_change(
         self, at: dt.datetime, actor: str, via: str, address: str, action: str, detail: dict[str, Any]
     ) -> None:
-        text = json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
         with self._begin("recording the change") as conn:
-            conn.execute(
-                insert(changes).values(
-                    at=at, actor=actor, via=via, address=address, action=action, detail=text
-                )
-            )
+            write_change(conn, Change(at, actor, via, address, action, detail))
 
     def list_changes(
         self,

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from responder.decide.records import Retirement, RetirementChanges
+from responder.store.changes import Change, write_change
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, retired_addresses, vacations
 
@@ -39,7 +40,14 @@ class Retirements(Database):
             query = select(retired_addresses).order_by(retired_addresses.c.address)
             return [_retirement(row) for row in conn.execute(query).mappings()]
 
-    def put_retirement(self, address: str, now: dt.datetime, **changes: Unpack[RetirementChanges]) -> bool:
+    def put_retirement(
+        self,
+        address: str,
+        now: dt.datetime,
+        *,
+        change: Change | None = None,
+        **changes: Unpack[RetirementChanges],
+    ) -> bool:
         """Create or update the retirement of ``address``; False (nothing saved) when it has a vacation."""
         r = retired_addresses.c
         with self._begin("saving the retired address") as conn:
@@ -57,9 +65,11 @@ class Retirements(Database):
                 conn.execute(
                     update(retired_addresses).where(r.id == existing).values(updated_at=now, **changes)
                 )
+            if change is not None:
+                write_change(conn, change)
             return True
 
-    def delete_retirement(self, address: str) -> bool:
+    def delete_retirement(self, address: str, change: Change | None = None) -> bool:
         r = retired_addresses.c
         with self._begin("deleting the retired address") as conn:
             retired_id = conn.execute(select(r.id).where(r.address == address)).scalar_one_or_none()
@@ -68,6 +78,8 @@ class Retirements(Database):
             # Explicit delete: foreign keys may be off on an old SQLite file opened elsewhere.
             conn.execute(delete(bounce_claims).where(bounce_claims.c.retired_id == retired_id))
             conn.execute(delete(retired_addresses).where(r.id == retired_id))
+            if change is not None:
+                write_change(conn, change)
             return True
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from responder.decide.records import Vacation, VacationChanges
+from responder.store.changes import Change, write_change
 from responder.store.engine import Database
 from responder.store.schema import reply_claims, vacation_aliases, vacations
 
@@ -60,9 +61,14 @@ class Vacations(Database):
         address: str,
         now: dt.datetime,
         aliases: Sequence[str] | None,
+        *,
+        change: Change | None = None,
         **changes: Unpack[VacationChanges],
     ) -> None:
-        """Create or update the vacation of ``address``; ``aliases`` None keeps the current list."""
+        """Create or update the vacation of ``address``; ``aliases`` None keeps the current list.
+
+        ``change``, when given, is logged in the same transaction (the web service's change log).
+        """
         with self._begin("saving the vacation") as conn:
             existing = conn.execute(
                 select(vacations.c.id).where(vacations.c.address == address)
@@ -83,17 +89,23 @@ class Vacations(Database):
                 conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
                 for alias in dict.fromkeys(aliases):
                     conn.execute(insert(vacation_aliases).values(vacation_id=vacation_id, address=alias))
+            if change is not None:
+                write_change(conn, change)
 
-    def set_enabled(self, address: str, enabled: bool, now: dt.datetime) -> bool:
+    def set_enabled(
+        self, address: str, enabled: bool, now: dt.datetime, change: Change | None = None
+    ) -> bool:
         with self._begin("saving the vacation") as conn:
             result = conn.execute(
                 update(vacations)
                 .where(vacations.c.address == address)
                 .values(enabled=enabled, updated_at=now)
             )
+            if result.rowcount > 0 and change is not None:
+                write_change(conn, change)
             return result.rowcount > 0
 
-    def delete_vacation(self, address: str) -> bool:
+    def delete_vacation(self, address: str, change: Change | None = None) -> bool:
         with self._begin("deleting the vacation") as conn:
             vacation_id = conn.execute(
                 select(vacations.c.id).where(vacations.c.address == address)
@@ -104,4 +116,6 @@ class Vacations(Database):
             conn.execute(delete(reply_claims).where(reply_claims.c.vacation_id == vacation_id))
             conn.execute(delete(vacation_aliases).where(vacation_aliases.c.vacation_id == vacation_id))
             conn.execute(delete(vacations).where(vacations.c.id == vacation_id))
+            if change is not None:
+                write_change(conn, change)
             return True

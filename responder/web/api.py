@@ -426,11 +426,12 @@ def reset_limits(body: ResetBody, principal: Caller, ctx: Ctx) -> dict[str, Any]
         )
     removed = ctx.store.reset_counters(selectors)
     target = ",".join(f"{scope}={key}" for scope, key in selectors) or "all"
+    recipients = [key for scope, key in selectors if scope == "recipient" and key]
     ctx.store.record_change(
         ctx.clock(),
         principal.actor,
         VIA,
-        body.recipient or "limits",
+        recipients[0] if recipients else "limits",
         "limits.reset",
         {"reset": target, "removed": removed},
     )

@@ -59,7 +59,11 @@ def _check(web: WebSettings, address: str, password: str) -> bool:
         else:
             connection = imaplib.IMAP4(host, port, timeout=web.imap_timeout)
             if "STARTTLS" in connection.capabilities:
-                connection.starttls(_tls_context(web))
+                try:
+                    connection.starttls(_tls_context(web))
+                except BaseException:
+                    connection.shutdown()
+                    raise
             elif not _is_loopback(host):
                 connection.shutdown()
                 raise ImapUnavailable(f"{web.imap} offers no STARTTLS: a password is not sent in clear")
