@@ -136,10 +136,10 @@ def listing(ctx: WebContext, who: auth.Principal, query: str) -> tuple[list[Vaca
 
 
 def template_name(name: str) -> str:
-    from responder.manage.templates import check_name
+    from responder.manage.fields import template_name as checked
 
     try:
-        return check_name("name", name)
+        return checked("name", name)
     except Refused as exc:
         raise _refused(exc) from None
 
