@@ -499,3 +499,20 @@ def test_a_domain_admin_reads_and_explains_only_their_domain(client: PageClient,
         {"sender": "dora@example.net", "recipient": ALICE[0], "message": raw.decode()},
     )
     assert explained.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("wanted", "landing"),
+    [
+        (f"/vacation/{ALICE[0]}", f"/vacation/{ALICE[0]}"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+    ],
+    ids=["own-page", "scheme-relative", "absolute"],
+)
+def test_sign_in_returns_only_to_a_page_of_this_site(client: PageClient, wanted: str, landing: str) -> None:
+    response = client.submit(
+        "/signin", "/signin", {"address": ALICE[0], "password": ALICE[1], "next": wanted}
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == landing
