@@ -44,6 +44,10 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
     assert wheel.name.startswith(WHEEL_PREFIX), wheel.name
     fields, entry_points = _metadata(wheel)
     assert fields["Name"] == DISTRIBUTION
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    # The web pages' templates and style sheet are package data, not only source files.
+    assert {"responder/web/templates/vacation.html", "responder/web/static/style.css"} <= shipped
     assert re.search(r"^responder = responder\.entry:main$", entry_points, re.MULTILINE), entry_points
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)

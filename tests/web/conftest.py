@@ -12,14 +12,18 @@ from typing import Any
 import pytest
 import uvicorn
 
-from responder.config.load import settings_from_mapping
+from responder.config.load import load, settings_from_mapping
 from responder.config.settings import Settings
 from responder.config.values import SocketSpec
 from responder.web.app import create_app
 from responder.web.server import bind, uvicorn_config
 from tests.certs import TlsFiles, make_tls
+from tests.conftest import ConfigFactory
+from tests.helpers import FakeClock
 from tests.imapserver import ImapServer
 from tests.sink import SmtpSink
+from tests.web.pages_support import PageClient, serving
+from tests.web.users import Site
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +135,49 @@ def api(make_settings: SettingsFactory, serve: ServeFactory, store: Any, tmp_pat
     served = serve(make_settings(reply={"templates_dir": str(templates)}))
     with httpx.Client(base_url=served.url, timeout=60) as client:
         yield Api(client, store)
+
+
+# -- the pages' fixtures: the service with a config file the hook reads too --------------------------
+
+
+@pytest.fixture
+def make_site_config(
+    make_config: ConfigFactory, tmp_path: Path, imap_server: ImapServer, secret_file: Path
+) -> ConfigFactory:
+    """Config files for the test database, sink and Dovecot, which the hook reads as well as the service."""
+
+    def make(**sections: Mapping[str, object]) -> Path:
+        templates = tmp_path / "templates"
+        templates.mkdir(exist_ok=True)
+        web = {
+            "listen": "127.0.0.1:0",
+            "imap": imap_server.url,
+            "imap_ca_file": str(imap_server.tls.ca),
+            "imap_timeout": 10,
+            "secret_file": str(secret_file),
+            **sections.get("web", {}),
+        }
+        reply = {"templates_dir": str(templates), **sections.get("reply", {})}
+        return make_config(**{**sections, "reply": reply, "web": web})
+
+    return make
+
+
+@pytest.fixture
+def site_config(make_site_config: ConfigFactory) -> Path:
+    return make_site_config()
+
+
+@pytest.fixture
+def site(site_config: Path, clock: FakeClock) -> Iterator[Site]:
+    """The web service on the test's clock."""
+    settings = load(site_config)
+    with serving(create_app(settings, clock=clock)) as base_url:
+        yield Site(config=site_config, settings=settings, base_url=base_url, clock=clock)
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[PageClient]:
+    c = PageClient(site.base_url)
+    yield c
+    c.close()
