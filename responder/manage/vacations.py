@@ -17,7 +17,8 @@ from responder.manage.errors import Conflict, InvalidField, NotFound
 from responder.store.database import Store
 
 # What `vacation show --json` prints, and what a PUT may send back: these are read, never written.
-READ_ONLY = {"address", "status", "interval_set", "updated"}
+# The messages in other languages are shown, and set with `vacation set --language`.
+READ_ONLY = {"address", "status", "interval_set", "updated", "translations"}
 WRITABLE = {
     "enabled",
     "start",
@@ -29,6 +30,12 @@ WRITABLE = {
     "template",
     "aliases",
     "message",
+    "html_message",
+    "external_subject",
+    "external_message",
+    "external_html_message",
+    "external_audience",
+    "default_language",
 }
 
 
@@ -61,7 +68,30 @@ def vacation_json(vacation: Vacation, now: dt.datetime, settings: Settings) -> d
         "template": vacation.template,
         "aliases": list(vacation.aliases),
         "message": vacation.message,
+        **content_json(vacation),
         "updated": vacation.updated_at.isoformat(timespec="seconds"),
+    }
+
+
+def content_json(vacation: Vacation) -> dict[str, Any]:
+    """The content fields of ``vacation show --json``: HTML, the external message, languages."""
+    return {
+        "html_message": vacation.html_message,
+        "external_subject": vacation.external_subject,
+        "external_message": vacation.external_message,
+        "external_html_message": vacation.external_html_message,
+        "external_audience": vacation.external_audience,
+        "default_language": vacation.default_language,
+        "translations": [
+            {
+                "audience": t.audience,
+                "language": t.language,
+                "subject": t.subject,
+                "message": t.message,
+                "html_message": t.html_message,
+            }
+            for t in vacation.translations
+        ],
     }
 
 
@@ -155,8 +185,8 @@ def changes_from(
     fields.only_known(dict(body), WRITABLE, READ_ONLY)
     changes: VacationChanges = {"enabled": fields.boolean("enabled", body.get("enabled", True))}
     if "message" in body:
-        changes["message"] = fields.text("message", body["message"])
-    elif existing is None:
+        changes["message"] = _content_text("message", body["message"])
+    elif existing is None and not body.get("html_message"):
         raise InvalidField("message", "message: a new vacation needs a message")
     zone_name = fields.zone("timezone", body["timezone"]) if "timezone" in body else None
     zone_name = zone_name or (existing.timezone if existing else "UTC")
@@ -172,7 +202,8 @@ def changes_from(
         changes["interval_seconds"] = fields.duration("interval", body["interval"])
     if "subject" in body:
         subject = body["subject"]
-        changes["subject"] = None if subject in (None, "") else fields.one_line("subject", subject)
+        changes["subject"] = None if subject in (None, "") else _content_line("subject", subject)
+    _content_changes(body, changes)
     if "from" in body:
         changes["from_header"] = from_header(body["from"])
     if "template" in body:
@@ -242,3 +273,74 @@ def delete(store: Store, settings: Settings, actor: str, via: str, address: str,
     logged = entry(now, actor, via, address, "vacation.delete", _logged(existing, settings, now), None)
     if existing is None or not store.delete_vacation(address, logged):
         raise NotFound(f"no vacation for {address}", "address")
+
+
+def _content_changes(body: Mapping[str, Any], changes: VacationChanges) -> None:
+    """The HTML, external and language fields of a PUT body, checked as `vacation set` checks them."""
+    from responder.decide.records import EXTERNAL_AUDIENCES
+
+    if "html_message" in body:
+        changes["html_message"] = _html("html_message", body["html_message"])
+    if "external_html_message" in body:
+        changes["external_html_message"] = _html("external_html_message", body["external_html_message"])
+    if body.get("external_message") not in (None, ""):
+        changes["external_message"] = _content_text("external_message", body["external_message"])
+    elif "external_message" in body:
+        changes["external_message"] = None
+    if body.get("external_subject") not in (None, ""):
+        changes["external_subject"] = _content_line("external_subject", body["external_subject"])
+    elif "external_subject" in body:
+        changes["external_subject"] = None
+    if "external_audience" in body:
+        audience = body["external_audience"]
+        if audience not in EXTERNAL_AUDIENCES:
+            raise InvalidField("external_audience", "external_audience: all or none")
+        changes["external_audience"] = audience
+    if "default_language" in body:
+        value = body["default_language"]
+        changes["default_language"] = None if value in (None, "") else _language("default_language", value)
+
+
+def _placeholders(field: str, value: str) -> str:
+    from responder.decide.content import PLACEHOLDERS, unknown_placeholders
+
+    unknown = unknown_placeholders(value)
+    if unknown:
+        known = ", ".join(PLACEHOLDERS)
+        raise InvalidField(field, f"{field}: unknown placeholder {{{{ {unknown[0]} }}}} (known: {known})")
+    return value
+
+
+def _content_text(field: str, value: object) -> str:
+    return _placeholders(field, fields.text(field, value))
+
+
+def _content_line(field: str, value: object) -> str:
+    return _placeholders(field, fields.one_line(field, value))
+
+
+def _html(field: str, value: object) -> str | None:
+    """The sanitised HTML to store (None clears it); refused when nothing is left of it."""
+    from responder.mail.html import HtmlError, checked_html
+
+    if value is None or value == "":
+        return None
+    text = _content_text(field, value)
+    try:
+        clean, _removed = checked_html(text)
+    except HtmlError as exc:
+        raise InvalidField(field, f"{field}: {exc}") from None
+    if not clean.strip():
+        raise InvalidField(field, f"{field}: nothing is left once sanitised")
+    return clean
+
+
+def _language(field: str, value: object) -> str:
+    from responder.mail.languages import language_tag
+
+    if not isinstance(value, str):
+        raise InvalidField(field, f"{field}: expected a language tag such as de or pt-BR")
+    try:
+        return language_tag(value)
+    except ValueError as exc:
+        raise InvalidField(field, f"{field}: {exc}") from None

@@ -77,7 +77,14 @@ class VacationBody(BaseModel):
     template: StrictStr | None = None
     aliases: list[StrictStr] | None = None
     message: StrictStr | None = None
-    # Read back from a GET and ignored on PUT.
+    html_message: StrictStr | None = None
+    external_subject: StrictStr | None = None
+    external_message: StrictStr | None = None
+    external_html_message: StrictStr | None = None
+    external_audience: StrictStr | None = None
+    default_language: StrictStr | None = None
+    # Read back from a GET and ignored on PUT (other languages are set with `vacation set --language`).
+    translations: list[dict[str, Any]] | None = None
     address: StrictStr | None = None
     status: StrictStr | None = None
     interval_set: StrictStr | None = None

@@ -40,6 +40,7 @@ _FIELDS = {
     "toDate": "end",
     "subject": "subject",
     "textBody": "message",
+    "htmlBody": "html_message",
 }
 _PROPERTY = {field: prop for prop, field in _FIELDS.items()} | {"template": "textBody", "address": "id"}
 
@@ -151,8 +152,7 @@ def _vacation_response(vacation: Vacation | None) -> dict[str, Any]:
         "toDate": _utc_date(vacation.ends_at),
         "subject": vacation.subject,
         "textBody": vacation.message,
-        # HTML replies are not stored (yet): always null, and a non-null one is refused.
-        "htmlBody": None,
+        "htmlBody": vacation.html_message,
     }
 
 
@@ -246,11 +246,9 @@ class _Call:
     def _update(self, address: str, before: Vacation | None, patch: object) -> None:
         if not isinstance(patch, dict):
             raise MethodError("invalidPatch", "the patch is not an object")
-        unknown = [key for key in patch if key not in _FIELDS and key != "htmlBody"]
+        unknown = [key for key in patch if key not in _FIELDS]
         if unknown:
             raise MethodError("invalidProperties", "unknown or read-only properties", properties=unknown)
-        if patch.get("htmlBody") is not None:
-            raise MethodError("invalidProperties", "htmlBody is not supported here", properties=["htmlBody"])
         body: dict[str, Any] = {}
         for prop, field in _FIELDS.items():
             if prop in patch:

@@ -93,6 +93,11 @@ def run_admin_changes(api: Api) -> str:
         ({"message": "x", "colour": "blue"}, "colour"),
         ({"subject": "no message for a new vacation"}, "message"),
         ({"message": "x", "address": "bob@example.com"}, "address"),
+        ({"message": "x", "external_audience": "some"}, "external_audience"),
+        ({"message": "x", "default_language": "not a tag!"}, "default_language"),
+        ({"message": "x", "html_message": "<script>only()</script>"}, "html_message"),
+        ({"message": "x", "external_subject": "Out\r\nBcc: v@example.net"}, "external_subject"),
+        ({"message": "Back {{ nobody }}"}, "message"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(
@@ -105,6 +110,26 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(
     assert error["code"] == "invalid_field"
     assert api.call("GET", ALICE, api.alice).status_code == 404
     assert api.ok("GET", "/api/v1/changes", api.admin) == []
+
+
+def test_the_content_fields_are_those_of_vacation_show_json(api: Api) -> None:
+    body = {
+        "message": "Back on {{ end_date }}.",
+        "html_message": '<p>Back <img src="https://t.example/p.gif">soon</p>',
+        "external_subject": "Out of office",
+        "external_message": "I am away.",
+        "external_audience": "none",
+        "default_language": "de",
+    }
+    shown = api.ok("PUT", ALICE, api.alice, body)
+    assert shown["html_message"] == "<p>Back soon</p>"
+    assert {k: shown[k] for k in body if k != "html_message"} == {
+        k: v for k, v in body.items() if k != "html_message"
+    }
+    assert shown["translations"] == []
+    # The engine replies from what was stored: the sanitised HTML.
+    stored = api.store.vacation_for(["alice@example.com"])
+    assert stored is not None and stored.html_message == "<p>Back soon</p>"
 
 
 def test_a_refused_update_leaves_the_vacation_as_it_was(api: Api) -> None:

@@ -128,6 +128,30 @@ def test_jmapc_reads_and_sets_the_vacation_response(
     assert "Set from my mail client." in reply.message.get_content()
 
 
+def test_an_html_body_is_stored_sanitised_and_sent_next_to_the_text(
+    jmap: Jmap, make_config: ConfigFactory, sink: SmtpSink
+) -> None:
+    who = basic(ALICE)
+    me = account_id(ALICE)
+    html = '<p onclick="x()">Back <b>Monday</b></p><img src="https://t.example/p.gif"><script>y()</script>'
+    patch = {"isEnabled": True, "subject": "Away", "textBody": "Back Monday.", "htmlBody": html}
+    (done,) = jmap.calls(
+        who, ["VacationResponse/set", {"accountId": me, "update": {"singleton": patch}}, "1"]
+    )
+    assert done[1]["updated"] == {"singleton": None}, done
+    (got,) = jmap.calls(who, ["VacationResponse/get", {"accountId": me}, "2"])
+    stored = got[1]["list"][0]["htmlBody"]
+    assert "<b>Monday</b>" in stored
+    assert not any(bad in stored for bad in ("script", "onclick", "img", "t.example"))
+    result = run_hook(make_config(), *deliver_args("bob@example.org", ALICE), stdin=sample("personal.eml"))
+    assert result.returncode == 0, result.stderr.decode()
+    (reply,) = sink.wait_for(1)
+    assert reply.message.get_content_type() == "multipart/alternative"
+    parts = {part.get_content_type(): part.get_content() for part in reply.message.iter_parts()}
+    assert "Back Monday." in parts["text/plain"]
+    assert "<b>Monday</b>" in parts["text/html"] and "t.example" not in parts["text/html"]
+
+
 def test_session_object_by_raw_request(jmap: Jmap) -> None:
     answer = jmap.session(basic(ALICE))
     assert answer.status_code == 200
@@ -239,7 +263,7 @@ def test_method_level_errors(jmap: Jmap) -> None:
         ({"fromDate": "Christmas"}, "fromDate"),
         ({"fromDate": "2026-12-24T00:00:00"}, "fromDate"),
         ({"subject": "Away\r\nBcc: victim@example.net"}, "subject"),
-        ({"htmlBody": "<p>away</p>"}, "htmlBody"),
+        ({"htmlBody": "<script>alert(1)</script>"}, "htmlBody"),
         ({"isEnabled": "yes"}, "isEnabled"),
         ({"id": "other"}, "id"),
         ({"color": "blue"}, "color"),

@@ -206,25 +206,3 @@ def check_content(vacation: Vacation) -> None:
                 "--message or --html" if t.audience == INTERNAL else "--external-message or --external-html"
             )
             raise AdminError(f"the {t.audience} message in {t.language} needs a text or HTML ({option})")
-
-
-def content_json(vacation: Vacation) -> dict[str, Any]:
-    """The content fields of ``vacation show --json``."""
-    return {
-        "html_message": vacation.html_message,
-        "external_subject": vacation.external_subject,
-        "external_message": vacation.external_message,
-        "external_html_message": vacation.external_html_message,
-        "external_audience": vacation.external_audience,
-        "default_language": vacation.default_language,
-        "translations": [
-            {
-                "audience": t.audience,
-                "language": t.language,
-                "subject": t.subject,
-                "message": t.message,
-                "html_message": t.html_message,
-            }
-            for t in vacation.translations
-        ],
-    }

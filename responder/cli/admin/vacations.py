@@ -23,13 +23,13 @@ from responder.cli.admin.common import (
 from responder.cli.admin.vacation_content import (
     ContentChanges,
     check_content,
-    content_json,
     content_options,
     register_content,
 )
 from responder.config.settings import Settings
 from responder.config.values import format_duration, parse_duration
 from responder.decide.records import Vacation, VacationChanges
+from responder.manage.vacations import applied_interval, vacation_json
 
 if TYPE_CHECKING:
     from responder.store.database import Store
@@ -132,7 +132,7 @@ def _check_template(settings: Settings, vacation: Vacation) -> None:
         template_names,
     )
 
-    interval = dt.timedelta(seconds=_applied_interval(vacation, settings))
+    interval = dt.timedelta(seconds=applied_interval(vacation, settings))
     renderer = Renderer(settings.reply.templates_dir)
     reply = settings.reply
     for audience, content in all_contents(vacation):
@@ -174,16 +174,9 @@ def _prospective(
     return dataclasses.replace(existing, **fields)
 
 
-def _applied_interval(vacation: Vacation, settings: Settings) -> int:
-    """The interval in seconds that the engine keeps between reply.min_interval and reply.max_interval."""
-    reply = settings.reply
-    wanted = reply.default_interval if vacation.interval_seconds is None else vacation.interval_seconds
-    return int(min(max(wanted, reply.min_interval), reply.max_interval))
-
-
 def _interval(vacation: Vacation, settings: Settings) -> tuple[str, str | None]:
     """The interval that applies (as the engine keeps it between its bounds), and the one set, if any."""
-    applies = format_duration(_applied_interval(vacation, settings))
+    applies = format_duration(applied_interval(vacation, settings))
     return applies, None if vacation.interval_seconds is None else format_duration(vacation.interval_seconds)
 
 
@@ -194,27 +187,6 @@ def _shown_interval(vacation: Vacation, settings: Settings) -> str:
     if stored != applies:
         return f"{applies} (set to {stored}; kept between reply.min_interval and reply.max_interval)"
     return applies
-
-
-def _as_json(vacation: Vacation, now: dt.datetime, settings: Settings) -> dict[str, Any]:
-    applies, stored = _interval(vacation, settings)
-    return {
-        "address": vacation.address,
-        "status": vacation.state(now),
-        "enabled": vacation.enabled,
-        "start": wall_time(vacation.starts_at, vacation.timezone),
-        "end": wall_time(vacation.ends_at, vacation.timezone),
-        "timezone": vacation.timezone,
-        "interval": applies,
-        "interval_set": stored,
-        "subject": vacation.subject,
-        "from": vacation.from_header,
-        "template": vacation.template,
-        "aliases": list(vacation.aliases),
-        "message": vacation.message,
-        **content_json(vacation),
-        "updated": vacation.updated_at.isoformat(timespec="seconds"),
-    }
 
 
 def _find(store: Store, address: str) -> Vacation:
@@ -228,7 +200,7 @@ def _list(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     now = dt.datetime.now(dt.UTC)
     items = store.list_vacations()
     if args.json:
-        print_json([_as_json(v, now, settings) for v in items])
+        print_json([vacation_json(v, now, settings) for v in items])
         return EX_OK
     rows = [
         [
@@ -268,7 +240,7 @@ def _set(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 def _show(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     now = dt.datetime.now(dt.UTC)
     vacation = _find(store, parse_address(args.address))
-    shown = _as_json(vacation, now, settings)
+    shown = vacation_json(vacation, now, settings)
     if args.json:
         print_json(shown)
         return EX_OK
