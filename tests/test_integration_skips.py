@@ -21,7 +21,8 @@ sys.exit(pytest.main(["-p", "no:cacheprovider", "-q", "-rsf", *sys.argv[1:]]))
 
 
 def run_postfix_tests(require: bool) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RESPONDER_TEST_INTEGRATION"}
+    # The inner run selects its own tests: the outer one's options (markers, basetemp) stay out.
+    env = {k: v for k, v in os.environ.items() if k not in ("RESPONDER_TEST_INTEGRATION", "PYTEST_ADDOPTS")}
     if require:
         env["RESPONDER_TEST_INTEGRATION"] = "require"
     return subprocess.run(

@@ -285,7 +285,8 @@ def test_without_promtool_the_check_skips_with_the_reason_unless_required(requir
 
     from tests.helpers import REPO
 
-    env = {k: v for k, v in os.environ.items() if k != "RESPONDER_TEST_INTEGRATION"}
+    # The inner run selects its own tests: the outer one's options (markers, basetemp) stay out.
+    env = {k: v for k, v in os.environ.items() if k not in ("RESPONDER_TEST_INTEGRATION", "PYTEST_ADDOPTS")}
     if require:
         env["RESPONDER_TEST_INTEGRATION"] = "require"
     test = "tests/test_metrics.py::test_a_corpus_counted_as_audited_and_the_exposition_passes_promtool"

@@ -61,6 +61,8 @@ def choose_audience(ctx: Context) -> AudienceChoice:
     else:
         outside = external
     if not internal_domain(sender.rpartition("@")[2], ctx.settings.reply):
+        if outside == INTERNAL:
+            return AudienceChoice(EXTERNAL, outside, "sender domain not internal; no external message")
         return AudienceChoice(EXTERNAL, outside, "sender domain not internal")
     if outside == INTERNAL:
         return AudienceChoice(INTERNAL, INTERNAL, "internal domain; no external message")

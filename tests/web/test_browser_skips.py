@@ -12,7 +12,8 @@ from tests.helpers import REPO
 
 
 def run_browser_tests(require: bool) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RESPONDER_TEST_INTEGRATION"}
+    # The inner run selects its own tests: the outer one's options (markers, basetemp) stay out.
+    env = {k: v for k, v in os.environ.items() if k not in ("RESPONDER_TEST_INTEGRATION", "PYTEST_ADDOPTS")}
     env["RESPONDER_TEST_CHROMIUM"] = "/nonexistent/chromium"
     if require:
         env["RESPONDER_TEST_INTEGRATION"] = "require"
