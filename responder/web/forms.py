@@ -16,6 +16,7 @@ from responder.decide.records import (
     valid_status,
 )
 from responder.mail.message import normalize_address
+from responder.manage.vacations import blank
 from responder.web.schedule import FieldError, parse_local, zone
 
 # Far beyond a reply anyone reads; the request itself is capped before it is parsed (MAX_FORM_BYTES).
@@ -91,30 +92,11 @@ def vacation_changes(form: Mapping[str, object]) -> VacationChanges:
     }
 
 
-def blank_vacation(address: str, now: dt.datetime) -> Vacation:
-    return Vacation(
-        id=0,
-        address=address,
-        enabled=True,
-        message="",
-        subject=None,
-        from_header=None,
-        template=None,
-        starts_at=None,
-        ends_at=None,
-        timezone="UTC",
-        interval_seconds=None,
-        aliases=(),
-        created_at=now,
-        updated_at=now,
-    )
-
-
 def prospective_vacation(
     address: str, existing: Vacation | None, changes: VacationChanges, now: dt.datetime
 ) -> Vacation:
     """The vacation as it will be once ``changes`` are saved: what the preview shows."""
-    return dataclasses.replace(existing or blank_vacation(address, now), **changes)
+    return dataclasses.replace(existing or blank(address, now), **changes)
 
 
 def retirement_changes(form: Mapping[str, object]) -> RetirementChanges:

@@ -17,13 +17,13 @@ from jinja2 import Environment, PackageLoader
 
 from responder.decide.records import Retirement, Vacation
 from responder.decide.templates import RenderError
+from responder.manage.vacations import blank
 from responder.web import auth, operations
 from responder.web.context import WebContext
 from responder.web.forms import (
     MAX_FORM_BYTES,
     address_field,
     blank_retirement,
-    blank_vacation,
     prospective_vacation,
     retirement_changes,
     text,
@@ -418,7 +418,7 @@ async def _vacation_page(
     stored = await run_in_threadpool(operations.vacation_of, ctx, address)
     retired = await run_in_threadpool(operations.retirement_of, ctx, address)
     if values is None:
-        values = _vacation_values(stored) if stored else _vacation_values(blank_vacation(address, now))
+        values = _vacation_values(stored) if stored else _vacation_values(blank(address, now))
     if preview is None and stored is not None and error is None:
         try:
             preview = await run_in_threadpool(_preview, ctx, stored, now)

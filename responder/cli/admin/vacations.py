@@ -29,7 +29,7 @@ from responder.cli.admin.vacation_content import (
 from responder.config.settings import Settings
 from responder.config.values import format_duration, parse_duration
 from responder.decide.records import Vacation, VacationChanges
-from responder.manage.vacations import applied_interval, vacation_json
+from responder.manage.vacations import applied_interval, blank, vacation_json
 
 if TYPE_CHECKING:
     from responder.store.database import Store
@@ -154,24 +154,7 @@ def _prospective(
     address: str, existing: Vacation | None, fields: VacationChanges, now: dt.datetime
 ) -> Vacation:
     """The vacation as it will be once ``fields`` are saved, to check it before saving."""
-    if existing is None:
-        existing = Vacation(
-            id=0,
-            address=address,
-            enabled=True,
-            message="",
-            subject=None,
-            from_header=None,
-            template=None,
-            starts_at=None,
-            ends_at=None,
-            timezone="UTC",
-            interval_seconds=None,
-            aliases=(),
-            created_at=now,
-            updated_at=now,
-        )
-    return dataclasses.replace(existing, **fields)
+    return dataclasses.replace(existing or blank(address, now), **fields)
 
 
 def _interval(vacation: Vacation, settings: Settings) -> tuple[str, str | None]:
