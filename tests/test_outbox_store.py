@@ -53,7 +53,7 @@ def _queue(store: Store, sender: str = BOB, counters: tuple[CounterWindow, ...] 
     owed = Owed("", sender, b"Subject: away\r\n\r\nAway.\r\n", "reply", NOW + dt.timedelta(hours=1))
     return store.queue_response(
         owed, [_claim(store, sender, KEY + sender[:2].encode().hex() + "0" * 20)], counters, _audit(sender)
-    )
+    ).id
 
 
 def _claim_state(store: Store, sender: str = BOB) -> str | None:

@@ -13,6 +13,7 @@ flight for up to ``server.stop_timeout``, and exit 0.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib
 import ipaddress
 import logging
@@ -40,6 +41,7 @@ from responder.mail.message import Envelope, Inbound
 from responder.observe import events
 from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import Handover, Sendable, SmtpTransport
+from responder.store.outbox import Lease, OutboxRow, lease_token
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -178,7 +180,7 @@ class WarmServices(Services):
         self.key = key
         self._lock = threading.Lock()
         # Set by the outbox sender: called (from a worker thread) once a response is committed.
-        self.on_queued: Callable[[], None] | None = None
+        self.on_queued: Callable[[OutboxRow], None] | None = None
 
     def claim_token(self) -> str:
         import secrets
@@ -191,9 +193,15 @@ class WarmServices(Services):
         if job is not None and not job.start_sending():
             raise DeadlineExceeded("deadline passed before the response was queued")
 
-    def queued(self) -> None:
+    def outbox_lease(self, now: dt.datetime) -> Lease | None:
+        # Born leased to this process's sender, which is handed the row at once (see queued).
+        if self.on_queued is None:
+            return None
+        return Lease(lease_token(self.key), now + dt.timedelta(seconds=self.settings.outbox.lease))
+
+    def queued(self, row: OutboxRow) -> None:
         if self.on_queued is not None:
-            self.on_queued()
+            self.on_queued(row)
 
     @property
     def store(self) -> Store:

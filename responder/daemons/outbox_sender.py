@@ -1,6 +1,8 @@
 """The outbox sender of one service process: takes due responses, sends them over pooled relay connections.
 
-Each response is leased (store.outbox.take_due), marked ``sending`` just before its final dot and
+Each response is leased: born leased to the sender of the process that committed it, which is handed
+the row and sends it at once, or leased later by whichever sender finds it due (store.outbox.take_due:
+retries, and rows of a process that stopped). It is marked ``sending`` just before its final dot and
 ``sent`` once the relay answers 250. A relay that is down or answers 4xx leaves the response in the
 outbox for another attempt after an exponential backoff (outbox.backoff_min doubling up to
 backoff_max) until outbox.max_age, when it is given up and audited ``relay-gave-up``; a 5xx is final
@@ -81,6 +83,10 @@ class OutboxSender:
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
         self.sending = False
+        # Responses this process committed and sends at once, without looking them up (see handed).
+        self.handed: set[asyncio.Task[None]] = set()
+        self.refused_while_stopping = False
+        self.gate: tuple[int, asyncio.Semaphore] | None = None
         # Its own threads: one stuck on a locked database must not hold up the loop's shutdown, and
         # their names mark them as the service's workers (see lmtp_service.run_worker).
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="responder-worker-outbox")
@@ -91,9 +97,29 @@ class OutboxSender:
     def start(self) -> None:
         self.task = self.loop.create_task(self.run())
 
-    def nudge(self) -> None:
-        """From any thread: a response was queued."""
-        self.loop.call_soon_threadsafe(self.wake.set)
+    def nudge(self, row: OutboxRow | None = None) -> None:
+        """From any thread: a response was queued; ``row``, leased to this sender, is sent at once."""
+        if row is None:
+            self.loop.call_soon_threadsafe(self.wake.set)
+        else:
+            self.loop.call_soon_threadsafe(self._hand, row)
+
+    def _hand(self, row: OutboxRow) -> None:
+        if self.stopping:
+            # Not sent here: stop() gives its lease back (or it expires) for the next process.
+            self.refused_while_stopping = True
+            return
+        task = self.loop.create_task(self._guarded(self._gate(self.current()), self.current(), row))
+        self.handed.add(task)
+        task.add_done_callback(self.handed.discard)
+
+    def _gate(self, generation: Generation) -> asyncio.Semaphore:
+        # One bound on sends at a time for the rows taken from the outbox and those handed over: as
+        # many as the relay pool keeps connections (a new bound from a reload that changes it).
+        size = generation.settings.server.workers
+        if self.gate is None or self.gate[0] != size:
+            self.gate = (size, asyncio.Semaphore(size))
+        return self.gate[1]
 
     async def stop(self, timeout: float) -> None:
         """Finish the sends under way (up to ``timeout``); those cut short give their leases back.
@@ -103,15 +129,27 @@ class OutboxSender:
         self.stopping = True
         self.wake.set()
         cut = False
+        deadline = self.loop.time() + timeout
         if self.task is not None:
             # Sends under way get up to ``timeout``; a look at the outbox is not worth waiting for.
-            done, _ = await asyncio.wait({self.task}, timeout=timeout if self.sending else 0.1)
+            busy = self.sending or bool(self.handed)
+            done, _ = await asyncio.wait({self.task}, timeout=timeout if busy else 0.1)
             if not done:
                 cut = self.sending
                 self.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self.task
+        if self.handed:
+            _, late = await asyncio.wait(set(self.handed), timeout=max(0.0, deadline - self.loop.time()))
+            for task in late:
+                cut = True
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         try:
+            # Rows handed over while stopping were never sent: free them for the next process now.
+            cut = cut or self.refused_while_stopping
             if cut:
                 # Responses not yet handed over are free for another sender at once; one whose final
                 # dot was being written is counted as sent.
@@ -143,7 +181,7 @@ class OutboxSender:
                 log.exception("outbox: taking responses failed")
                 rows = []
             if rows:
-                gate = asyncio.Semaphore(generation.settings.server.workers)
+                gate = self._gate(generation)
                 self.sending = True
                 try:
                     await asyncio.gather(*(self._guarded(gate, generation, row) for row in rows))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from responder.mail.signing import Signer
     from responder.smtp.transport import Transport
     from responder.store.database import ClaimKind, Store
+    from responder.store.outbox import Lease, OutboxRow
 
 
 # The two kinds of response; also the action recorded when one goes out.
@@ -194,8 +195,12 @@ class Services:
     def before_queue(self) -> None:
         """Right before the outbox commit; raise TransientError when it is too late to promise."""
 
-    def queued(self) -> None:
-        """After the outbox commit: a sender may take the response now."""
+    def outbox_lease(self, now: dt.datetime) -> Lease | None:
+        """The lease a response is queued under when this process sends it itself (None: any sender)."""
+        return None
+
+    def queued(self, row: OutboxRow) -> None:
+        """After the outbox commit of ``row``: a sender may take the response now."""
 
     @property
     def signer(self) -> Signer:

@@ -240,7 +240,9 @@ def _queue(ctx: Context, decision: Decision) -> None:
     ctx.services.before_queue()
     store = ctx.services.store
     try:
-        store.queue_response(owed, held, counters, DecisionRecord(**row))
+        queued = store.queue_response(
+            owed, held, counters, DecisionRecord(**row), ctx.services.outbox_lease(ctx.now)
+        )
     except TransientError:
         # The commit may have happened with only its answer lost: a confirmed claim then stands for
         # the response the outbox owes, and must not be given back (the retry would answer again).
@@ -252,7 +254,7 @@ def _queue(ctx: Context, decision: Decision) -> None:
         ctx.claims[:] = [c for c in ctx.claims if not isinstance(c, IntervalClaim)]
         raise
     ctx.claims.clear()
-    ctx.services.queued()
+    ctx.services.queued(queued)
 
 
 def refused_detail(exc: RelayRefused, action: str) -> tuple[str, int]:

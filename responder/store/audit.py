@@ -19,12 +19,15 @@ class PurgeResult:
     audit: int
 
 
+_RECORD = insert(decisions)  # built once: it is written for every message
+
+
 class Audit(Database):
     """Writing and reading the audit, and the purge."""
 
     def record(self, record: DecisionRecord) -> None:
         with self._begin("writing the audit") as conn:
-            conn.execute(insert(decisions).values(**record.__dict__))
+            conn.execute(_RECORD, record.__dict__)
 
     def decisions(
         self,

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cached_property
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Insert, Select, Table, Update, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -63,6 +64,83 @@ class ClaimKind:
             values["audience"] = audience
         return values
 
+    # The statements of a claim, built once: building and hashing a statement costs several times
+    # what SQLite takes to run it. Their parameters are named ``p_*`` (column names are reserved for
+    # the VALUES and SET clauses); ``params`` gives those of one (owner, sender[, audience]) row.
+
+    def params(self, owner_id: int, sender_key: str, audience: str) -> dict[str, object]:
+        values: dict[str, object] = {"p_owner": owner_id, "p_sender_key": sender_key}
+        if self.by_audience:
+            values["p_audience"] = audience
+        return values
+
+    def _mine_bound(self) -> list[ColumnElement[bool]]:
+        c = self.table.c
+        terms = [c[self.owner] == bindparam("p_owner"), c.sender_key == bindparam("p_sender_key")]
+        if self.by_audience:
+            terms.append(c.audience == bindparam("p_audience"))
+        return terms
+
+    @cached_property
+    def insert_claim(self) -> Insert:
+        return insert(self.table)
+
+    def take_over(self, with_interval: bool) -> Update:
+        """The UPDATE that takes a free row (see Claims._claim_once), with or without an interval."""
+        return self._take_over[with_interval]
+
+    @cached_property
+    def _take_over(self) -> dict[bool, Update]:
+        c = self.table.c
+        built: dict[bool, Update] = {}
+        for with_interval in (False, True):
+            answered_before: ColumnElement[bool] = c.message_key != bindparam("p_message_key")
+            if with_interval:
+                answered_before = and_(answered_before, c.replied_at <= bindparam("p_answered_by"))
+            free = or_(
+                and_(c.state == "sent", answered_before),
+                and_(c.state == "pending", c.replied_at <= bindparam("p_stale_by")),
+            )
+            built[with_interval] = (
+                update(self.table)
+                .where(*self._mine_bound(), free)
+                .values(
+                    replied_at=bindparam("p_now"),
+                    message_key=bindparam("p_message_key"),
+                    state="pending",
+                    token=bindparam("p_token"),
+                )
+            )
+        return built
+
+    @cached_property
+    def read_claim(self) -> Select[tuple[dt.datetime, str, str]]:
+        c = self.table.c
+        return select(c.replied_at, c.message_key, c.state).where(*self._mine_bound())
+
+    @cached_property
+    def confirm_held(self) -> Update:
+        """Mark the claim of token ``p_token`` sent (the token alone tells the row apart)."""
+        c = self.table.c
+        return (
+            update(self.table)
+            .where(
+                c[self.owner] == bindparam("p_owner"),
+                c.sender_key == bindparam("p_sender_key"),
+                c.token == bindparam("p_token"),
+            )
+            .values(state="sent")
+        )
+
+    @cached_property
+    def confirm(self) -> Update:
+        """Mark this delivery's claim (``p_token``) sent."""
+        return (
+            update(self.table)
+            .where(*self._mine_bound(), self.table.c.token == bindparam("p_token"))
+            .values(state="sent")
+        )
+
 
 REPLIES = ClaimKind(reply_claims, "vacation_id", "reply", "answered", by_audience=True)
 BOUNCES = ClaimKind(bounce_claims, "retired_id", "bounce", "bounced")
@@ -99,58 +177,60 @@ class Claims(Database):
         return self._retrying(lambda: self._claim_once(request))
 
     def _claim_once(self, request: ClaimRequest) -> str:
-        # Correct on every backend: the INSERT lets exactly one of several racers create the row (unique
-        # constraint); the conditional UPDATE re-tests its WHERE on the row it has locked (InnoDB locking
-        # read, PostgreSQL's re-check after waiting for a concurrent writer, SQLite's single writer), and
-        # every matched row is changed (a new token), so rowcount is 1 exactly for the winner, also under
-        # MySQL's CLIENT_FOUND_ROWS, which counts matched rather than changed rows. A loser reads the row
-        # in the same transaction (READ COMMITTED everywhere, SQLite's write lock already held) to tell
-        # TAKEN from PENDING; a row gone (released) or changed in between means trying again.
-        kind, owner_id, sender_key = request.kind, request.owner_id, request.sender_key
-        message_key, now, interval = request.message_key, request.now, request.interval
-        stale_after, token = request.stale_after, request.token
-        values = {"replied_at": now, "message_key": message_key, "state": "pending", "token": token}
-        table, c = kind.table, kind.table.c
-        mine = kind.mine(owner_id, sender_key, request.audience)
-        answered_before = c.message_key != message_key
-        if interval:
-            answered_before = and_(answered_before, c.replied_at <= now - interval)
-        free = or_(
-            and_(c.state == "sent", answered_before),
-            and_(c.state == "pending", c.replied_at <= now - stale_after),
-        )
+        # Correct on every backend: the conditional UPDATE re-tests its WHERE on the row it has
+        # locked (InnoDB locking read, PostgreSQL's re-check after waiting for a concurrent writer,
+        # SQLite's single writer), and every matched row is changed (a new token), so rowcount is 1
+        # exactly for the winner, also under MySQL's CLIENT_FOUND_ROWS, which counts matched rather
+        # than changed rows. A loser reads the row in the same transaction (READ COMMITTED
+        # everywhere, SQLite's write lock already held) to tell TAKEN from PENDING. The INSERT of a
+        # row not there lets exactly one of several racers create it (unique constraint); a row gone
+        # (released), created or changed in between means trying again.
+        kind, now = request.kind, request.now
+        mine = kind.params(request.owner_id, request.sender_key, request.audience)
+        take_over = kind.take_over(bool(request.interval))
+        takes = {
+            **mine,
+            "p_now": now,
+            "p_message_key": request.message_key,
+            "p_token": request.token,
+            "p_stale_by": now - request.stale_after,
+        }
+        if request.interval:
+            takes["p_answered_by"] = now - request.interval
+        row_values = {
+            **kind.key(request.owner_id, request.sender_key, request.audience),
+            "replied_at": now,
+            "message_key": request.message_key,
+            "state": "pending",
+            "token": request.token,
+        }
+        # The row exists for every sender answered before, so the UPDATE goes first: one statement
+        # for a sender seen before, the INSERT (its own transaction: a failed INSERT ends a
+        # PostgreSQL transaction) only for one never answered.
         for _attempt in range(3):
-            try:
-                with self._begin(f"claiming the {kind.what} interval") as conn:
-                    conn.execute(
-                        insert(table).values({**kind.key(owner_id, sender_key, request.audience), **values})
-                    )
-                return WON
-            except sa_exc.IntegrityError:
-                pass
             with self._begin(f"claiming the {kind.what} interval") as conn:
-                result = conn.execute(update(table).where(*mine, free).values(**values))
-                if result.rowcount == 1:
+                if conn.execute(take_over, takes).rowcount == 1:
                     return WON
-                row = conn.execute(select(c.replied_at, c.message_key, c.state).where(*mine)).first()
-            if row is not None:
-                found = LastClaim(row.replied_at, row.message_key, row.state)
-                verdict = found.verdict(message_key, now, interval, stale_after)
-                if verdict != WON:
-                    return verdict
+                row = conn.execute(kind.read_claim, mine).first()
+            if row is None:
+                try:
+                    with self._begin(f"claiming the {kind.what} interval") as conn:
+                        conn.execute(kind.insert_claim, row_values)
+                    return WON
+                except sa_exc.IntegrityError:
+                    continue  # another delivery created it in between: look again
+            found = LastClaim(row.replied_at, row.message_key, row.state)
+            verdict = found.verdict(request.message_key, now, request.interval, request.stale_after)
+            if verdict != WON:
+                return verdict
         # The row kept changing under us: another delivery is deciding right now.
         return PENDING
 
     def confirm_claim(
         self, kind: ClaimKind, owner_id: int, sender_key: str, token: str, audience: str = INTERNAL
     ) -> None:
-        c = kind.table.c
         with self._begin(f"confirming the {kind.what}") as conn:
-            conn.execute(
-                update(kind.table)
-                .where(*kind.mine(owner_id, sender_key, audience), c.token == token)
-                .values(state="sent")
-            )
+            conn.execute(kind.confirm, {**kind.params(owner_id, sender_key, audience), "p_token": token})
 
     def release_claim(
         self,
@@ -173,9 +253,6 @@ class Claims(Database):
     def last_claim(
         self, kind: ClaimKind, owner_id: int, sender_key: str, audience: str = INTERNAL
     ) -> LastClaim | None:
-        c = kind.table.c
         with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
-            row = conn.execute(
-                select(c.replied_at, c.message_key, c.state).where(*kind.mine(owner_id, sender_key, audience))
-            ).first()
+            row = conn.execute(kind.read_claim, kind.params(owner_id, sender_key, audience)).first()
         return None if row is None else LastClaim(row.replied_at, row.message_key, row.state)

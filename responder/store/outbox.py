@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -52,6 +52,14 @@ class HeldClaim:
     owner_id: int
     sender_key: str
     token: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A sender's hold on a row: only the holder of ``token`` sends it, until ``until``."""
+
+    token: str
+    until: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,28 @@ def _give_back(conn: Connection, claims: str) -> None:
         )
 
 
+_c = outbox.c
+# The statements of every response, built once (building one costs more than SQLite's run of it).
+_QUEUE = insert(outbox)
+_AUDIT = insert(decisions)
+_MARK_SENDING = (
+    update(outbox)
+    .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"), _c.state == PENDING)
+    .values(state=SENDING)
+)
+_MARK_SENT = (
+    update(outbox)
+    .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"))
+    .values(
+        state=SENT,
+        sent_at=bindparam("p_now"),
+        lease_until=None,
+        last_error=bindparam("p_note"),
+        attempts=_c.attempts + 1,
+    )
+)
+
+
 class Outbox(Database):
     """All SQL on the outbox table."""
 
@@ -146,51 +176,49 @@ class Outbox(Database):
         held: Sequence[HeldClaim],
         counters: Sequence[CounterWindow],
         audit: DecisionRecord,
-    ) -> int:
+        lease: Lease | None = None,
+    ) -> OutboxRow:
         """In ONE transaction: confirm the decision's interval claims, queue the response, audit it.
 
         ClaimLost (nothing written) when a claim is no longer this decision's: another delivery took
-        it over as stale, and whichever commits first owes the response.
+        it over as stale, and whichever commits first owes the response. ``lease``: the row is born
+        leased to the sender that will send it at once, so that no sender has to look it up; if that
+        sender dies, the lease expires and the row is free for any other, as after ``take_due``.
+        The row as written is returned, for that sender.
         """
         with self._begin("queueing the response") as conn:
             for claim in held:
-                kind, c = claim.kind, claim.kind.table.c
+                kind = claim.kind
                 done = conn.execute(
-                    update(kind.table)
-                    .where(
-                        c[kind.owner] == claim.owner_id,
-                        c.sender_key == claim.sender_key,
-                        c.token == claim.token,
-                    )
-                    .values(state="sent")
+                    kind.confirm_held,
+                    {"p_owner": claim.owner_id, "p_sender_key": claim.sender_key, "p_token": claim.token},
                 )
                 if done.rowcount != 1:
                     raise ClaimLost(f"the {kind.what} claim for <{claim.sender_key}> was taken over")
-            result = conn.execute(
-                insert(outbox).values(
-                    created_at=audit.at,
-                    expires_at=owed.expires_at,
-                    next_attempt_at=audit.at,
-                    attempts=0,
-                    state=PENDING,
-                    lease_token=None,
-                    lease_until=None,
-                    sent_at=None,
-                    mail_from=owed.mail_from[:320],
-                    rcpt_to=owed.rcpt_to[:320],
-                    message=owed.message,
-                    last_error="",
-                    action=owed.action,
-                    queue_id=audit.queue_id,
-                    message_id=audit.message_id,
-                    sender=audit.sender,
-                    recipient=audit.recipient,
-                    claims=_claims_json(held, counters),
-                )
-            )
-            conn.execute(insert(decisions).values(**audit.__dict__))
-            key = result.inserted_primary_key
-            return int(key[0]) if key else 0
+            values: dict[str, Any] = {
+                "created_at": audit.at,
+                "expires_at": owed.expires_at,
+                "next_attempt_at": audit.at,
+                "attempts": 0,
+                "state": PENDING,
+                "lease_token": lease.token if lease else None,
+                "lease_until": lease.until if lease else None,
+                "sent_at": None,
+                "mail_from": owed.mail_from[:320],
+                "rcpt_to": owed.rcpt_to[:320],
+                "message": owed.message,
+                "last_error": "",
+                "action": owed.action,
+                "queue_id": audit.queue_id,
+                "message_id": audit.message_id,
+                "sender": audit.sender,
+                "recipient": audit.recipient,
+                "claims": _claims_json(held, counters),
+            }
+            key = conn.execute(_QUEUE, values).inserted_primary_key
+            conn.execute(_AUDIT, audit.__dict__)
+            assert key is not None
+            return OutboxRow(id=int(key[0]), **values)
 
     def take_due(self, owner: str, now: dt.datetime, batch: int, lease: float) -> list[OutboxRow]:
         """Lease up to ``batch`` pending rows due at ``now`` to one sender, for ``lease`` seconds.
@@ -229,23 +257,13 @@ class Outbox(Database):
 
     def mark_sending(self, row_id: int, token: str) -> bool:
         """Right before the final dot: False when the lease is no longer ours (do not send)."""
-        c = outbox.c
         with self._begin("marking a response as being sent") as conn:
-            done = conn.execute(
-                update(outbox)
-                .where(c.id == row_id, c.lease_token == token, c.state == PENDING)
-                .values(state=SENDING)
-            )
+            done = conn.execute(_MARK_SENDING, {"p_id": row_id, "p_token": token})
             return bool(done.rowcount == 1)
 
     def mark_sent(self, row_id: int, token: str, now: dt.datetime, note: str = "") -> None:
-        c = outbox.c
         with self._begin("marking a response sent") as conn:
-            conn.execute(
-                update(outbox)
-                .where(c.id == row_id, c.lease_token == token)
-                .values(state=SENT, sent_at=now, lease_until=None, last_error=note, attempts=c.attempts + 1)
-            )
+            conn.execute(_MARK_SENT, {"p_id": row_id, "p_token": token, "p_now": now, "p_note": note})
 
     def retry_later(self, row_id: int, token: str, error: str, at: dt.datetime) -> None:
         """A transient fault: back to pending (also from ``sending``: the relay answered, so it has no

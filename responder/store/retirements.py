@@ -6,13 +6,18 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Unpack
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from responder.decide.records import Retirement, RetirementChanges
 from responder.store.changes import Change, write_change
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, retired_addresses, vacations
+
+# The look-up of every message, built once (building it costs more than SQLite's run of it).
+_BY_ADDRESS = select(retired_addresses).where(
+    retired_addresses.c.address.in_(bindparam("p_addresses", expanding=True))
+)
 
 
 class Retirements(Database):
@@ -25,10 +30,7 @@ class Retirements(Database):
             return None
         with self._guard("looking up the retired address"), self.engine.connect() as conn:
             rows = {
-                row["address"]: row
-                for row in conn.execute(
-                    select(retired_addresses).where(retired_addresses.c.address.in_(wanted))
-                ).mappings()
+                row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()
             }
         for address in wanted:
             if address in rows:

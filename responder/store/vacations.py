@@ -6,13 +6,26 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Unpack
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from responder.decide.records import Translation, Vacation, VacationChanges
 from responder.store.changes import Change, write_change
 from responder.store.engine import Database
 from responder.store.schema import reply_claims, vacation_aliases, vacation_messages, vacations
+
+# The look-ups of every message, built once (building one costs more than SQLite's run of it).
+_BY_ADDRESS = select(vacations).where(vacations.c.address.in_(bindparam("p_addresses", expanding=True)))
+_ALIASES = (
+    select(vacation_aliases.c.vacation_id, vacation_aliases.c.address)
+    .where(vacation_aliases.c.vacation_id.in_(bindparam("p_ids", expanding=True)))
+    .order_by(vacation_aliases.c.id)
+)
+_MESSAGES = (
+    select(vacation_messages)
+    .where(vacation_messages.c.vacation_id.in_(bindparam("p_ids", expanding=True)))
+    .order_by(vacation_messages.c.audience, vacation_messages.c.language)
+)
 
 
 class Vacations(Database):
@@ -21,23 +34,14 @@ class Vacations(Database):
     def _aliases(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {i: [] for i in ids}
         if ids:
-            rows = conn.execute(
-                select(vacation_aliases.c.vacation_id, vacation_aliases.c.address)
-                .where(vacation_aliases.c.vacation_id.in_(ids))
-                .order_by(vacation_aliases.c.id)
-            )
-            for vacation_id, address in rows:
+            for vacation_id, address in conn.execute(_ALIASES, {"p_ids": list(ids)}):
                 found[vacation_id].append(address)
         return {i: tuple(v) for i, v in found.items()}
 
     def _translations(self, conn: Connection, ids: Sequence[int]) -> dict[int, tuple[Translation, ...]]:
         found: dict[int, list[Translation]] = {i: [] for i in ids}
         if ids:
-            c = vacation_messages.c
-            rows = conn.execute(
-                select(vacation_messages).where(c.vacation_id.in_(ids)).order_by(c.audience, c.language)
-            ).mappings()
-            for row in rows:
+            for row in conn.execute(_MESSAGES, {"p_ids": list(ids)}).mappings():
                 found[row["vacation_id"]].append(
                     Translation(
                         row["audience"], row["language"], row["subject"], row["message"], row["html_message"]
@@ -62,8 +66,7 @@ class Vacations(Database):
             return None
         with self._guard("looking up the vacation"), self.engine.connect() as conn:
             rows = {
-                row["address"]: row
-                for row in conn.execute(select(vacations).where(vacations.c.address.in_(wanted))).mappings()
+                row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()
             }
             for address in wanted:
                 if address in rows:
