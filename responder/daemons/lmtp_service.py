@@ -33,6 +33,7 @@ from responder.daemons import runtime, sockets
 from responder.daemons.outbox_sender import OutboxSender
 from responder.decide.context import Context, Services
 from responder.decide.engine import Decision, log_decision, record, respond_safely
+from responder.decide.records import DecisionRecord
 from responder.decide.rules import AFTER_HEADERS, ALL_PHASES, HEADER_PHASE, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable
 from responder.lmtp.session import Session, SessionClosed, Transaction
@@ -41,10 +42,11 @@ from responder.mail.message import Envelope, Inbound
 from responder.observe import events
 from responder.outcome import DECIDED, Outcome
 from responder.smtp.transport import Handover, Sendable, SmtpTransport
+from responder.store.group_commit import GroupCommit
 from responder.store.outbox import Lease, OutboxRow, lease_token
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     import dns.resolver
@@ -179,6 +181,7 @@ class WarmServices(Services):
         self.relay = transport
         self.key = key
         self._lock = threading.Lock()
+        self._audit = GroupCommit(self._write_audit)
         # Set by the outbox sender: called (from a worker thread) once a response is committed.
         self.on_queued: Callable[[OutboxRow], None] | None = None
 
@@ -192,6 +195,13 @@ class WarmServices(Services):
         job: Job | None = getattr(_running, "job", None)
         if job is not None and not job.start_sending():
             raise DeadlineExceeded("deadline passed before the response was queued")
+
+    def record(self, row: DecisionRecord) -> None:
+        # Rows of the decisions finishing together share one transaction.
+        self._audit.record(row)
+
+    def _write_audit(self, rows: Sequence[DecisionRecord]) -> None:
+        self.store.record_many(rows)  # the store of the moment: it is opened again after a fault
 
     def outbox_lease(self, now: dt.datetime) -> Lease | None:
         # Born leased to this process's sender, which is handed the row at once (see queued).
@@ -563,11 +573,12 @@ class Service:
                 ),
                 data,
             )
+            recipients = transaction.recipients
+            if len(recipients) == 1:  # most messages: no gather, no task
+                only = recipients[0]
+                return [await self._decide(generation, message.for_recipient(only.address, only.original))]
             replies = await asyncio.gather(
-                *(
-                    self._decide(generation, message.for_recipient(rcpt.address, rcpt.original))
-                    for rcpt in transaction.recipients
-                )
+                *(self._decide(generation, message.for_recipient(r.address, r.original)) for r in recipients)
             )
             return list(replies)
         finally:
@@ -608,9 +619,28 @@ class Service:
 
 
 async def _within(future: asyncio.Future[Any], timeout: float) -> bool:
-    """Whether ``future`` is done within ``timeout`` seconds; it is never cancelled (a thread runs it)."""
-    done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
-    return bool(done)
+    """Whether ``future`` is done within ``timeout`` seconds; it is never cancelled (a thread runs it).
+
+    What asyncio.wait does for one future, without its sets, tasks and second future: this runs
+    twice for every message.
+    """
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(max(0.0, timeout), wake)
+    future.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
+    return future.done()
 
 
 def run_worker(service: Service) -> None:

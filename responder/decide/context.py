@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from responder.config.settings import Settings
     from responder.decide.audience import AudienceChoice
     from responder.decide.content import Content
-    from responder.decide.records import Retirement, Vacation
+    from responder.decide.records import DecisionRecord, Retirement, Vacation
     from responder.decide.templates import Renderer
     from responder.mail.signing import Signer
     from responder.smtp.transport import Transport
@@ -194,6 +194,10 @@ class Services:
 
     def before_queue(self) -> None:
         """Right before the outbox commit; raise TransientError when it is too late to promise."""
+
+    def record(self, row: DecisionRecord) -> None:
+        """Write one audit row (the service shares transactions among its threads)."""
+        self.store.record(row)
 
     def outbox_lease(self, now: dt.datetime) -> Lease | None:
         """The lease a response is queued under when this process sends it itself (None: any sender)."""

@@ -288,7 +288,7 @@ def record(ctx: Context, decision: Decision) -> None:
     # The row is shared with the pipe hook's fast path, which writes it through the driver alone.
     row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
     try:
-        ctx.services.store.record(DecisionRecord(**row))
+        ctx.services.record(DecisionRecord(**row))
     except TransientError as exc:
         log.warning("audit not written: %s", exc)
 
