@@ -123,3 +123,23 @@ def test_ordinary_templates_render_as_before(templates: str) -> None:
     assert Renderer(templates).render("plain.j2", VARIABLES) == (
         "bob@example.org / xxx [1, 2, 3] ab bob@example.org! bob@example.org? a, b xz ab   | 1 5"
     )
+
+
+def test_only_the_admins_templates_go_to_the_child(templates: str) -> None:
+    """The packaged templates are rendered in the service's own process; an admin's in the child, also
+    when it shadows a packaged name, and so is a name the loader refuses."""
+    (Path(templates) / "vacation.txt.j2").write_text("admin's {{ message }}\n", encoding="utf-8")
+    variables = {**VARIABLES, "message": "Away.", "end": None, "timezone": "UTC"}
+    renderer = Renderer(templates, isolated=True)
+    try:
+        assert renderer.render(["vacation.de.txt.j2", "vacation.txt.j2"], variables).startswith("Away.")
+        assert renderer.child is not None and renderer.child.process is None  # no child started
+        assert renderer.render("vacation.txt.j2", variables) == "admin's Away.\n"
+        assert renderer.child.process is not None
+        with pytest.raises(RenderError, match="none of the templates given were found"):
+            renderer.render("../vacation.txt.j2", variables)
+    finally:
+        renderer.close()
+    packaged_only = Renderer("", isolated=True)
+    assert packaged_only.child is None
+    assert packaged_only.render("vacation.txt.j2", variables).startswith("Away.")

@@ -2,9 +2,10 @@
 
 A template's cost can depend on what the sender wrote (its subject), so every render is cut off after
 MAX_SECONDS or MAX_OUTPUT characters. In-process (the pipe hook, ``vacation set``) the clock is checked
-on every line the template executes. The service renders in a child process instead (``isolated``),
-whose address space is limited and which is killed at the time limit: there a template can cost one
-render's failure, never the memory or the workers of the service.
+on every line the template executes. The service renders the admin's templates in a child process
+instead (``isolated``), whose address space is limited and which is killed at the time limit: there a
+template can cost one render's failure, never the memory or the workers of the service. The packaged
+templates, whose cost follows their bounded variables, are rendered in-process everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime as dt
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -271,7 +273,11 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.child: _Child | None = _Child(templates_dir) if isolated else None
+        self.packaged = search[-1]
+        # Only the admin's templates can cost more than their output: the packaged ones are linear
+        # in their variables, so they are rendered here, and a render child exists only for a
+        # directory of the admin's.
+        self.child: _Child | None = _Child(templates_dir) if isolated and templates_dir else None
 
     def warm(self) -> None:
         """Start the render child now rather than at the first render."""
@@ -281,9 +287,23 @@ class Renderer:
 
     def render(self, name: str | Sequence[str], variables: Mapping[str, Any]) -> str:
         """Render the first of ``name`` (one name or several) that exists."""
-        if self.child is not None:
+        if self.child is not None and self._admin_template(name):
             return self.child.render(name, variables)
         return self.render_here(name, variables)
+
+    def _admin_template(self, names: str | Sequence[str]) -> bool:
+        """Whether the template that ``names`` selects (as select_template does) is the admin's:
+        True also for a name the loader would refuse, so that the child reports it."""
+        choices = (names,) if isinstance(names, str) else tuple(names)
+        for name in choices:
+            parts = name.split("/")
+            if name.startswith("/") or ".." in parts or "\\" in name:
+                return True
+            if (Path(self.templates_dir) / name).is_file():
+                return True
+            if (self.packaged / name).is_file():
+                return False
+        return True
 
     def render_here(self, names: str | Sequence[str], variables: Mapping[str, Any]) -> str:
         """Render in this thread, within MAX_SECONDS and MAX_OUTPUT."""
@@ -388,22 +408,16 @@ class _Child:
         with self.lock:
             process = self.start()
             assert process.stdin is not None and process.stdout is not None
-            answer: list[Any] = []
-            # The child's answer is read in a thread of its own: a render that does not end in time
-            # is ended by killing the child, which also ends that read.
-            reader = threading.Thread(target=lambda: answer.append(_safe_read(process.stdout)))
             try:
                 _write(process.stdin, {"name": names, "variables": _encode(variables)})
             except (OSError, ValueError) as exc:
                 self._kill()
                 raise RenderError(f"template {name}: the render process failed: {exc}") from None
-            reader.start()
-            reader.join(MAX_SECONDS + 1)
-            if reader.is_alive() or not answer or answer[0] is None:
+            # A render that does not end in time is ended by killing the child.
+            result = _read_within(process.stdout.fileno(), MAX_SECONDS + 1)
+            if result is None:
                 self._kill()
-                reader.join()
                 raise RenderError(f"template {name}: took longer than {MAX_SECONDS:g}s or ran out of memory")
-        result = answer[0]
         if "error" in result:
             raise RenderError(str(result["error"]))
         return str(result["text"])
@@ -435,11 +449,35 @@ class _Child:
             self.lock.release()
 
 
-def _safe_read(stream: IO[bytes] | None) -> Any:
-    assert stream is not None
+def _read_within(fd: int, seconds: float) -> Any:
+    """The child's next answer (as _read takes it), or None when it does not come within ``seconds``
+    or the child ended. Reads the pipe directly, never past the answer: the child sends nothing else."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    received = bytearray()
+
+    def fill(size: int) -> bool:
+        while len(received) < size:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                return False
+            try:
+                chunk = os.read(fd, size - len(received))
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            received.extend(chunk)
+        return True
+
+    if not fill(4):
+        return None
+    if not fill(4 + int.from_bytes(received[:4], "big")):
+        return None
     try:
-        return _read(stream)
-    except (OSError, ValueError, EOFError):
+        return json.loads(received[4:].decode("utf-8", "surrogatepass"))
+    except ValueError:
         return None
 
 
