@@ -85,6 +85,27 @@ class ClaimKind:
     def insert_claim(self) -> Insert:
         return insert(self.table)
 
+    def insert_if_absent(self, dialect: str) -> Insert | None:
+        """INSERT ... ON CONFLICT DO NOTHING where the backend has it, so that a failed INSERT need not
+        end the transaction; None for MySQL/MariaDB. It returns the new row's token, or no row when
+        the row exists (rowcount cannot tell: with RETURNING, drivers count differently)."""
+        if dialect not in self._insert_if_absent:
+            built: Insert | None = None
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                built = sqlite_insert(self.table).on_conflict_do_nothing().returning(self.table.c.token)
+            elif dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+                built = postgresql_insert(self.table).on_conflict_do_nothing().returning(self.table.c.token)
+            self._insert_if_absent[dialect] = built
+        return self._insert_if_absent[dialect]
+
+    @cached_property
+    def _insert_if_absent(self) -> dict[str, Insert | None]:
+        return {}
+
     def take_over(self, with_interval: bool) -> Update:
         """The UPDATE that takes a free row (see Claims._claim_once), with or without an interval."""
         return self._take_over[with_interval]
@@ -205,20 +226,25 @@ class Claims(Database):
             "token": request.token,
         }
         # The row exists for every sender answered before, so the UPDATE goes first: one statement
-        # for a sender seen before, the INSERT (its own transaction: a failed INSERT ends a
-        # PostgreSQL transaction) only for one never answered.
+        # for a sender seen before; for one never answered, the INSERT in the same transaction
+        # where it can do nothing on a conflict, else (MySQL/MariaDB) in one of its own.
         for _attempt in range(3):
             with self._begin(f"claiming the {kind.what} interval") as conn:
                 if conn.execute(take_over, takes).rowcount == 1:
                     return WON
+                absent = kind.insert_if_absent(conn.dialect.name)
+                if absent is not None and conn.execute(absent, row_values).first() is not None:
+                    return WON
                 row = conn.execute(kind.read_claim, mine).first()
-            if row is None:
+            if row is None and absent is None:
                 try:
                     with self._begin(f"claiming the {kind.what} interval") as conn:
                         conn.execute(kind.insert_claim, row_values)
                     return WON
                 except sa_exc.IntegrityError:
                     continue  # another delivery created it in between: look again
+            if row is None:
+                continue  # released between the INSERT and the read: look again
             found = LastClaim(row.replied_at, row.message_key, row.state)
             verdict = found.verdict(request.message_key, now, request.interval, request.stale_after)
             if verdict != WON:
