@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import suppress
 
 from responder.errors import ExitCode, TransientError
 from responder.hook.envelope import UsageError, add_envelope_arguments, command_parser
@@ -172,8 +171,12 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         try:
             from responder.hook.deliver import guarded_deliver
         except BaseException as exc:  # a broken install: as entry.py, the message is kept, not bounced
-            with suppress(AttributeError, OSError, ValueError):
+            # Not contextlib.suppress: this module is on the thin client's path, which imports
+            # nothing it can do without (contextlib brings collections and functools, 3 ms).
+            try:  # noqa: SIM105 - see above
                 sys.stderr.write(f"responder: cannot load the hook ({exc!r}); deferring\n")
+            except (AttributeError, OSError, ValueError):
+                pass
             return ExitCode.EX_TEMPFAIL
         return guarded_deliver(argv, stdin)
     from responder.config.load import ConfigError

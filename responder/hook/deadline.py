@@ -22,14 +22,14 @@ from __future__ import annotations
 import _thread
 import os
 import time
-from contextlib import contextmanager, suppress
 
 from responder.errors import DeadlineExceeded, ExitCode
 
 # typing.TYPE_CHECKING without importing typing (which imports re): mypy reads this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 # Seconds past deliver.deadline by which a hook process has certainly ended (documented in the README):
 # the time the deferral's clean-up gets after the soft deadline. Postfix's command_time_limit (1000 s for
@@ -46,8 +46,10 @@ LAST_LINE_WAIT = 0.5
 def _stderr(line: str) -> None:
     # os.write, not sys.stderr: the main thread may hold the stream's lock; logsetup's format. With
     # descriptor 2 closed the line is lost: the exit status matters more.
-    with suppress(OSError):
+    try:  # noqa: SIM105 - contextlib is not imported on the thin client's path
         os.write(2, f"responder[{os.getpid()}]: ERROR {line}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
 
 
 class HookDeadline:
@@ -109,29 +111,9 @@ class HookDeadline:
 
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    @contextmanager
-    def soft(self) -> Iterator[None]:
+    def soft(self) -> _Soft:
         """Raise DeadlineExceeded in the main thread when the deadline passes, unless settled by then."""
-        import signal
-
-        def expire(_signum: int, _frame: object) -> None:
-            # A signal already pending when settle() stopped the timer must not undo the decision.
-            if not self.settled:
-                raise DeadlineExceeded(f"deadline of {self.deadline:g}s passed")
-
-        left = self.remaining()
-        if left <= 0:
-            raise DeadlineExceeded(f"deadline of {self.deadline:g}s passed")
-        previous = signal.signal(signal.SIGALRM, expire)
-        self._soft = True
-        if not self.settled:
-            signal.setitimer(signal.ITIMER_REAL, left)
-        try:
-            yield
-        finally:
-            self._soft = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        return _Soft(self)
 
     def _watch(self, stop: _thread.LockType, end: float) -> None:
         while (left := end - time.monotonic()) > 0:
@@ -162,3 +144,40 @@ class HookDeadline:
             _stderr(line)
         finally:
             said.release()
+
+
+class _Soft:
+    """HookDeadline.soft's context: SIGALRM raises DeadlineExceeded while it is entered.
+
+    A class rather than contextlib.contextmanager: contextlib (with collections and functools) is
+    not imported on the thin client's path.
+    """
+
+    def __init__(self, hook: HookDeadline) -> None:
+        self.hook = hook
+        self.previous: Any = None
+
+    def __enter__(self) -> None:
+        import signal
+
+        hook = self.hook
+
+        def expire(_signum: int, _frame: object) -> None:
+            # A signal already pending when settle() stopped the timer must not undo the decision.
+            if not hook.settled:
+                raise DeadlineExceeded(f"deadline of {hook.deadline:g}s passed")
+
+        left = hook.remaining()
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline of {hook.deadline:g}s passed")
+        self.previous = signal.signal(signal.SIGALRM, expire)
+        hook._soft = True
+        if not hook.settled:
+            signal.setitimer(signal.ITIMER_REAL, left)
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        self.hook._soft = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.previous)

@@ -9,7 +9,6 @@ leaves comes here with what it learnt (a Handoff), and the full path resumes whe
 from __future__ import annotations
 
 import sys
-from contextlib import suppress
 
 from responder.errors import ExitCode, TransientError
 
@@ -58,8 +57,10 @@ def guarded_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
 
 def last_words(text: str) -> None:
     # With descriptor 2 closed the write fails (EBADF; sys.stderr may even be None): the status matters more.
-    with suppress(AttributeError, OSError, ValueError):
+    try:  # noqa: SIM105 - contextlib is not imported on the thin client's path
         sys.stderr.write(f"responder: {text}\n")
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def run_deliver(argv: Sequence[str], stdin: BinaryIO | None) -> int:
