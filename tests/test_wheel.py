@@ -29,12 +29,12 @@ def _run(
 
 
 def _metadata(wheel: Path) -> tuple[dict[str, str], str]:
-    """The wheel's METADATA fields and its entry_points.txt."""
+    """The wheel's METADATA fields and its ``responder`` script."""
     with zipfile.ZipFile(wheel) as archive:
         [info] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
-        [entry_points] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        [script] = [n for n in archive.namelist() if n.endswith(".data/scripts/responder")]
         fields = HeaderParser().parsestr(archive.read(info).decode())
-        return dict(fields.items()), archive.read(entry_points).decode()
+        return dict(fields.items()), archive.read(script).decode()
 
 
 def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
@@ -42,17 +42,21 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, REPO, cwd=tmp_path)
     [wheel] = dist.glob("*.whl")
     assert wheel.name.startswith(WHEEL_PREFIX), wheel.name
-    fields, entry_points = _metadata(wheel)
+    fields, script = _metadata(wheel)
     assert fields["Name"] == DISTRIBUTION
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
     # The web pages' templates and style sheet are package data, not only source files.
     assert {"responder/web/templates/vacation.html", "responder/web/static/style.css"} <= shipped
-    assert re.search(r"^responder = responder\.entry:main$", entry_points, re.MULTILINE), entry_points
+    # The command is a script of ours (the installer points its shebang at the venv's interpreter),
+    # not the installer's console-script wrapper, which imports re.
+    assert script.startswith("#!python\n") and "from responder.entry import main" in script, script
+    assert not re.search(r"^import re$", script, re.MULTILINE)
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     _run(venv / "bin" / "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=tmp_path)
     responder = venv / "bin" / "responder"
+    assert responder.read_text(encoding="utf-8").startswith(f"#!{venv / 'bin' / 'python'}")
     config = write_config(
         tmp_path / "responder.toml",
         {"database": {"url": f"sqlite:///{tmp_path}/db.sqlite3"}, "verify": {"require": "off"}},
