@@ -78,6 +78,10 @@ class StallingProxy:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
+            # shutdown first: a bare close leaves the connection up (no FIN) while another thread is
+            # blocked in recv on it, and the server would keep the stalled transaction and its locks.
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with suppress(OSError):
                 sock.close()
 

@@ -40,7 +40,7 @@ LIMIT = DEADLINE + MARGIN + STARTUP
 SERVERS = [pytest.param(kind, marks=pytest.mark.backend) for kind in ("postgresql", "mysql")]
 
 # What the hook sends when it takes a claim and writes the audit row (both servers).
-CLAIM = b"INSERT INTO reply_claims"
+CLAIM = b"UPDATE reply_claims SET replied_at"  # the claim's first statement
 AUDIT = b"INSERT INTO decisions"
 
 
