@@ -210,8 +210,14 @@ class WarmServices(Services):
         return Lease(lease_token(self.key), now + dt.timedelta(seconds=self.settings.outbox.lease))
 
     def queued(self, row: OutboxRow) -> None:
-        if self.on_queued is not None:
+        if self.on_queued is None:
+            return
+        try:
             self.on_queued(row)
+        except RuntimeError:
+            # The loop has closed (the process is stopping): the response is committed, and its
+            # lease expires for whichever sender runs next.
+            log.warning("outbox: response %d left to the next sender (stopping)", row.id)
 
     @property
     def store(self) -> Store:

@@ -83,7 +83,7 @@ class OutboxSender:
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
         self.sending = False
-        # Responses this process committed and sends at once, without looking them up (see handed).
+        # Responses this process committed and sends at once, without looking them up (see _hand).
         self.handed: set[asyncio.Task[None]] = set()
         self.refused_while_stopping = False
         self.gate: tuple[int, asyncio.Semaphore] | None = None
