@@ -70,7 +70,7 @@ class IntervalClaim(NamedTuple):
     audience: str = "internal"
 
     def confirm(self) -> None:
-        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token, self.audience)
+        self.store.confirm_claim(self.kind, self.owner_id, self.sender_key, self.token)
 
     def release(self) -> None:
         self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token, self.audience)

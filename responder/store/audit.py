@@ -20,7 +20,7 @@ class PurgeResult:
     audit: int
 
 
-_RECORD = insert(decisions)  # built once: it is written for every message
+AUDIT_ROW = insert(decisions)  # built once: it is written for every message
 
 
 class Audit(Database):
@@ -28,12 +28,12 @@ class Audit(Database):
 
     def record(self, record: DecisionRecord) -> None:
         with self._begin("writing the audit") as conn:
-            conn.execute(_RECORD, record.__dict__)
+            conn.execute(AUDIT_ROW, record.__dict__)
 
     def record_many(self, records: Sequence[DecisionRecord]) -> None:
         """Several audit rows in one transaction (responder.store.group_commit)."""
         with self._begin("writing the audit") as conn:
-            conn.execute(_RECORD, [record.__dict__ for record in records])
+            conn.execute(AUDIT_ROW, [record.__dict__ for record in records])
 
     def decisions(
         self,

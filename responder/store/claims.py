@@ -140,8 +140,8 @@ class ClaimKind:
         return select(c.replied_at, c.message_key, c.state).where(*self._mine_bound())
 
     @cached_property
-    def confirm_held(self) -> Update:
-        """Mark the claim of token ``p_token`` sent (the token alone tells the row apart)."""
+    def confirm(self) -> Update:
+        """Mark the claim of token ``p_token`` sent: the token alone tells a delivery's row apart."""
         c = self.table.c
         return (
             update(self.table)
@@ -150,15 +150,6 @@ class ClaimKind:
                 c.sender_key == bindparam("p_sender_key"),
                 c.token == bindparam("p_token"),
             )
-            .values(state="sent")
-        )
-
-    @cached_property
-    def confirm(self) -> Update:
-        """Mark this delivery's claim (``p_token``) sent."""
-        return (
-            update(self.table)
-            .where(*self._mine_bound(), self.table.c.token == bindparam("p_token"))
             .values(state="sent")
         )
 
@@ -252,11 +243,9 @@ class Claims(Database):
         # The row kept changing under us: another delivery is deciding right now.
         return PENDING
 
-    def confirm_claim(
-        self, kind: ClaimKind, owner_id: int, sender_key: str, token: str, audience: str = INTERNAL
-    ) -> None:
+    def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
         with self._begin(f"confirming the {kind.what}") as conn:
-            conn.execute(kind.confirm, {**kind.params(owner_id, sender_key, audience), "p_token": token})
+            conn.execute(kind.confirm, {"p_owner": owner_id, "p_sender_key": sender_key, "p_token": token})
 
     def release_claim(
         self,

@@ -24,10 +24,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from responder.decide.records import DecisionRecord
 from responder.errors import StoreUnavailable
+from responder.store.audit import AUDIT_ROW
 from responder.store.claims import BOUNCES, REPLIES, ClaimKind
 from responder.store.counters import CounterWindow
 from responder.store.engine import Database
-from responder.store.schema import bounce_claims, decisions, outbox, rate_counters, reply_claims
+from responder.store.schema import bounce_claims, outbox, rate_counters, reply_claims
 
 PENDING, SENDING, SENT, FAILED, GAVE_UP = "pending", "sending", "sent", "failed", "gave-up"
 STATES = (PENDING, SENDING, SENT, FAILED, GAVE_UP)
@@ -148,7 +149,6 @@ def _give_back(conn: Connection, claims: str) -> None:
 _c = outbox.c
 # The statements of every response, built once (building one costs more than SQLite's run of it).
 _QUEUE = insert(outbox)
-_AUDIT = insert(decisions)
 _MARK_SENDING = (
     update(outbox)
     .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"), _c.state == PENDING)
@@ -190,7 +190,7 @@ class Outbox(Database):
             for claim in held:
                 kind = claim.kind
                 done = conn.execute(
-                    kind.confirm_held,
+                    kind.confirm,
                     {"p_owner": claim.owner_id, "p_sender_key": claim.sender_key, "p_token": claim.token},
                 )
                 if done.rowcount != 1:
@@ -216,7 +216,7 @@ class Outbox(Database):
                 "claims": _claims_json(held, counters),
             }
             key = conn.execute(_QUEUE, values).inserted_primary_key
-            conn.execute(_AUDIT, audit.__dict__)
+            conn.execute(AUDIT_ROW, audit.__dict__)
             assert key is not None
             return OutboxRow(id=int(key[0]), **values)
 
@@ -306,7 +306,7 @@ class Outbox(Database):
                 )
             )
             _give_back(conn, row.claims)
-            conn.execute(insert(decisions).values(**audit.__dict__))
+            conn.execute(AUDIT_ROW, audit.__dict__)
             return True
 
     def release_leases(self, owner: str, now: dt.datetime) -> int:
