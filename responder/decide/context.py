@@ -238,12 +238,17 @@ class Context(HeaderFacts):
         self.claims: list[Claim] = []
 
     @cached_property
+    def _records(self) -> tuple[Vacation | None, Retirement | None]:
+        # Every decision past the header rules asks for both: one connection for the two.
+        return self.services.store.recipient_records(self.recipients)
+
+    @cached_property
     def vacation(self) -> Vacation | None:
-        return self.services.store.vacation_for(self.recipients)
+        return self._records[0]
 
     @cached_property
     def retirement(self) -> Retirement | None:
-        return self.services.store.retirement_for(self.recipients)
+        return self._records[1]
 
     @cached_property
     def kind(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from responder.decide.records import DecisionRecord, Retirement, Vacation
 from responder.store.audit import Audit, PurgeResult
 from responder.store.changes import Change, Changes
@@ -63,3 +65,11 @@ class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox,
             return cls(make_engine(url, busy_timeout, pooled), busy_timeout=busy_timeout)
         engine = make_engine(sqlite[1], busy_timeout, pooled)
         return cls(engine, sqlite_path=sqlite[0], busy_timeout=busy_timeout)
+
+    def recipient_records(self, addresses: Sequence[str]) -> tuple[Vacation | None, Retirement | None]:
+        """``vacation_for`` and ``retirement_for`` of every message, on one connection."""
+        wanted = [a for a in addresses if a]
+        if not wanted:
+            return None, None
+        with self._guard("looking up the recipient"), self.engine.connect() as conn:
+            return self._vacation_on(conn, wanted), self._retirement_on(conn, wanted)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Unpack
 
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
 from responder.decide.records import Retirement, RetirementChanges
 from responder.store.changes import Change, write_change
@@ -29,9 +29,11 @@ class Retirements(Database):
         if not wanted:
             return None
         with self._guard("looking up the retired address"), self.engine.connect() as conn:
-            rows = {
-                row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()
-            }
+            return self._retirement_on(conn, wanted)
+
+    @staticmethod
+    def _retirement_on(conn: Connection, wanted: Sequence[str]) -> Retirement | None:
+        rows = {row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()}
         for address in wanted:
             if address in rows:
                 return _retirement(rows[address])

@@ -65,16 +65,17 @@ class Vacations(Database):
         if not wanted:
             return None
         with self._guard("looking up the vacation"), self.engine.connect() as conn:
-            rows = {
-                row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()
-            }
-            for address in wanted:
-                if address in rows:
-                    row = rows[address]
-                    ids = [row["id"]]
-                    return self._vacation(
-                        row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]]
-                    )
+            return self._vacation_on(conn, wanted)
+
+    def _vacation_on(self, conn: Connection, wanted: Sequence[str]) -> Vacation | None:
+        rows = {row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()}
+        for address in wanted:
+            if address in rows:
+                row = rows[address]
+                ids = [row["id"]]
+                return self._vacation(
+                    row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]]
+                )
         return None
 
     def list_vacations(self) -> list[Vacation]:
