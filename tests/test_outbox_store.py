@@ -113,6 +113,25 @@ def test_sending_needs_the_lease_and_sent_is_final(store: Store) -> None:
     assert store.take_due(KEY, NOW + dt.timedelta(days=1), 10, 60) == []
 
 
+def test_a_senders_marks_of_one_moment_share_a_transaction_and_each_checks_its_lease(store: Store) -> None:
+    for number in range(3):
+        _queue(store, f"s{number}@example.org")
+    rows = store.take_due(KEY, NOW, 10, 60)
+    tokens = [row.lease_token or "" for row in rows]
+    # The second row's lease is another sender's by now: it alone is refused.
+    marks = store.mark_sending_many(
+        [(rows[0].id, tokens[0]), (rows[1].id, "9" * 32), (rows[2].id, tokens[2])]
+    )
+    assert marks == [True, False, True]
+    store.mark_sent_many([(rows[0].id, tokens[0], NOW, ""), (rows[2].id, tokens[2], NOW, "answer lost")])
+    states = {row.id: (row.state, row.last_error) for row in store.outbox_rows()}
+    assert states == {
+        rows[0].id: ("sent", ""),
+        rows[1].id: ("pending", ""),
+        rows[2].id: ("sent", "answer lost"),
+    }
+
+
 def test_a_transient_fault_schedules_a_retry(store: Store) -> None:
     _queue(store)
     [row] = store.take_due(KEY, NOW, 10, 60)

@@ -16,10 +16,11 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
+from responder.daemons.batched import Batched
 from responder.decide.context import utcnow
 from responder.decide.records import DecisionRecord
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, StoreUnavailable
@@ -43,6 +44,7 @@ DB_THREADS = 4
 # At stop, how long giving the leases back may take before they are left to expire.
 RELEASE_WAIT = 2.0
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 GAVE_UP = "relay-gave-up"
 REFUSED = "relay-refused"
 
@@ -90,6 +92,9 @@ class OutboxSender:
         # Its own threads: one stuck on a locked database must not hold up the loop's shutdown, and
         # their names mark them as the service's workers (see lmtp_service.run_worker).
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="responder-worker-outbox")
+        # The sends of the moment share their writes: one thread call and one transaction each.
+        self.mark_sending = Batched(_mark_sending, self._db)
+        self.mark_sent = Batched(_mark_sent, self._db)
 
     def _db(self, call: Callable[..., T], *args: object) -> asyncio.Future[T]:
         return self.loop.run_in_executor(self.executor, call, *args)
@@ -207,7 +212,7 @@ class OutboxSender:
         assert token is not None
 
         async def before_final_dot() -> None:
-            if not await self._db(store.mark_sending, row.id, token):
+            if not await self.mark_sending((store, row.id, token)):
                 raise LeaseLost(f"response {row.id} was taken over by another sender")
 
         handover = Handover(before_final_dot)
@@ -241,7 +246,7 @@ class OutboxSender:
 
     async def _sent(self, store: Store, row: OutboxRow, token: str, note: str) -> None:
         try:
-            await self._db(store.mark_sent, row.id, token, utcnow(), note)
+            await self.mark_sent((store, row.id, token, utcnow(), note))
         except StoreUnavailable as exc:
             # It stays "sending": whoever finds it so after its lease counts it as sent, never resends.
             log.warning("outbox: response %d sent but not marked (counted as sent later): %s", row.id, exc)
@@ -311,6 +316,28 @@ class OutboxSender:
             reason=reason,
             detail=printable(detail),
         )
+
+
+def _per_store(
+    items: Sequence[tuple[Store, *Ts]], run: Callable[[Store, list[tuple[*Ts]]], Sequence[T]]
+) -> list[T]:
+    """``run(store, rows)`` for the items of each store (there are two only across a reload), in order."""
+    results: list[T | None] = [None] * len(items)
+    stores: dict[int, tuple[Store, list[int]]] = {}
+    for number, item in enumerate(items):
+        stores.setdefault(id(item[0]), (item[0], []))[1].append(number)
+    for store, numbers in stores.values():
+        for number, result in zip(numbers, run(store, [items[n][1:] for n in numbers]), strict=True):
+            results[number] = result
+    return results  # type: ignore[return-value]  # every place was filled
+
+
+def _mark_sending(items: Sequence[tuple[Store, int, str]]) -> list[bool]:
+    return _per_store(items, lambda store, rows: store.mark_sending_many(rows))
+
+
+def _mark_sent(items: Sequence[tuple[Store, int, str, dt.datetime, str]]) -> list[None]:
+    return _per_store(items, lambda store, rows: store.mark_sent_many(rows))
 
 
 def _relay_fault(exc: BaseException, usable: bool) -> None:

@@ -257,13 +257,30 @@ class Outbox(Database):
 
     def mark_sending(self, row_id: int, token: str) -> bool:
         """Right before the final dot: False when the lease is no longer ours (do not send)."""
+        return self.mark_sending_many([(row_id, token)])[0]
+
+    def mark_sending_many(self, rows: Sequence[tuple[int, str]]) -> list[bool]:
+        """``mark_sending`` of each (id, lease token) in one transaction: a sender's sends of the moment."""
         with self._begin("marking a response as being sent") as conn:
-            done = conn.execute(_MARK_SENDING, {"p_id": row_id, "p_token": token})
-            return bool(done.rowcount == 1)
+            return [
+                conn.execute(_MARK_SENDING, {"p_id": row_id, "p_token": token}).rowcount == 1
+                for row_id, token in rows
+            ]
 
     def mark_sent(self, row_id: int, token: str, now: dt.datetime, note: str = "") -> None:
+        self.mark_sent_many([(row_id, token, now, note)])
+
+    def mark_sent_many(self, rows: Sequence[tuple[int, str, dt.datetime, str]]) -> list[None]:
+        """``mark_sent`` of each (id, lease token, when, note) in one transaction."""
         with self._begin("marking a response sent") as conn:
-            conn.execute(_MARK_SENT, {"p_id": row_id, "p_token": token, "p_now": now, "p_note": note})
+            conn.execute(
+                _MARK_SENT,
+                [
+                    {"p_id": row_id, "p_token": token, "p_now": now, "p_note": note}
+                    for row_id, token, now, note in rows
+                ],
+            )
+        return [None] * len(rows)
 
     def retry_later(self, row_id: int, token: str, error: str, at: dt.datetime) -> None:
         """A transient fault: back to pending (also from ``sending``: the relay answered, so it has no
