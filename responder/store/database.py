@@ -59,12 +59,15 @@ class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox,
     @classmethod
     def open(cls, url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Store:
         """A store on ``url``. A SQLite file is never created here (a command that only reads, or a
-        hook, would leave an empty file with its own owner): only ``upgrade`` creates it."""
+        hook, would leave an empty file with its own owner): only ``upgrade`` creates it.
+
+        ``pooled``: for a long-running process. Its connections are checked before use, and on SQLite
+        its writers take turns with the other processes of the service on ``<file>.lock``."""
         sqlite = sqlite_file(url)
         if sqlite is None:
             return cls(make_engine(url, busy_timeout, pooled), busy_timeout=busy_timeout)
         engine = make_engine(sqlite[1], busy_timeout, pooled)
-        return cls(engine, sqlite_path=sqlite[0], busy_timeout=busy_timeout)
+        return cls(engine, sqlite_path=sqlite[0], busy_timeout=busy_timeout, shared_turn=pooled)
 
     def recipient_records(self, addresses: Sequence[str]) -> tuple[Vacation | None, Retirement | None]:
         """``vacation_for`` and ``retirement_for`` of every message, on one connection."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from responder.errors import StoreUnavailable
 from responder.observe import events
+from responder.store.writer_lock import LOCK_SUFFIX, WriterTurn
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
 # ProgrammingError is here for "permission denied" on PostgreSQL and MySQL: an admin's fix away, so
@@ -158,14 +158,22 @@ def sqlite_file(url: str) -> tuple[str, str] | None:
 class Database:
     """An engine with fault translation: the base every repository of the store builds on."""
 
-    def __init__(self, engine: Engine, sqlite_path: str | None = None, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sqlite_path: str | None = None,
+        busy_timeout: float = 10.0,
+        shared_turn: bool = False,
+    ) -> None:
+        """``shared_turn``: the processes of a service take SQLite write turns on a lock file."""
         self.engine = engine
         self.sqlite_path = sqlite_path
         self.busy_timeout = busy_timeout
-        # SQLite has one writer at a time, and a writer that finds the file locked sleeps and polls
-        # (its busy handler, in steps of up to 100 ms): the threads of one process queue here
-        # instead and are woken as soon as the writer before them is done.
-        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else None
+        # SQLite has one writer at a time: writers wait in line here instead of in its busy handler.
+        self._writer: WriterTurn | None = None
+        if engine.dialect.name == "sqlite":
+            lock = sqlite_path + LOCK_SUFFIX if shared_turn and sqlite_path else None
+            self._writer = WriterTurn(lock)
 
     def exists(self) -> bool:
         """False for a SQLite file that is not there (yet: ``upgrade`` creates it)."""
@@ -173,6 +181,8 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
