@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from responder.store.database import Store
@@ -65,6 +66,28 @@ def test_a_nested_turn_keeps_the_file_until_the_outermost_release(tmp_path: Path
     turn.release()
     assert _held_elsewhere(lock)
     turn.release()
+    assert not _held_elsewhere(lock)
+    turn.close()
+
+
+def test_closing_does_not_wait_for_a_writer_that_still_holds_the_turn(tmp_path: Path) -> None:
+    lock = tmp_path / "db.lock"
+    turn = WriterTurn(str(lock))
+    held, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        assert turn.acquire(1)
+        held.set()
+        done.wait(10)
+        turn.release()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert held.wait(10)
+    turn.close()  # returns at once: the writer keeps its turn
+    assert _held_elsewhere(lock)
+    done.set()
+    thread.join(10)
     assert not _held_elsewhere(lock)
     turn.close()
 

@@ -42,10 +42,16 @@ class WriterTurn:
         self._threads.release()
 
     def close(self) -> None:
-        with self._threads:
+        # A writer still waiting in SQLite's busy handler (given up by a stopping service) keeps the
+        # turn; closing must not wait for it: its descriptor goes with the process.
+        if not self._threads.acquire(blocking=False):
+            return
+        try:
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)
             self._fd = -1
+        finally:
+            self._threads.release()
 
     def _lock_file(self) -> None:
         fd = self._open()
