@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from email import policy
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Unpack
@@ -15,6 +16,7 @@ from responder.decide.context import Services
 from responder.decide.engine import respond
 from responder.decide.records import VacationChanges
 from responder.mail.message import Envelope, Inbound
+from responder.mail.reply import compose_reply
 from responder.smtp.transport import SmtpTransport
 from responder.store.database import REPLIES, Store
 from tests.helpers import FakeClock, sample
@@ -204,3 +206,27 @@ def test_reply_fed_back_to_another_vacation_is_not_answered(
     decision = respond(Inbound(Envelope(ALICE, BOB), first.data), services)
     assert (decision.action, decision.reason) == ("suppress", "auto-submitted")
     assert len(sink.received()) == 1
+
+
+def test_a_field_folded_once_is_the_field_the_email_package_folds(tmp_path: Path) -> None:
+    inbound = Inbound(
+        Envelope(sender="bob@example.org", recipient="alice@example.com"), sample("personal.eml")
+    )
+    long_name = "Álice Ümlaut, " * 8  # a From that folds over lines, in encoded words
+    composed = []
+    for number in range(3):
+        outgoing = compose_reply(
+            inbound,
+            from_header=f'"{long_name}{number % 2}" <alice@example.com>',
+            responder_address="alice@example.com",
+            subject=None,
+            body="Away.\n",
+            envelope_sender="",
+            now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+            hostname="mx.example.com",
+        )
+        data = outgoing.as_bytes()
+        assert data == outgoing.message.as_bytes(policy=policy.SMTP)
+        composed.append(data.split(b"\r\nTo:", 1)[0])
+    assert composed[0] == composed[2] != composed[1]  # the folds kept apart by value
+    assert composed[0].count(b"\r\n ") >= 1 and b"=?utf-8?" in composed[0]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from email import policy
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses, make_msgid
+from typing import ClassVar
 
 # LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
 from responder.mail.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
@@ -48,6 +49,16 @@ class _RepeatingHeaders(HeaderRegistry):
     def __init__(self) -> None:
         super().__init__()
         self.kept: dict[tuple[str, str], BaseHeader] = {}
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        # The registry builds a new class on every look-up (twice per field set: its maximum count,
+        # then its value), the dearest step of composing a header; each name's class is kept.
+        key = name.lower()
+        found = self._classes.get(key)
+        if found is None:
+            found = self._classes[key] = super().__getitem__(name)
+        return found
 
     def __call__(self, name: str, value: object) -> BaseHeader:
         if not isinstance(value, str) or name.lower() not in _REPEATING:
@@ -61,7 +72,24 @@ class _RepeatingHeaders(HeaderRegistry):
         return header
 
 
-_POLICY = policy.SMTP.clone(header_factory=_RepeatingHeaders())
+class _FoldOnce(EmailPolicy):
+    """policy.SMTP, folding each repeating field once: a fold is a function of the name and value."""
+
+    _folded: ClassVar[dict[tuple[str, str], bytes]] = {}
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() not in _REPEATING:
+            return super().fold_binary(name, value)
+        key = (name, str(value))
+        folded = self._folded.get(key)
+        if folded is None:
+            if len(self._folded) >= _MAX_KEPT:
+                self._folded.clear()
+            folded = self._folded[key] = super().fold_binary(name, value)
+        return folded
+
+
+_POLICY = _FoldOnce(linesep="\r\n", header_factory=_RepeatingHeaders())
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,7 @@ class Outgoing:
     data: bytes = b""
 
     def as_bytes(self) -> bytes:
-        return self.data or self.message.as_bytes(policy=policy.SMTP)
+        return self.data or self.message.as_bytes(policy=_POLICY)
 
 
 def cut_text(text: str, limit: int) -> str:
