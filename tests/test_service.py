@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from responder.daemons.lmtp_service import INLINE_HEADERS
 from responder.lmtp import client as lmtpclient
 from responder.lmtp.session import Session, Transaction, split_path, xtext_decode
 from responder.store.database import Store
@@ -94,6 +95,26 @@ def test_one_status_per_recipient_in_order(
         [(ALICE, None, "QID1"), (CAROL, "no-vacation", "QID1"), ("not-an-address", "malformed", "QID1")]
     )
     assert service.log().count("action=") == 3
+
+
+def test_a_header_rule_decides_alike_on_the_loop_and_in_the_header_thread(
+    start_service: ServiceFactory, socket_path: Path, db_url: str
+) -> None:
+    service = start_service()
+    vacation_set(service.config, ALICE, "--message", "Away.")
+    small = _message(number=1, extra="Precedence: bulk")
+    large = _message(number=2, extra="Precedence: bulk") + b"x" * INLINE_HEADERS  # header rules in a thread
+    client = LmtpClient(socket_path)
+    client.greet()
+    replies = [
+        client.send_message(BOB, [ALICE], raw, xforward=f"IDENT=Q{len(raw)}")[0] for raw in (small, large)
+    ]
+    client.close()
+    assert [(code, "suppress (precedence)" in text) for code, text in replies] == [(250, True)] * 2
+    assert sorted(_audit(db_url)) == sorted(
+        [(ALICE, "precedence", f"Q{len(small)}"), (ALICE, "precedence", f"Q{len(large)}")]
+    )
+    assert service.log().count("action=suppress reason=precedence") == 2
 
 
 def test_database_fault_is_451_for_the_recipients_it_hits(

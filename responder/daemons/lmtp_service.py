@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiosmtplib
 
@@ -31,10 +31,10 @@ from responder.config.load import ConfigError, load
 from responder.config.settings import Settings, SmtpSettings
 from responder.daemons import runtime, sockets
 from responder.daemons.outbox_sender import OutboxSender
-from responder.decide.context import Context, Services
+from responder.decide.context import Context, HeaderFacts, Services
 from responder.decide.engine import Decision, log_decision, record, respond_safely
 from responder.decide.records import DecisionRecord
-from responder.decide.rules import AFTER_HEADERS, ALL_PHASES, HEADER_PHASE, first_firing
+from responder.decide.rules import AFTER_HEADERS, ALL_PHASES, HEADER_PHASE, Firing, first_firing
 from responder.errors import DeadlineExceeded, RelayUnavailable, StoreUnavailable
 from responder.lmtp.session import Session, SessionClosed, Transaction
 from responder.logsetup import printable, setup_logging
@@ -60,6 +60,9 @@ log = logging.getLogger("responder")
 
 # Threads that run the header rules; they never wait for DNS, the relay or a template.
 HEADER_THREADS = 2
+# Messages up to this size have their header rules run on the loop, where they cost less than the
+# hop to a header thread; the header of a larger message could hold the loop (and every session).
+INLINE_HEADERS = 64 * 1024
 _WORKER_PREFIX = "responder-worker"
 _HEADER_PREFIX = "responder-headers"
 
@@ -361,7 +364,6 @@ HEADERS_PASSED = ""
 def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
     """The header rules alone (in a header thread): the LMTP reply line; HEADERS_PASSED or None
     (a fault: every rule again) to go on deciding."""
-    envelope = inbound.envelope
     ctx = Context(inbound, services)
     try:
         found = first_firing(ctx, HEADER_PHASE)
@@ -369,10 +371,45 @@ def decide_on_headers(services: Services, inbound: Inbound) -> str | None:
         return None
     if found is None:
         return HEADERS_PASSED
+    return _settle(ctx, found)
+
+
+def settle_on_headers(services: Services, inbound: Inbound, found: Firing) -> str:
+    """Log and audit what a header rule run on the loop decided (in a header thread): the reply line."""
+    return _settle(Context(inbound, services), found)
+
+
+def _settle(ctx: Context, found: Firing) -> str:
     decision = Decision(found.rule.action, found.rule.reason, found.detail)
     log_decision(ctx.inbound, decision)
     record(ctx, decision)
-    return Outcome(DECIDED, decision.action, decision.reason).lmtp_reply(printable(envelope.recipient))
+    return Outcome(DECIDED, decision.action, decision.reason).lmtp_reply(
+        printable(ctx.inbound.envelope.recipient)
+    )
+
+
+def header_rules(
+    services: Services, inbound: Inbound, headers: ThreadPoolExecutor
+) -> str | asyncio.Future[str | None]:
+    """HEADERS_PASSED when the header rules ran on the loop and none fired; else the future of the
+    header thread's reply line (see decide_on_headers)."""
+    loop = asyncio.get_running_loop()
+    found = _header_rules_here(services, inbound)
+    if found is None:
+        return HEADERS_PASSED
+    if found is False:
+        return loop.run_in_executor(headers, decide_on_headers, services, inbound)
+    return loop.run_in_executor(headers, settle_on_headers, services, inbound, found)
+
+
+def _header_rules_here(services: Services, inbound: Inbound) -> Firing | Literal[False] | None:
+    """The rule that fired, None when none did, False when the header thread is to run them."""
+    if len(inbound.raw) > INLINE_HEADERS:
+        return False
+    try:
+        return first_firing(HeaderFacts(inbound, services.settings.deliver.max_received), HEADER_PHASE)
+    except Exception:  # NeedsFullPath (a rule for one kind), or a fault: the header thread meets it
+        return False
 
 
 def decide(
@@ -600,9 +637,9 @@ class Service:
         job = Job(started + deadline)
         generation.jobs.add(job)
         try:
-            early = loop.run_in_executor(generation.headers, decide_on_headers, generation.services, inbound)
-            if await _within(early, deadline):
-                status = early.result()
+            early = header_rules(generation.services, inbound, generation.headers)
+            if isinstance(early, str) or await _within(early, deadline):
+                status = early if isinstance(early, str) else early.result()
                 if status:
                     return status
                 # The header rules are not run a second time once they ran through.
