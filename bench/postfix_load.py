@@ -389,8 +389,8 @@ def run_once(workload: str, server: Server, sink: Sink, args: argparse.Namespace
     drive(commands)
     wall = time.perf_counter() - started
     if workload == "reply":
-        # Both servers hand the reply to the relay before they answer 250; give the sink a moment
-        # to finish writing its files.
+        # Dovecot hands the reply to the relay before it answers 250, responder right after (from
+        # its outbox): give the sink a moment to receive and write them all.
         deadline = time.monotonic() + 30
         while len(sink.files()) < args.messages and time.monotonic() < deadline:
             time.sleep(0.05)
