@@ -257,6 +257,79 @@ def test_data_is_unstuffed_with_lf_line_ends_and_what_follows_kept(wire: bytes, 
     assert rest == b"NOOP\r\n"
 
 
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        (b"", "421 4.4.2 Idle for too long, closing"),  # between transactions
+        (b"MAIL FROM:<b@example.org>", "421 4.4.2 Idle for too long, closing"),  # within a command
+        (
+            b"MAIL FROM:<b@example.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nSubject: x\r\n",
+            "421 4.4.2 Timeout",
+        ),
+    ],
+)
+def test_a_client_that_stops_talking_is_told_and_cut_off(wire: bytes, expected: str) -> None:
+    async def run() -> bytes:
+        left, right = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=left)
+        session = Session(
+            reader,
+            writer,
+            _never,
+            hostname="h",
+            max_message_size=1 << 20,
+            idle_timeout=0.2,
+            stopping=asyncio.Event(),
+        )
+        right.sendall(b"LHLO c\r\n" + wire)
+        await asyncio.wait_for(session.run(), 10)
+        right.settimeout(5)
+        said = b""
+        while chunk := right.recv(4096):
+            said += chunk
+        right.close()
+        return said
+
+    said = asyncio.run(run()).decode()
+    assert said.splitlines()[-1].startswith(expected), said
+
+
+@pytest.mark.parametrize("why", ["stop", "evict", "evict-before-the-wait"])
+def test_an_idle_session_is_closed_at_once_by_a_stop_or_an_eviction(why: str) -> None:
+    async def run() -> tuple[str, float]:
+        left, right = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=left)
+        stopping = asyncio.Event()
+        session = Session(
+            reader, writer, _never, hostname="h", max_message_size=1 << 20, idle_timeout=30, stopping=stopping
+        )
+        if why == "evict-before-the-wait":
+            session.evict()  # kept for the wait to come
+        running = asyncio.ensure_future(session.run())
+        if why != "evict-before-the-wait":
+            right.sendall(b"LHLO c\r\n")
+        while not session.idle and not running.done():
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+        if why == "stop":
+            stopping.set()
+        elif why == "evict":
+            session.evict()
+        await asyncio.wait_for(running, 10)
+        took = time.monotonic() - began
+        right.settimeout(5)
+        said = b""
+        while chunk := right.recv(4096):
+            said += chunk
+        right.close()
+        return said.decode(), took
+
+    said, took = asyncio.run(run())
+    expected = "421 4.3.2 Service shutting down" if why == "stop" else "421 4.3.2 Too many connections"
+    assert said.splitlines()[-1].startswith(expected), said
+    assert took < 5  # not the idle timeout
+
+
 def _feed(sock: socket.socket, wire: bytes) -> None:
     for position in range(0, len(wire), 3):
         sock.sendall(wire[position : position + 3])

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from responder.daemons.lines import Lines
 from responder.logsetup import printable as escape_controls
@@ -30,6 +30,10 @@ COMMAND_LIMIT = 4096
 CHUNK = 1 << 16
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
+# What a session says when it closes an idle wait.
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+EVICTED = "421 4.3.2 Too many connections, closing an idle one"
+IDLE_TOO_LONG = "421 4.4.2 Idle for too long, closing"
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 # Postfix sends these for facts it does not have.
 _UNAVAILABLE = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
@@ -162,6 +166,11 @@ class Session:
         self.idle = False
         self.idle_since = 0.0
         self.evicted = asyncio.Event()
+        # The idle wait's timeout, which a stop or an eviction moves to now, and the line it says.
+        self._idle_wait: asyncio.Timeout | None = None
+        self._woken = ""
+        # One task for the session's life that ends an idle wait when the service stops.
+        self._stop_watch: asyncio.Task[Literal[True]] | None = None
 
     @property
     def buffer(self) -> bytearray:
@@ -175,41 +184,48 @@ class Session:
     def evict(self) -> None:
         """Make room for another client: an idle session says 421 and closes."""
         self.evicted.set()
+        self._wake(EVICTED)
+
+    def _wake(self, line: str) -> None:
+        """End the idle wait under way, if any, at once: the session says ``line`` and closes."""
+        if self._idle_wait is not None and not self._woken:
+            self._woken = line
+            self._idle_wait.reschedule(asyncio.get_running_loop().time())
+
+    def _watch_stopping(self) -> None:
+        if self._stop_watch is None:
+            self._stop_watch = asyncio.ensure_future(self.stopping.wait())
+            self._stop_watch.add_done_callback(lambda _: self._wake(SHUTTING_DOWN))
 
     # -- input ----------------------------------------------------------------------------------
 
     async def _fill(self, idle: bool) -> None:
         """Read more input; while ``idle`` (between transactions) a stop request ends the wait."""
-        read = asyncio.ensure_future(self.reader.read(CHUNK))
-        waits: list[asyncio.Future[Any]] = [read]
-        stop = asyncio.ensure_future(self.stopping.wait()) if idle else None
-        evict = asyncio.ensure_future(self.evicted.wait()) if idle else None
-        for extra in (stop, evict):
-            if extra is not None:
-                waits.append(extra)
-        self.idle, self.idle_since = idle, asyncio.get_running_loop().time()
+        if not idle:
+            # In the middle of a command or transaction, nothing but the timeout ends the wait: no
+            # task and no asyncio.wait (several reads a message, each of them costing more than the
+            # command it brings).
+            self.buffer += await self._read_some(IDLE_TOO_LONG)
+            return
+        # Between transactions a stop or an eviction also ends the wait. They move the timeout to
+        # now (see _wake) rather than race the read in tasks of their own (three tasks and an
+        # asyncio.wait for every message of a session).
+        self._watch_stopping()
+        self.idle, self.idle_since, self._woken = True, asyncio.get_running_loop().time(), ""
         try:
-            done, _ = await asyncio.wait(
-                waits, timeout=self.idle_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            self.idle = False
-            for extra in (stop, evict):
-                if extra is not None:
-                    extra.cancel()
-        if read not in done:
-            read.cancel()
-            if stop is not None and stop in done:
-                await self._close_with("421 4.3.2 Service shutting down")
-            elif evict is not None and evict in done:
-                await self._close_with("421 4.3.2 Too many connections, closing an idle one")
-            else:
-                await self._close_with("421 4.4.2 Idle for too long, closing")
-            raise SessionClosed
-        try:
-            chunk = read.result()
+            async with asyncio.timeout(self.idle_timeout) as self._idle_wait:
+                if self.stopping.is_set():
+                    self._wake(SHUTTING_DOWN)
+                elif self.evicted.is_set():
+                    self._wake(EVICTED)
+                chunk = await self.reader.read(CHUNK)
+        except TimeoutError:
+            await self._close_with(self._woken or IDLE_TOO_LONG)
+            raise SessionClosed from None
         except (ConnectionError, OSError) as exc:
             raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
+        finally:
+            self.idle, self._idle_wait = False, None
         if not chunk:
             raise SessionClosed
         self.buffer += chunk
@@ -219,7 +235,7 @@ class Session:
 
         async def fill(dropping: bool) -> bool:
             if idle and not dropping and self.stopping.is_set() and not self.buffer:
-                await self._close_with("421 4.3.2 Service shutting down")
+                await self._close_with(SHUTTING_DOWN)
                 raise SessionClosed
             await self._fill(idle=idle and not dropping and not self.buffer)
             return True  # the end of the stream raises SessionClosed
@@ -259,7 +275,7 @@ class Session:
             if end >= 0:
                 self.buffer = scan[5:]
                 break
-            scan += await self._read_some()
+            scan += await self._read_some("421 4.4.2 Timeout while reading the message, closing")
         if len(kept) < limit:
             kept += b"\n"
         if dropped:
@@ -269,11 +285,15 @@ class Session:
         del kept[:1]
         return bytes(kept)
 
-    async def _read_some(self) -> bytes:
+    async def _read_some(self, timed_out: str) -> bytes:
+        """The next bytes from the client; ``timed_out`` is said and the session closed after
+        ``idle_timeout`` without any."""
         try:
-            chunk = await asyncio.wait_for(self.reader.read(CHUNK), self.idle_timeout)
+            # asyncio.timeout: one timer, where wait_for wraps the read in a task of its own.
+            async with asyncio.timeout(self.idle_timeout):
+                chunk = await self.reader.read(CHUNK)
         except TimeoutError:
-            await self._close_with("421 4.4.2 Timeout while reading the message, closing")
+            await self._close_with(timed_out)
             raise SessionClosed from None
         except (ConnectionError, OSError) as exc:
             raise SessionClosed(f"connection lost: {exc.strerror or exc}") from None
@@ -308,6 +328,8 @@ class Session:
                 log.info("LMTP client went away: %s", exc)
             return
         finally:
+            if self._stop_watch is not None:
+                self._stop_watch.cancel()
             self.writer.close()
 
     async def command(self, line: str) -> bool:
