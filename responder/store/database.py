@@ -22,6 +22,7 @@ from responder.store.counters import Counters, CounterWindow, RateCounter
 from responder.store.engine import STATEMENT_SLACK, limit_statements, make_engine, sqlite_file
 from responder.store.migrate import Migrations
 from responder.store.outbox import Outbox
+from responder.store.recipients import record_ids
 from responder.store.retirements import Retirements
 from responder.store.tokens import ApiToken, TokenExists, Tokens
 from responder.store.vacations import Vacations
@@ -70,9 +71,13 @@ class Store(Migrations, Vacations, Retirements, Claims, Counters, Audit, Outbox,
         return cls(engine, sqlite_path=sqlite[0], busy_timeout=busy_timeout, shared_turn=pooled)
 
     def recipient_records(self, addresses: Sequence[str]) -> tuple[Vacation | None, Retirement | None]:
-        """``vacation_for`` and ``retirement_for`` of every message, on one connection."""
+        """``vacation_for`` and ``retirement_for`` of every message: one statement for a recipient
+        with neither, the row of each it has besides."""
         wanted = [a for a in addresses if a]
         if not wanted:
             return None, None
         with self._guard("looking up the recipient"), self.engine.connect() as conn:
-            return self._vacation_on(conn, wanted), self._retirement_on(conn, wanted)
+            vacation_id, retirement_id = record_ids(conn, wanted)
+            vacation = None if vacation_id is None else self._vacation_by_id(conn, vacation_id)
+            retirement = None if retirement_id is None else self._retirement_by_id(conn, retirement_id)
+            return vacation, retirement

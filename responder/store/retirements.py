@@ -19,6 +19,8 @@ _BY_ADDRESS = select(retired_addresses).where(
     retired_addresses.c.address.in_(bindparam("p_addresses", expanding=True))
 )
 
+_BY_ID = select(retired_addresses).where(retired_addresses.c.id == bindparam("p_id"))
+
 
 class Retirements(Database):
     """All SQL on retired addresses."""
@@ -38,6 +40,11 @@ class Retirements(Database):
             if address in rows:
                 return _retirement(rows[address])
         return None
+
+    @staticmethod
+    def _retirement_by_id(conn: Connection, retirement_id: int) -> Retirement | None:
+        row = conn.execute(_BY_ID, {"p_id": retirement_id}).mappings().first()
+        return None if row is None else _retirement(row)  # None: deleted since its id was read
 
     def list_retirements(self) -> list[Retirement]:
         with self._guard("listing retired addresses"), self.engine.connect() as conn:

@@ -16,6 +16,7 @@ from responder.store.schema import reply_claims, vacation_aliases, vacation_mess
 
 # The look-ups of every message, built once (building one costs more than SQLite's run of it).
 _BY_ADDRESS = select(vacations).where(vacations.c.address.in_(bindparam("p_addresses", expanding=True)))
+_BY_ID = select(vacations).where(vacations.c.id == bindparam("p_id"))
 _ALIASES = (
     select(vacation_aliases.c.vacation_id, vacation_aliases.c.address)
     .where(vacation_aliases.c.vacation_id.in_(bindparam("p_ids", expanding=True)))
@@ -77,6 +78,15 @@ class Vacations(Database):
                     row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]]
                 )
         return None
+
+    def _vacation_by_id(self, conn: Connection, vacation_id: int) -> Vacation | None:
+        row = conn.execute(_BY_ID, {"p_id": vacation_id}).mappings().first()
+        if row is None:
+            return None  # deleted since its id was read
+        ids = [vacation_id]
+        return self._vacation(
+            row, self._aliases(conn, ids)[vacation_id], self._translations(conn, ids)[vacation_id]
+        )
 
     def list_vacations(self) -> list[Vacation]:
         with self._guard("listing vacations"), self.engine.connect() as conn:
