@@ -353,8 +353,6 @@ def bounce_heuristic(ctx: HeaderView) -> str | None:
     subject = ctx.inbound.first("Subject") or ""
     # Decoded only when encoded: the email package is not loaded on the hook's header phase for this.
     subject = decode_text(subject) if "=?" in subject else clean_text(subject)
-    if _person_forwarded(ctx):
-        return None
     if BOUNCE_SUBJECT.match(subject):
         looks = f"subject {subject[:60]!r}"
     else:
@@ -363,6 +361,9 @@ def bounce_heuristic(ctx: HeaderView) -> str | None:
         if phrase is None:
             return None
         looks = f"text {phrase!r}"
+    # Only for what looks like a bounce: most messages do not, and this reads the text once more.
+    if _person_forwarded(ctx):
+        return None
     robot = _robot_sender(ctx)
     if robot:
         return f"{looks} from {robot}"
