@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import NamedTuple
 
@@ -173,7 +172,9 @@ class Inbound:
 
     def for_recipient(self, recipient: str, original_recipient: str = "") -> Inbound:
         """This message for another recipient of the same transaction; parsed parts are shared."""
-        view = copy.copy(self)
+        # What copy.copy does for a plain instance, without its reduce protocol (every recipient).
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
         view.envelope = Envelope(
             *map(
                 printable, self.envelope._replace(recipient=recipient, original_recipient=original_recipient)
