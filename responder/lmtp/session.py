@@ -203,8 +203,7 @@ class Session:
         """Read more input; while ``idle`` (between transactions) a stop request ends the wait."""
         if not idle:
             # In the middle of a command or transaction, nothing but the timeout ends the wait: no
-            # task and no asyncio.wait (several reads a message, each of them costing more than the
-            # command it brings).
+            # task and no asyncio.wait for any of the several reads of every message.
             self.buffer += await self._read_some(IDLE_TOO_LONG)
             return
         # Between transactions a stop or an eviction also ends the wait. They move the timeout to
