@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses, make_msgid
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 # LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
 from responder.mail.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
@@ -37,6 +38,18 @@ _REPEATING = frozenset(
     }
 )
 _MAX_KEPT = 4096
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _kept(cache: dict[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
+    """``cache[key]``, made on first use; a full cache starts over, so that odd values cannot fill it."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _MAX_KEPT:
+            cache.clear()
+        found = cache[key] = make()
+    return found
 
 
 class _RepeatingHeaders(HeaderRegistry):
@@ -54,22 +67,12 @@ class _RepeatingHeaders(HeaderRegistry):
     def __getitem__(self, name: str) -> type[BaseHeader]:
         # The registry builds a new class on every look-up (twice per field set: its maximum count,
         # then its value), the dearest step of composing a header; each name's class is kept.
-        key = name.lower()
-        found = self._classes.get(key)
-        if found is None:
-            found = self._classes[key] = super().__getitem__(name)
-        return found
+        return _kept(self._classes, name.lower(), lambda: super(_RepeatingHeaders, self).__getitem__(name))
 
     def __call__(self, name: str, value: object) -> BaseHeader:
         if not isinstance(value, str) or name.lower() not in _REPEATING:
             return super().__call__(name, value)
-        key = (name, value)
-        header = self.kept.get(key)
-        if header is None:
-            if len(self.kept) >= _MAX_KEPT:
-                self.kept.clear()
-            header = self.kept[key] = super().__call__(name, value)
-        return header
+        return _kept(self.kept, (name, value), lambda: super(_RepeatingHeaders, self).__call__(name, value))
 
 
 class _FoldOnce(EmailPolicy):
@@ -80,13 +83,9 @@ class _FoldOnce(EmailPolicy):
     def fold_binary(self, name: str, value: str) -> bytes:
         if name.lower() not in _REPEATING:
             return super().fold_binary(name, value)
-        key = (name, str(value))
-        folded = self._folded.get(key)
-        if folded is None:
-            if len(self._folded) >= _MAX_KEPT:
-                self._folded.clear()
-            folded = self._folded[key] = super().fold_binary(name, value)
-        return folded
+        return _kept(
+            self._folded, (name, str(value)), lambda: super(_FoldOnce, self).fold_binary(name, value)
+        )
 
 
 _POLICY = _FoldOnce(linesep="\r\n", header_factory=_RepeatingHeaders())
