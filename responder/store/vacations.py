@@ -72,21 +72,17 @@ class Vacations(Database):
         rows = {row["address"]: row for row in conn.execute(_BY_ADDRESS, {"p_addresses": wanted}).mappings()}
         for address in wanted:
             if address in rows:
-                row = rows[address]
-                ids = [row["id"]]
-                return self._vacation(
-                    row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]]
-                )
+                return self._whole(conn, rows[address])
         return None
 
     def _vacation_by_id(self, conn: Connection, vacation_id: int) -> Vacation | None:
         row = conn.execute(_BY_ID, {"p_id": vacation_id}).mappings().first()
-        if row is None:
-            return None  # deleted since its id was read
-        ids = [vacation_id]
-        return self._vacation(
-            row, self._aliases(conn, ids)[vacation_id], self._translations(conn, ids)[vacation_id]
-        )
+        return None if row is None else self._whole(conn, row)  # None: deleted since its id was read
+
+    def _whole(self, conn: Connection, row: RowMapping) -> Vacation:
+        """One vacation's row with its aliases and its messages in other languages."""
+        ids = [row["id"]]
+        return self._vacation(row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]])
 
     def list_vacations(self) -> list[Vacation]:
         with self._guard("listing vacations"), self.engine.connect() as conn:
