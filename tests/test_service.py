@@ -230,26 +230,16 @@ def test_data_is_unstuffed_with_lf_line_ends_and_what_follows_kept(wire: bytes, 
     """The DATA reader on a real socket pair, fed three bytes at a time."""
 
     async def run() -> tuple[bytes, bytes]:
-        left, right = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=left)
-        session = Session(
-            reader,
-            writer,
-            _never,
-            hostname="h",
-            max_message_size=1 << 20,
-            idle_timeout=5,
-            stopping=asyncio.Event(),
-        )
+        session, right = await _session_on_a_pair()
         feeder = asyncio.get_running_loop().run_in_executor(None, _feed, right, wire)
         data = await session.read_data()
         await feeder
         rest = bytes(session.buffer)
         while not rest.endswith(b"\r\n"):
-            rest += await reader.read(100)
+            rest += await session.reader.read(100)
         right.close()
-        writer.close()
-        await writer.wait_closed()
+        session.writer.close()
+        await session.writer.wait_closed()
         return data, rest
 
     data, rest = asyncio.run(run())
@@ -270,25 +260,10 @@ def test_data_is_unstuffed_with_lf_line_ends_and_what_follows_kept(wire: bytes, 
 )
 def test_a_client_that_stops_talking_is_told_and_cut_off(wire: bytes, expected: str) -> None:
     async def run() -> bytes:
-        left, right = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=left)
-        session = Session(
-            reader,
-            writer,
-            _never,
-            hostname="h",
-            max_message_size=1 << 20,
-            idle_timeout=0.2,
-            stopping=asyncio.Event(),
-        )
+        session, right = await _session_on_a_pair(idle_timeout=0.2)
         right.sendall(b"LHLO c\r\n" + wire)
         await asyncio.wait_for(session.run(), 10)
-        right.settimeout(5)
-        said = b""
-        while chunk := right.recv(4096):
-            said += chunk
-        right.close()
-        return said
+        return _all_said(right)
 
     said = asyncio.run(run()).decode()
     assert said.splitlines()[-1].startswith(expected), said
@@ -297,12 +272,8 @@ def test_a_client_that_stops_talking_is_told_and_cut_off(wire: bytes, expected: 
 @pytest.mark.parametrize("why", ["stop", "evict", "evict-before-the-wait"])
 def test_an_idle_session_is_closed_at_once_by_a_stop_or_an_eviction(why: str) -> None:
     async def run() -> tuple[str, float]:
-        left, right = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=left)
         stopping = asyncio.Event()
-        session = Session(
-            reader, writer, _never, hostname="h", max_message_size=1 << 20, idle_timeout=30, stopping=stopping
-        )
+        session, right = await _session_on_a_pair(idle_timeout=30, stopping=stopping)
         if why == "evict-before-the-wait":
             session.evict()  # kept for the wait to come
         running = asyncio.ensure_future(session.run())
@@ -317,17 +288,40 @@ def test_an_idle_session_is_closed_at_once_by_a_stop_or_an_eviction(why: str) ->
             session.evict()
         await asyncio.wait_for(running, 10)
         took = time.monotonic() - began
-        right.settimeout(5)
-        said = b""
-        while chunk := right.recv(4096):
-            said += chunk
-        right.close()
-        return said.decode(), took
+        return _all_said(right).decode(), took
 
     said, took = asyncio.run(run())
     expected = "421 4.3.2 Service shutting down" if why == "stop" else "421 4.3.2 Too many connections"
     assert said.splitlines()[-1].startswith(expected), said
     assert took < 5  # not the idle timeout
+
+
+async def _session_on_a_pair(
+    *, idle_timeout: float = 5, max_message_size: int = 1 << 20, stopping: asyncio.Event | None = None
+) -> tuple[Session, socket.socket]:
+    """A session on one end of a socket pair, and the other end, for the test to be the client."""
+    left, right = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=left)
+    session = Session(
+        reader,
+        writer,
+        _never,
+        hostname="h",
+        max_message_size=max_message_size,
+        idle_timeout=idle_timeout,
+        stopping=stopping or asyncio.Event(),
+    )
+    return session, right
+
+
+def _all_said(client: socket.socket) -> bytes:
+    """What the session said to ``client`` until it closed; the client's end is closed too."""
+    client.settimeout(5)
+    said = b""
+    while chunk := client.recv(4096):
+        said += chunk
+    client.close()
+    return said
 
 
 def _feed(sock: socket.socket, wire: bytes) -> None:
@@ -773,17 +767,7 @@ def test_reading_a_message_holds_it_about_once() -> None:
     wire = (b"x" * 78 + b"\r\n") * (size // 80) + b".\r\n"
 
     async def run() -> tuple[int, int]:
-        left, right = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=left)
-        session = Session(
-            reader,
-            writer,
-            _never,
-            hostname="h",
-            max_message_size=1 << 30,
-            idle_timeout=5,
-            stopping=asyncio.Event(),
-        )
+        session, right = await _session_on_a_pair(max_message_size=1 << 30)
         feeder = asyncio.get_running_loop().run_in_executor(None, right.sendall, wire)
         tracemalloc.start()
         data = await session.read_data()
@@ -791,8 +775,8 @@ def test_reading_a_message_holds_it_about_once() -> None:
         tracemalloc.stop()
         await feeder
         right.close()
-        writer.close()
-        await writer.wait_closed()
+        session.writer.close()
+        await session.writer.wait_closed()
         return len(data), peak
 
     length, peak = asyncio.run(run())
