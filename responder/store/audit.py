@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection
 
 from responder.decide.records import DecisionRecord
+from responder.store.driver import Prepared
 from responder.store.engine import Database, domain_pattern
 from responder.store.schema import bounce_claims, decisions, rate_counters, reply_claims
 
@@ -20,7 +22,13 @@ class PurgeResult:
     audit: int
 
 
-AUDIT_ROW = insert(decisions)  # built once: it is written for every message
+# Written for every message: compiled once, run on the driver (responder.store.driver).
+_AUDIT_ROWS = Prepared(insert(decisions), list(DecisionRecord.__dataclass_fields__))
+
+
+def insert_audit(conn: Connection, records: Sequence[DecisionRecord]) -> None:
+    """Audit rows in the caller's transaction."""
+    _AUDIT_ROWS.execute_many(conn, [record.__dict__ for record in records])
 
 
 class Audit(Database):
@@ -28,12 +36,12 @@ class Audit(Database):
 
     def record(self, record: DecisionRecord) -> None:
         with self._begin("writing the audit") as conn:
-            conn.execute(AUDIT_ROW, record.__dict__)
+            insert_audit(conn, [record])
 
     def record_many(self, records: Sequence[DecisionRecord]) -> None:
         """Several audit rows in one transaction (responder.store.group_commit)."""
         with self._begin("writing the audit") as conn:
-            conn.execute(AUDIT_ROW, [record.__dict__ for record in records])
+            insert_audit(conn, records)
 
     def decisions(
         self,

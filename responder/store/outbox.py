@@ -24,7 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from responder.decide.records import DecisionRecord
 from responder.errors import StoreUnavailable
-from responder.store.audit import AUDIT_ROW
+from responder.store.audit import insert_audit
 from responder.store.claims import BOUNCES, REPLIES, ClaimKind
 from responder.store.counters import CounterWindow
 from responder.store.engine import Database
@@ -216,7 +216,7 @@ class Outbox(Database):
                 "claims": _claims_json(held, counters),
             }
             key = conn.execute(_QUEUE, values).inserted_primary_key
-            conn.execute(AUDIT_ROW, audit.__dict__)
+            insert_audit(conn, [audit])
             assert key is not None
             return OutboxRow(id=int(key[0]), **values)
 
@@ -323,7 +323,7 @@ class Outbox(Database):
                 )
             )
             _give_back(conn, row.claims)
-            conn.execute(AUDIT_ROW, audit.__dict__)
+            insert_audit(conn, [audit])
             return True
 
     def release_leases(self, owner: str, now: dt.datetime) -> int:

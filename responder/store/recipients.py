@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from responder.store.driver import Prepared
 from responder.store.schema import retired_addresses, vacations
 
 _VACATION = "v"
@@ -36,14 +37,14 @@ def _lookup(count: int) -> CompoundSelect[Any]:
 
 
 # Built once: a message names its recipient and, when it differs, the original recipient.
-_LOOKUPS = {count: _lookup(count) for count in (1, 2)}
+_LOOKUPS = {count: Prepared(_lookup(count)) for count in (1, 2)}
 
 
 def record_ids(conn: Connection, wanted: Sequence[str]) -> tuple[int | None, int | None]:
     """The id of the vacation and of the retirement of the first of ``wanted`` that has one."""
-    statement = _LOOKUPS[len(wanted)] if len(wanted) in _LOOKUPS else _lookup(len(wanted))
-    rows = conn.execute(statement, {f"p_a{number}": address for number, address in enumerate(wanted)})
-    found = {(row.kind, row.address): row.id for row in rows}
+    statement = _LOOKUPS.get(len(wanted)) or Prepared(_lookup(len(wanted)))
+    rows = statement.rows(conn, {f"p_a{number}": address for number, address in enumerate(wanted)})
+    found = {(kind, address): row_id for kind, row_id, address in rows}
 
     def first(kind: str) -> int | None:
         return next((found[(kind, a)] for a in wanted if (kind, a) in found), None)
