@@ -9,11 +9,12 @@ import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy import Insert, Select, Table, Update, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql.elements import ColumnElement
 
 from responder.decide.records import INTERNAL
+from responder.store.driver import Prepared
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, reply_claims
 
@@ -85,7 +86,7 @@ class ClaimKind:
     def insert_claim(self) -> Insert:
         return insert(self.table)
 
-    def insert_if_absent(self, dialect: str) -> Insert | None:
+    def insert_if_absent(self, dialect: str) -> Prepared | None:
         """INSERT ... ON CONFLICT DO NOTHING where the backend has it, so that a failed INSERT need not
         end the transaction; None for MySQL/MariaDB. It returns the new row's token, or no row when
         the row exists (rowcount cannot tell: with RETURNING, drivers count differently)."""
@@ -99,21 +100,23 @@ class ClaimKind:
                 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
                 built = postgresql_insert(self.table).on_conflict_do_nothing().returning(self.table.c.token)
-            self._insert_if_absent[dialect] = built
+            columns = [self.owner, "sender_key", *(["audience"] if self.by_audience else [])]
+            columns += ["replied_at", "message_key", "state", "token"]  # those of Claims._claim_once
+            self._insert_if_absent[dialect] = None if built is None else Prepared(built, columns)
         return self._insert_if_absent[dialect]
 
     @cached_property
-    def _insert_if_absent(self) -> dict[str, Insert | None]:
+    def _insert_if_absent(self) -> dict[str, Prepared | None]:
         return {}
 
-    def take_over(self, with_interval: bool) -> Update:
+    def take_over(self, with_interval: bool) -> Prepared:
         """The UPDATE that takes a free row (see Claims._claim_once), with or without an interval."""
         return self._take_over[with_interval]
 
     @cached_property
-    def _take_over(self) -> dict[bool, Update]:
+    def _take_over(self) -> dict[bool, Prepared]:
         c = self.table.c
-        built: dict[bool, Update] = {}
+        built: dict[bool, Prepared] = {}
         for with_interval in (False, True):
             answered_before: ColumnElement[bool] = c.message_key != bindparam("p_message_key")
             if with_interval:
@@ -122,7 +125,7 @@ class ClaimKind:
                 and_(c.state == "sent", answered_before),
                 and_(c.state == "pending", c.replied_at <= bindparam("p_stale_by")),
             )
-            built[with_interval] = (
+            built[with_interval] = Prepared(
                 update(self.table)
                 .where(*self._mine_bound(), free)
                 .values(
@@ -135,15 +138,16 @@ class ClaimKind:
         return built
 
     @cached_property
-    def read_claim(self) -> Select[tuple[dt.datetime, str, str]]:
+    def read_claim(self) -> Prepared:
+        """(replied_at, message_key, state) of one (owner, sender[, audience]) row."""
         c = self.table.c
-        return select(c.replied_at, c.message_key, c.state).where(*self._mine_bound())
+        return Prepared(select(c.replied_at, c.message_key, c.state).where(*self._mine_bound()))
 
     @cached_property
-    def confirm(self) -> Update:
+    def confirm(self) -> Prepared:
         """Mark the claim of token ``p_token`` sent: the token alone tells a delivery's row apart."""
         c = self.table.c
-        return (
+        return Prepared(
             update(self.table)
             .where(
                 c[self.owner] == bindparam("p_owner"),
@@ -221,12 +225,12 @@ class Claims(Database):
         # where it can do nothing on a conflict, else (MySQL/MariaDB) in one of its own.
         for _attempt in range(3):
             with self._begin(f"claiming the {kind.what} interval") as conn:
-                if conn.execute(take_over, takes).rowcount == 1:
+                if take_over.execute(conn, takes) == 1:
                     return WON
                 absent = kind.insert_if_absent(conn.dialect.name)
-                if absent is not None and conn.execute(absent, row_values).first() is not None:
+                if absent is not None and absent.rows(conn, row_values):
                     return WON
-                row = conn.execute(kind.read_claim, mine).first()
+                row = next(iter(kind.read_claim.rows(conn, mine)), None)
             if row is None and absent is None:
                 try:
                     with self._begin(f"claiming the {kind.what} interval") as conn:
@@ -236,7 +240,7 @@ class Claims(Database):
                     continue  # another delivery created it in between: look again
             if row is None:
                 continue  # released between the INSERT and the read: look again
-            found = LastClaim(row.replied_at, row.message_key, row.state)
+            found = LastClaim(*row)
             verdict = found.verdict(request.message_key, now, request.interval, request.stale_after)
             if verdict != WON:
                 return verdict
@@ -245,7 +249,7 @@ class Claims(Database):
 
     def confirm_claim(self, kind: ClaimKind, owner_id: int, sender_key: str, token: str) -> None:
         with self._begin(f"confirming the {kind.what}") as conn:
-            conn.execute(kind.confirm, {"p_owner": owner_id, "p_sender_key": sender_key, "p_token": token})
+            kind.confirm.execute(conn, {"p_owner": owner_id, "p_sender_key": sender_key, "p_token": token})
 
     def release_claim(
         self,
@@ -269,5 +273,5 @@ class Claims(Database):
         self, kind: ClaimKind, owner_id: int, sender_key: str, audience: str = INTERNAL
     ) -> LastClaim | None:
         with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
-            row = conn.execute(kind.read_claim, kind.params(owner_id, sender_key, audience)).first()
-        return None if row is None else LastClaim(row.replied_at, row.message_key, row.state)
+            row = next(iter(kind.read_claim.rows(conn, kind.params(owner_id, sender_key, audience))), None)
+        return None if row is None else LastClaim(*row)

@@ -27,6 +27,7 @@ from responder.errors import StoreUnavailable
 from responder.store.audit import insert_audit
 from responder.store.claims import BOUNCES, REPLIES, ClaimKind
 from responder.store.counters import CounterWindow
+from responder.store.driver import Prepared
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, outbox, rate_counters, reply_claims
 
@@ -149,12 +150,12 @@ def _give_back(conn: Connection, claims: str) -> None:
 _c = outbox.c
 # The statements of every response, built once (building one costs more than SQLite's run of it).
 _QUEUE = insert(outbox)
-_MARK_SENDING = (
+_MARK_SENDING = Prepared(
     update(outbox)
     .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"), _c.state == PENDING)
     .values(state=SENDING)
 )
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(outbox)
     .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"))
     .values(
@@ -189,11 +190,11 @@ class Outbox(Database):
         with self._begin("queueing the response") as conn:
             for claim in held:
                 kind = claim.kind
-                done = conn.execute(
-                    kind.confirm,
+                done = kind.confirm.execute(
+                    conn,
                     {"p_owner": claim.owner_id, "p_sender_key": claim.sender_key, "p_token": claim.token},
                 )
-                if done.rowcount != 1:
+                if done != 1:
                     raise ClaimLost(f"the {kind.what} claim for <{claim.sender_key}> was taken over")
             values: dict[str, Any] = {
                 "created_at": audit.at,
@@ -263,8 +264,7 @@ class Outbox(Database):
         """``mark_sending`` of each (id, lease token) in one transaction: a sender's sends of the moment."""
         with self._begin("marking a response as being sent") as conn:
             return [
-                conn.execute(_MARK_SENDING, {"p_id": row_id, "p_token": token}).rowcount == 1
-                for row_id, token in rows
+                _MARK_SENDING.execute(conn, {"p_id": row_id, "p_token": token}) == 1 for row_id, token in rows
             ]
 
     def mark_sent(self, row_id: int, token: str, now: dt.datetime, note: str = "") -> None:
@@ -273,8 +273,8 @@ class Outbox(Database):
     def mark_sent_many(self, rows: Sequence[tuple[int, str, dt.datetime, str]]) -> list[None]:
         """``mark_sent`` of each (id, lease token, when, note) in one transaction."""
         with self._begin("marking a response sent") as conn:
-            conn.execute(
-                _MARK_SENT,
+            _MARK_SENT.execute_many(
+                conn,
                 [
                     {"p_id": row_id, "p_token": token, "p_now": now, "p_note": note}
                     for row_id, token, now, note in rows
