@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Unpack
+from collections.abc import Mapping, Sequence
+from typing import Any, Unpack
 
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from responder.decide.records import Translation, Vacation, VacationChanges
 from responder.store.changes import Change, write_change
+from responder.store.driver import Prepared
 from responder.store.engine import Database
 from responder.store.schema import reply_claims, vacation_aliases, vacation_messages, vacations
 
 # The look-ups of every message, built once (building one costs more than SQLite's run of it).
 _BY_ADDRESS = select(vacations).where(vacations.c.address.in_(bindparam("p_addresses", expanding=True)))
-_BY_ID = select(vacations).where(vacations.c.id == bindparam("p_id"))
 _ALIASES = (
     select(vacation_aliases.c.vacation_id, vacation_aliases.c.address)
     .where(vacation_aliases.c.vacation_id.in_(bindparam("p_ids", expanding=True)))
@@ -27,6 +27,19 @@ _MESSAGES = (
     .where(vacation_messages.c.vacation_id.in_(bindparam("p_ids", expanding=True)))
     .order_by(vacation_messages.c.audience, vacation_messages.c.language)
 )
+# The one vacation of a message, by id: run on the driver (responder.store.driver).
+_ONE = Prepared(select(vacations).where(vacations.c.id == bindparam("p_id")))
+_ONES_ALIASES = Prepared(
+    select(vacation_aliases.c.address)
+    .where(vacation_aliases.c.vacation_id == bindparam("p_id"))
+    .order_by(vacation_aliases.c.id)
+)
+_ONES_MESSAGES = Prepared(
+    select(*(vacation_messages.c[name] for name in Translation.__dataclass_fields__))
+    .where(vacation_messages.c.vacation_id == bindparam("p_id"))
+    .order_by(vacation_messages.c.audience, vacation_messages.c.language)
+)
+_COLUMNS = tuple(column.name for column in vacations.c)
 
 
 class Vacations(Database):
@@ -52,7 +65,7 @@ class Vacations(Database):
 
     @staticmethod
     def _vacation(
-        row: RowMapping, aliases: tuple[str, ...], translations: tuple[Translation, ...]
+        row: Mapping[Any, Any], aliases: tuple[str, ...], translations: tuple[Translation, ...]
     ) -> Vacation:
         return Vacation(
             aliases=aliases,
@@ -76,13 +89,17 @@ class Vacations(Database):
         return None
 
     def _vacation_by_id(self, conn: Connection, vacation_id: int) -> Vacation | None:
-        row = conn.execute(_BY_ID, {"p_id": vacation_id}).mappings().first()
-        return None if row is None else self._whole(conn, row)  # None: deleted since its id was read
+        rows = _ONE.rows(conn, {"p_id": vacation_id})
+        if not rows:
+            return None  # deleted since its id was read
+        return self._whole(conn, dict(zip(_COLUMNS, rows[0], strict=True)))
 
-    def _whole(self, conn: Connection, row: RowMapping) -> Vacation:
+    def _whole(self, conn: Connection, row: Mapping[Any, Any]) -> Vacation:
         """One vacation's row with its aliases and its messages in other languages."""
-        ids = [row["id"]]
-        return self._vacation(row, self._aliases(conn, ids)[ids[0]], self._translations(conn, ids)[ids[0]])
+        key = {"p_id": row["id"]}
+        aliases = tuple(address for (address,) in _ONES_ALIASES.rows(conn, key))
+        translations = tuple(Translation(*fields) for fields in _ONES_MESSAGES.rows(conn, key))
+        return self._vacation(row, aliases, translations)
 
     def list_vacations(self) -> list[Vacation]:
         with self._guard("listing vacations"), self.engine.connect() as conn:
