@@ -118,6 +118,40 @@ def test_many_transactions_on_one_session_and_pipelined(
     )
 
 
+def _sockets(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+def test_a_burst_of_connections_is_shared_among_the_workers(
+    start_service: ServiceFactory, socket_path: Path
+) -> None:
+    # An MTA opens its LMTP connections together and keeps them: one worker taking them all would
+    # leave the other idle for as long as they last.
+    service = start_service()
+    workers = _wait_workers(service, 2)
+    before = {pid: _sockets(pid) for pid in workers}
+    clients = [LmtpClient(socket_path) for _ in range(8)]  # all queued before any is answered
+    for client in clients:
+        client.greet()
+    taken = {pid: _sockets(pid) - before[pid] for pid in workers}
+    assert sum(taken.values()) == 8, taken
+    assert min(taken.values()) >= 3, taken
+    for client in clients:
+        client.close()
+    # Closed connections are counted off: the next burst is shared again.
+    deadline = time.monotonic() + 20
+    while any(_sockets(pid) > before[pid] for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    clients = [LmtpClient(socket_path) for _ in range(4)]
+    for client in clients:
+        client.greet()
+    taken = {pid: _sockets(pid) - before[pid] for pid in workers}
+    assert sorted(taken.values()) == [2, 2], taken
+    for client in clients:
+        client.close()
+
+
 def test_a_killed_worker_is_replaced(
     start_service: ServiceFactory, socket_path: Path, sink: SmtpSink
 ) -> None:

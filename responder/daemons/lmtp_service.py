@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     import dns.resolver
 
+    from responder.daemons.balance import Seat
     from responder.decide.templates import Renderer
     from responder.mail.reply import Outgoing
     from responder.mail.signing import Signer
@@ -437,9 +438,11 @@ class Service:
         listeners: list[socketlib.socket] | None = None,
         key: str | None = None,
         ready: Callable[[], None] | None = None,
+        seat: Seat | None = None,
     ) -> None:
         """``listeners``: sockets a supervisor bound before forking this worker (which then neither
-        binds nor removes the socket file, and stops when the supervisor is gone); None binds here."""
+        binds nor removes the socket file, and stops when the supervisor is gone); None binds here.
+        ``seat``: this worker's count of connections on the supervisor's board, shared by all."""
         if settings.server.socket is None:
             raise ServeError("server.socket is not set: nothing to listen on")
         import secrets
@@ -448,6 +451,7 @@ class Service:
         self.listeners = listeners
         self.key = key or secrets.token_hex(4)
         self.ready = ready
+        self.seat = seat
         self.parent = os.getppid()
         self.sender: OutboxSender | None = None
         self.settings = settings
@@ -516,10 +520,9 @@ class Service:
         if late:
             log.warning("%d sessions still busy after %gs; closed", late, timeout)
 
-    async def _bind(self) -> list[asyncio.AbstractServer]:
+    async def _bind(self) -> list[asyncio.AbstractServer | sockets.SharedListener]:
         if self.listeners is not None:
-            unix = bool(self.listen.path)
-            return [await sockets.serve_on(sock, self._session, unix) for sock in self.listeners]
+            return [await sockets.serve_on(sock, self._session, self.seat) for sock in self.listeners]
         mode = self.generation.settings.server.socket_mode
         try:
             return [await sockets.listen(self.listen, self._session, mode)]

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import select
 import socket
 import stat
 from collections.abc import Awaitable, Callable
 
 from responder.config.values import SocketSpec
+from responder.daemons.balance import Seat
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 # Until the chmod after bind, only the socket's owner may connect.
 _UMASK = 0o077
+
+log = logging.getLogger(__name__)
 
 
 def clear_stale_socket(path: str) -> None:
@@ -102,11 +107,100 @@ def bind_for_workers(spec: SocketSpec, mode: int) -> list[socket.socket]:
     return bound
 
 
-async def serve_on(sock: socket.socket, handler: Handler, unix: bool) -> asyncio.Server:
+class SharedListener:
+    """Accepts on a socket the workers share, one connection at a time, leaving it to the least busy.
+
+    asyncio's server accepts every connection queued when the socket becomes ready, so the worker
+    that wakes first takes a whole burst: an MTA opens its LMTP connections together and keeps them,
+    and one worker would hold most sessions while another idles. Here a worker with more open
+    connections than another (``seat``, on the board the supervisor shares) leaves a new one queued
+    for a moment, and takes it after all when nobody else has.
+    """
+
+    _YIELD = 0.02  # seconds a crowded worker leaves a connection to the others
+    _PAUSE = 1.0  # seconds without accepting after running out of descriptors, as asyncio does
+
+    def __init__(self, sock: socket.socket, handler: Handler, seat: Seat | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._handler = handler
+        self._seat = seat
+        self._starting: set[asyncio.Task[object]] = set()
+        self._closed = False
+        self._loop.add_reader(self._fd, self._ready)
+
+    def _ready(self) -> None:
+        if self._seat is not None and self._seat.crowded():
+            self._loop.remove_reader(self._fd)
+            self._loop.call_later(self._YIELD, self._after_yielding)
+            return
+        self._take()
+
+    def _after_yielding(self) -> None:
+        if self._closed:
+            return
+        still_queued = select.select([self._fd], [], [], 0)[0]
+        if not still_queued or self._take():
+            self._loop.add_reader(self._fd, self._ready)
+
+    def _take(self) -> bool:
+        """Accept one connection if one is queued; False when accepting pauses."""
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return True  # another worker took it, or its client gave up
+        except OSError as exc:
+            # Out of descriptors or memory: the connection stays queued for another worker.
+            log.warning("cannot accept a connection (%s); pausing for %gs", exc, self._PAUSE)
+            self._loop.remove_reader(self._fd)
+            self._loop.call_later(self._PAUSE, self._resume)
+            return False
+        conn.setblocking(False)
+        if self._seat is not None:
+            self._seat.opened()  # at once: the next connection's choice must count this one
+        task = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol, conn))
+        self._starting.add(task)
+        task.add_done_callback(self._started)
+        return True
+
+    def _started(self, task: asyncio.Task[object]) -> None:
+        self._starting.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self._ended()  # the session never started
+            if not task.cancelled():
+                log.info("an accepted connection was lost at once: %s", task.exception())
+
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        # As asyncio.start_server builds it: the session runs in a task of its own.
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._session)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._handler(reader, writer)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        if self._seat is not None:
+            self._seat.closed()
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._fd, self._ready)
+
+    def close(self) -> None:
+        """Accept no more (the socket stays open for the other workers and the supervisor)."""
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._fd)
+            if self._seat is not None:
+                self._seat.leave()
+
+
+async def serve_on(sock: socket.socket, handler: Handler, seat: Seat | None = None) -> SharedListener:
     """Accept on a socket bound by the supervisor (shared with the other workers)."""
-    if unix:
-        return await asyncio.start_unix_server(handler, sock=sock)
-    return await asyncio.start_server(handler, sock=sock)
+    return SharedListener(sock, handler, seat)
 
 
 def bound_address(server: asyncio.Server, spec: SocketSpec) -> str:

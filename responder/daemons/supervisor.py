@@ -1,7 +1,8 @@
 """``responder serve`` with ``server.processes`` > 1: bind once, fork the workers, replace those that die.
 
 The supervisor binds the listening socket before forking, so that every worker (its own event loop,
-engine and outbox sender) accepts on it. A worker that dies is replaced; the connections it had are
+engine and outbox sender) accepts on it, new connections going to the worker with the fewest
+(``responder.daemons.balance``). A worker that dies is replaced; the connections it had are
 dropped (the MTA retries them), and the supervisor frees what it held in the database at once: its
 outbox leases (a response it was sending before the final dot is sent again; one it had written the
 final dot of is counted as sent) and its interval claims not yet committed. SIGHUP loads the
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from responder.config.load import ConfigError, load
 from responder.daemons import sockets
+from responder.daemons.balance import FREE, Board, Seat
 from responder.logsetup import setup_logging
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ STOP_SLACK = 10.0
 @dataclass
 class Worker:
     pid: int
+    # Its place on the board of open connections (None: all taken, it accepts unbalanced).
+    slot: int | None
     key: str
     started: float
     ready_fd: int
@@ -85,6 +89,7 @@ class Supervisor:
         self.flags: set[int] = set()
         self.wake_r, self.wake_w = os.pipe()
         self.last_spawn = 0.0
+        self.board = Board()
 
     # -- the supervisor's loop ------------------------------------------------------------------
 
@@ -144,13 +149,15 @@ class Supervisor:
 
     def _spawn(self, settings: Settings) -> Worker:
         key = secrets.token_hex(4)
+        taken = {w.slot for w in [*self.workers.values(), *self.retiring.values()] if w.slot is not None}
+        slot = self.board.free_slot(taken)
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 os.close(ready_r)
-                self._become_worker(settings, key, ready_w)
+                self._become_worker(settings, key, ready_w, slot)
                 code = 0
             except BaseException:
                 log.exception("worker failed")
@@ -159,12 +166,12 @@ class Supervisor:
                 os._exit(code)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
-        worker = Worker(pid, key, time.monotonic(), ready_r)
+        worker = Worker(pid, slot, key, time.monotonic(), ready_r)
         self.workers[pid] = worker
         self.last_spawn = worker.started
         return worker
 
-    def _become_worker(self, settings: Settings, key: str, ready_w: int) -> None:
+    def _become_worker(self, settings: Settings, key: str, ready_w: int, slot: int | None) -> None:
         from responder.daemons.lmtp_service import Service, run_worker
 
         signal.set_wakeup_fd(-1)
@@ -181,7 +188,8 @@ class Supervisor:
             os.write(ready_w, b"1")
             os.close(ready_w)
 
-        run_worker(Service(self.config_path, settings, self.listeners, key, ready))
+        seat = Seat(self.board, slot) if slot is not None else None
+        run_worker(Service(self.config_path, settings, self.listeners, key, ready, seat))
 
     def _start_ready(self, settings: Settings) -> bool:
         """Start one worker and wait until it accepts; False (logged) when it died or never got ready."""
@@ -224,6 +232,8 @@ class Supervisor:
             if worker.ready_fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(worker.ready_fd)
+            if worker.slot is not None:
+                self.board.set(worker.slot, FREE)  # a killed worker could not say it left
             clean = retired and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
             if not retired:
                 log.error("worker %d ended (%s): replacing it", pid, _describe(status))

@@ -1,0 +1,65 @@
+"""The board of open connections and a shared listener: balanced, and never leaving a connection unserved."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from responder.daemons.balance import FREE, SLOTS, Board, Seat
+from responder.daemons.sockets import serve_on
+
+
+def test_the_board_counts_each_worker_and_forgets_one_that_left() -> None:
+    board = Board()
+    assert board.least() == 0  # nobody there yet
+    first, second = Seat(board, 0), Seat(board, 1)
+    first.opened()
+    first.opened()
+    second.opened()
+    assert (board.least(), first.crowded(), second.crowded()) == (1, True, False)
+    second.leave()
+    second.closed()  # after leaving: no longer published
+    assert (board.least(), first.crowded()) == (2, False)
+    assert board.free_slot({0, 1, 2}) == 3
+    assert board.free_slot(set(range(SLOTS))) is None
+    board.set(0, FREE)
+    assert board.least() == 0
+
+
+def test_a_crowded_worker_serves_what_nobody_else_takes(tmp_path: Path) -> None:
+    # Slot 1 claims an idle worker that never accepts (a stuck one): the crowded worker must take
+    # every connection after its moment of waiting, and count each one off when it closes.
+    board = Board()
+    board.set(1, 0)
+    path = str(tmp_path / "s.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(16)
+    listening.setblocking(False)
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hello\r\n")
+        await reader.read()  # until the client closes
+        writer.close()
+
+    async def run() -> tuple[list[bytes], int]:
+        seat = Seat(board, 0)
+        listener = await serve_on(listening, greet, seat)
+        clients = [await asyncio.open_unix_connection(path) for _ in range(3)]
+        greetings = [await asyncio.wait_for(reader.readline(), 10) for reader, _ in clients]
+        open_at_peak = seat.open
+        for _, writer in clients:
+            writer.close()
+        for _ in range(200):
+            if seat.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        listener.close()
+        assert (seat.open, seat.left) == (0, True)
+        return greetings, open_at_peak
+
+    greetings, peak = asyncio.run(run())
+    listening.close()
+    assert greetings == [b"220 hello\r\n"] * 3
+    assert peak == 3
