@@ -190,12 +190,15 @@ class SharedListener:
             self._loop.add_reader(self._fd, self._ready)
 
     def close(self) -> None:
-        """Accept no more (the socket stays open for the other workers and the supervisor)."""
+        """Accept no more, and close this process's copy of the socket (the others keep theirs)."""
         if not self._closed:
             self._closed = True
             self._loop.remove_reader(self._fd)
             if self._seat is not None:
                 self._seat.leave()
+            # Once every copy is closed (the supervisor killed, the workers draining), a client is
+            # refused at once instead of waiting in a queue that nobody takes from.
+            self._sock.close()
 
 
 async def serve_on(sock: socket.socket, handler: Handler, seat: Seat | None = None) -> SharedListener:
