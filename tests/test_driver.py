@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from responder.decide.records import DecisionRecord
 from responder.errors import StoreUnavailable
 from responder.store.database import Store
-from responder.store.driver import Prepared
+from responder.store.driver import Prepared, PreparedInsert
 from responder.store.schema import vacations
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
@@ -117,3 +117,28 @@ def test_a_connection_lost_under_a_statement_is_not_used_again() -> None:
     finally:
         store.close()
         killer.close()
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "lastrowid"])
+def test_an_insert_gives_the_key_of_its_row(store: Store, returning: bool) -> None:
+    with store.engine.connect():  # the dialect learns the server's version on the first connect
+        dialect = store.engine.dialect
+    if not returning and dialect.name == "postgresql":
+        pytest.skip("psycopg has no lastrowid; PostgreSQL always has RETURNING")
+    if returning and not dialect.insert_returning:
+        pytest.skip(f"{dialect.name} {dialect.server_version_info} has no INSERT ... RETURNING")
+    table = Table("driver_keys", MetaData(), Column("id", Integer, primary_key=True), Column("n", Integer))
+    table.create(store.engine)
+    try:
+        statement = PreparedInsert(table, ["n"])
+        with store.engine.begin() as conn:
+            saved, dialect.insert_returning = dialect.insert_returning, returning
+            try:
+                keys = [statement.key(conn, {"n": n}) for n in (10, 20, 30)]
+            finally:
+                dialect.insert_returning = saved
+            stored = dict(conn.execute(select(table.c.id, table.c.n)).all())
+        assert len(set(keys)) == 3
+        assert [stored[key] for key in keys] == [10, 20, 30]
+    finally:
+        table.drop(store.engine)

@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import CompoundSelect, Insert, Select, Update
+from sqlalchemy.sql.dml import ReturningInsert
 
 Processor = Callable[[Any], Any]
-Statement = Select[Any] | CompoundSelect[Any] | Insert | Update
+Statement = Select[Any] | CompoundSelect[Any] | Insert | Update | ReturningInsert[Any]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Prepared:
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows of a SELECT (or of a RETURNING), their values converted as SQLAlchemy would."""
         compiled = self._compiled(conn.dialect)
-        fetched, _ = _run(conn, compiled.sql, self._arguments(compiled, params), many=False, fetch=True)
+        fetched = _run(conn, compiled.sql, self._arguments(compiled, params), many=False, fetch=True)[0]
         if not any(compiled.results):
             return [tuple(row) for row in fetched]
         converters = compiled.results
@@ -97,8 +99,32 @@ class Prepared:
         compiled = self._compiled(conn.dialect)
         _run(conn, compiled.sql, [self._arguments(compiled, p) for p in params], many=True, fetch=False)
 
+    def last_row_id(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """An INSERT of one row in the caller's transaction: the driver's id of that row."""
+        compiled = self._compiled(conn.dialect)
+        return _run(conn, compiled.sql, self._arguments(compiled, params), many=False, fetch=False)[2]
 
-def _run(conn: Connection, sql: str, arguments: Any, many: bool, fetch: bool) -> tuple[list[Any], int]:
+
+class PreparedInsert:
+    """An INSERT of one row into a table with an integer key: the key the database gave it.
+
+    RETURNING where the dialect has it (PostgreSQL, SQLite 3.35, MariaDB 10.5); otherwise the
+    driver's ``lastrowid``, which MySQL and SQLite give for the connection's last INSERT.
+    """
+
+    def __init__(self, table: Table, column_keys: Sequence[str]) -> None:
+        [key] = table.primary_key.columns
+        self._returning = Prepared(insert(table).returning(key), column_keys)
+        self._plain = Prepared(insert(table), column_keys)
+
+    def key(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        if conn.dialect.insert_returning:
+            [(key,)] = self._returning.rows(conn, params)
+            return int(key)
+        return self._plain.last_row_id(conn, params)
+
+
+def _run(conn: Connection, sql: str, arguments: Any, many: bool, fetch: bool) -> tuple[list[Any], int, int]:
     dialect = conn.dialect
     raw = conn.connection.dbapi_connection
     assert raw is not None
@@ -110,7 +136,9 @@ def _run(conn: Connection, sql: str, arguments: Any, many: bool, fetch: bool) ->
             cursor.executemany(sql, arguments)
         else:
             cursor.execute(sql, arguments)
-        return (list(cursor.fetchall()) if fetch else []), int(cursor.rowcount)
+        rows = list(cursor.fetchall()) if fetch else []
+        # psycopg's cursor has no lastrowid (PostgreSQL gives keys by RETURNING only).
+        return rows, int(cursor.rowcount), int(getattr(cursor, "lastrowid", None) or 0)
     except error as exc:
         lost = dialect.is_disconnect(exc, raw, cursor)
         if lost:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -27,7 +27,7 @@ from responder.errors import StoreUnavailable
 from responder.store.audit import insert_audit
 from responder.store.claims import BOUNCES, REPLIES, ClaimKind
 from responder.store.counters import CounterWindow
-from responder.store.driver import Prepared
+from responder.store.driver import Prepared, PreparedInsert
 from responder.store.engine import Database
 from responder.store.schema import bounce_claims, outbox, rate_counters, reply_claims
 
@@ -149,7 +149,7 @@ def _give_back(conn: Connection, claims: str) -> None:
 
 _c = outbox.c
 # The statements of every response, built once (building one costs more than SQLite's run of it).
-_QUEUE = insert(outbox)
+_QUEUE = PreparedInsert(outbox, [column.name for column in outbox.c if column.name != "id"])
 _MARK_SENDING = Prepared(
     update(outbox)
     .where(_c.id == bindparam("p_id"), _c.lease_token == bindparam("p_token"), _c.state == PENDING)
@@ -216,10 +216,9 @@ class Outbox(Database):
                 "recipient": audit.recipient,
                 "claims": _claims_json(held, counters),
             }
-            key = conn.execute(_QUEUE, values).inserted_primary_key
+            key = _QUEUE.key(conn, values)
             insert_audit(conn, [audit])
-            assert key is not None
-            return OutboxRow(id=int(key[0]), **values)
+            return OutboxRow(id=key, **values)
 
     def take_due(self, owner: str, now: dt.datetime, batch: int, lease: float) -> list[OutboxRow]:
         """Lease up to ``batch`` pending rows due at ``now`` to one sender, for ``lease`` seconds.
