@@ -6,8 +6,10 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from responder.daemons.balance import FREE, SLOTS, Board, Seat
-from responder.daemons.sockets import serve_on
+from responder.daemons.sockets import SharedListener, serve_on
 
 
 def test_the_board_counts_each_worker_and_forgets_one_that_left() -> None:
@@ -63,3 +65,44 @@ def test_a_crowded_worker_serves_what_nobody_else_takes(tmp_path: Path) -> None:
     listening.close()
     assert greetings == [b"220 hello\r\n"] * 3
     assert peak == 3
+
+
+def test_a_worker_whose_connection_closes_takes_the_one_it_left_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers can each leave a connection to the other, their counts having changed in between;
+    # neither may then sit out its whole wait. Here the wait is long: the test fails if it is sat out.
+    monkeypatch.setattr(SharedListener, "_YIELD", 60.0)
+    board = Board()
+    board.set(1, 0)  # another worker, idle and not taking the connection
+    path = str(tmp_path / "s.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(16)
+    listening.setblocking(False)
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hello\r\n")
+        await reader.read()
+        writer.close()
+
+    async def run() -> bytes:
+        seat = Seat(board, 0)
+        listener = await serve_on(listening, greet, seat)
+        first_reader, first_writer = await asyncio.open_unix_connection(path)
+        await asyncio.wait_for(first_reader.readline(), 10)
+        second_reader, second_writer = await asyncio.open_unix_connection(path)  # left to the other
+        await asyncio.sleep(0.2)
+        assert seat.open == 1
+        first_writer.close()  # this worker is no longer the busier one
+        greeting = await asyncio.wait_for(second_reader.readline(), 10)
+        second_writer.close()
+        for _ in range(200):  # the sessions end as their clients close
+            if seat.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        listener.close()
+        return greeting
+
+    assert asyncio.run(run()) == b"220 hello\r\n"
+    listening.close()

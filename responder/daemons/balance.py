@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 
 SLOTS = 256
 FREE = -1  # no worker there, or one that no longer accepts
@@ -42,6 +43,9 @@ class Seat:
         self.slot = slot
         self.open = 0
         self.left = False
+        # Called when a connection here closes: a listener leaving connections to the others
+        # takes them again at once if this worker is no longer the busier one.
+        self.on_closed: list[Callable[[], None]] = []
         board.set(slot, 0)
 
     def opened(self) -> None:
@@ -51,6 +55,8 @@ class Seat:
     def closed(self) -> None:
         self.open -= 1
         self._publish()
+        for wake in self.on_closed:
+            wake()
 
     def crowded(self) -> bool:
         """More open connections here than at the least busy worker."""

@@ -128,16 +128,27 @@ class SharedListener:
         self._seat = seat
         self._starting: set[asyncio.Task[object]] = set()
         self._closed = False
+        self._yielding: asyncio.TimerHandle | None = None
+        if seat is not None:
+            seat.on_closed.append(self._fewer)
         self._loop.add_reader(self._fd, self._ready)
 
     def _ready(self) -> None:
         if self._seat is not None and self._seat.crowded():
             self._loop.remove_reader(self._fd)
-            self._loop.call_later(self._YIELD, self._after_yielding)
+            self._yielding = self._loop.call_later(self._YIELD, self._after_yielding)
             return
         self._take()
 
+    def _fewer(self) -> None:
+        # Both workers may be leaving connections to each other, their counts having changed in
+        # between: the one whose connection closed listens again now, not when its wait is over.
+        if self._yielding is not None and self._seat is not None and not self._seat.crowded():
+            self._yielding.cancel()
+            self._after_yielding()
+
     def _after_yielding(self) -> None:
+        self._yielding = None
         if self._closed:
             return
         still_queued = select.select([self._fd], [], [], 0)[0]
@@ -194,8 +205,12 @@ class SharedListener:
         if not self._closed:
             self._closed = True
             self._loop.remove_reader(self._fd)
+            if self._yielding is not None:
+                self._yielding.cancel()
+                self._yielding = None
             if self._seat is not None:
                 self._seat.leave()
+                self._seat.on_closed.remove(self._fewer)
             # Once every copy is closed (the supervisor killed, the workers draining), a client is
             # refused at once instead of waiting in a queue that nobody takes from.
             self._sock.close()
