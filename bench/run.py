@@ -172,6 +172,7 @@ class Bench:
         self.work: Path = args.work
         self.interpreters: list[Interpreter] = []
         self.rows: list[tuple[str, Samples, Samples]] = []
+        self.phases = 0  # senders of reply runs are unique across phases, not only within one
         self.notes: list[str] = []
         self.sink: subprocess.Popen[bytes] | None = None
         self.service: subprocess.Popen[bytes] | None = None
@@ -316,6 +317,7 @@ class Bench:
         return sender, AWAY, message(sender, AWAY)
 
     def phase(self, title: str, config: Path, sieve: bool, extra: tuple[str, ...] = ()) -> None:
+        self.phases += 1
         floors = {i.name: Samples() for i in self.interpreters}
         hooks: dict[tuple[str, str], Samples] = {}
         sieve_samples: dict[str, Samples] = {}
@@ -324,7 +326,9 @@ class Bench:
             for index, interpreter in enumerate(self.interpreters):
                 floors[interpreter.name].add(*run_once([interpreter.python, "-c", "pass"], b"", env))
                 for label in self.CASES:
-                    sender, recipient, data = self.case(label, f"{title[:3]}{index}r{number}")
+                    # A sender answered in an earlier phase would be suppressed by the interval.
+                    tag = f"p{self.phases}i{index}r{number}"
+                    sender, recipient, data = self.case(label, tag)
                     command = [
                         *responder_command(interpreter.python), "--config", str(config), "deliver",
                         "--sender", sender, "--recipient", recipient, "--queue-id", f"B{number}", *extra,
