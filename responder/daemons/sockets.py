@@ -151,7 +151,9 @@ class SharedListener:
         self._yielding = None
         if self._closed:
             return
-        still_queued = select.select([self._fd], [], [], 0)[0]
+        probe = select.poll()  # not select.select, which refuses descriptors from 1024 on
+        probe.register(self._fd, select.POLLIN)
+        still_queued = bool(probe.poll(0))
         if not still_queued or self._take():
             self._loop.add_reader(self._fd, self._ready)
 
