@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from responder.daemons.balance import FREE, SLOTS, Board, Seat
-from responder.daemons.sockets import SharedListener, serve_on
+from responder.daemons.sockets import SharedListener
 
 
 def test_the_board_counts_each_worker_and_forgets_one_that_left() -> None:
@@ -64,7 +64,7 @@ def test_a_crowded_worker_serves_what_nobody_else_takes(listening: socket.socket
 
     async def run() -> tuple[list[bytes], int]:
         seat = Seat(board, 0)
-        listener = await serve_on(listening, _greet, seat)
+        listener = SharedListener(listening, _greet, seat)
         clients = [await asyncio.open_unix_connection(path) for _ in range(3)]
         greetings = [await asyncio.wait_for(reader.readline(), 10) for reader, _ in clients]
         open_at_peak = seat.open
@@ -92,7 +92,7 @@ def test_a_worker_whose_connection_closes_takes_the_one_it_left_at_once(
 
     async def run() -> bytes:
         seat = Seat(board, 0)
-        listener = await serve_on(listening, _greet, seat)
+        listener = SharedListener(listening, _greet, seat)
         first_reader, first_writer = await asyncio.open_unix_connection(path)
         await asyncio.wait_for(first_reader.readline(), 10)
         second_reader, second_writer = await asyncio.open_unix_connection(path)  # left to the other

@@ -522,7 +522,7 @@ class Service:
 
     async def _bind(self) -> list[asyncio.AbstractServer | sockets.SharedListener]:
         if self.listeners is not None:
-            return [await sockets.serve_on(sock, self._session, self.seat) for sock in self.listeners]
+            return [sockets.SharedListener(sock, self._session, self.seat) for sock in self.listeners]
         mode = self.generation.settings.server.socket_mode
         try:
             return [await sockets.listen(self.listen, self._session, mode)]

@@ -108,13 +108,13 @@ def bind_for_workers(spec: SocketSpec, mode: int) -> list[socket.socket]:
 
 
 class SharedListener:
-    """Accepts on a socket the workers share, one connection at a time, leaving it to the least busy.
+    """Accepts on the workers' shared socket one connection at a time, leaving it to the least busy.
 
     asyncio's server accepts every connection queued when the socket becomes ready, so the worker
     that wakes first takes a whole burst: an MTA opens its LMTP connections together and keeps them,
     and one worker would hold most sessions while another idles. Here a worker with more open
     connections than another (``seat``, on the board the supervisor shares) leaves a new one queued
-    for a moment, and takes it after all when nobody else has.
+    for a moment, and takes it after all when nobody else has. Built in the worker's running loop.
     """
 
     _YIELD = 0.02  # seconds a crowded worker leaves a connection to the others
@@ -216,11 +216,6 @@ class SharedListener:
             # Once every copy is closed (the supervisor killed, the workers draining), a client is
             # refused at once instead of waiting in a queue that nobody takes from.
             self._sock.close()
-
-
-async def serve_on(sock: socket.socket, handler: Handler, seat: Seat | None = None) -> SharedListener:
-    """Accept on a socket bound by the supervisor (shared with the other workers)."""
-    return SharedListener(sock, handler, seat)
 
 
 def bound_address(server: asyncio.Server, spec: SocketSpec) -> str:
