@@ -7,6 +7,7 @@ retry. Every relay step ends before the hook's deadline, QUIT included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -317,6 +318,30 @@ def test_the_data_is_dot_stuffed_and_arrives_unchanged(sink: SmtpSink) -> None:
     [received] = sink.wait_for(1)
     content = received.message.get_content()
     assert content.replace("\r\n", "\n") == body + "\n"
+
+
+def test_an_answer_that_comes_at_once_after_the_final_dot_is_read(relay: FaultyRelay) -> None:
+    """On uvloop the relay's 250 can arrive before the task awaiting it first runs: never missed."""
+    import uvloop
+
+    from responder.daemons.lmtp_service import PooledSmtpTransport
+
+    settings = settings_from_mapping({"smtp": {"port": relay.port, "timeout": "2s"}})
+    message = EmailMessage()
+    message["Subject"] = "Auto: hello"
+    message.set_content("I am away.")
+
+    async def send_all() -> None:
+        transport = PooledSmtpTransport(settings.smtp, asyncio.get_running_loop(), keep=1)
+        try:
+            for _ in range(20):
+                await transport.send_pooled(Outgoing("", SENDER, message))
+        finally:
+            transport.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(send_all())
+    assert (len(relay.received), relay.accepted) == (20, 20)
 
 
 def test_service_never_sends_twice_when_a_reused_connection_drops_after_the_dot(

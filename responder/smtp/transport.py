@@ -25,6 +25,7 @@ RESERVE = 0.5
 QUIT_WAIT = 1.0
 # Where the final answer is awaited: from here on the relay may have the response.
 END_OF_DATA = "end of data"
+FINAL_DOT = b".\r\n"
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _RECIPIENT_STATUS = re.compile(r"5\.1\.\d{1,3}\b")
@@ -184,13 +185,25 @@ class SmtpTransport:
             if inspect.isawaitable(marked):
                 await marked
         try:
-            protocol.write(_dot_stuffed(message))
+            protocol.write(_dot_stuffed(message)[: -len(FINAL_DOT)])
         except aiosmtplib.SMTPException as exc:
             raise RelayUnavailable(f"{self._name()}: the data could not be written: {exc}") from exc
-        handover.done = True
+
+        async def final_dot() -> aiosmtplib.SMTPResponse:
+            # Sent as a command, so that aiosmtplib expects the answer before the dot goes out (an
+            # answer that arrives first is dropped). The command writes without yielding: the dot is
+            # out exactly when ``done`` is set, even should the step time out before it runs.
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                raise aiosmtplib.SMTPServerDisconnected("connection lost before the final dot")
+            handover.done = True
+            return await protocol.execute_command(b".")
+
         try:
-            answer = await self._bounded(END_OF_DATA, protocol.read_response(timeout=None))
+            answer = await self._bounded(END_OF_DATA, final_dot())
         except RelayUnavailable as exc:
+            if not handover.done:
+                raise
             # The relay may have queued it and lost only its answer: a retry could mail twice.
             raise RelayUnconfirmed(str(exc)) from exc
         if answer.code != 250:
@@ -217,7 +230,7 @@ def _dot_stuffed(message: bytes) -> bytes:
     if lines and lines[-1] == b"":
         lines.pop()
     body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
-    return body + b".\r\n"
+    return body + FINAL_DOT
 
 
 def _raise_for(code: int, message: str, stage: str, cause: BaseException | None) -> NoReturn:
