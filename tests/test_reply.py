@@ -19,7 +19,7 @@ from responder.mail.message import Envelope, Inbound
 from responder.mail.reply import compose_reply
 from responder.smtp.transport import SmtpTransport
 from responder.store.database import REPLIES, Store
-from tests.helpers import FakeClock, sample
+from tests.helpers import MESSAGES, FakeClock, sample
 from tests.sink import Received, SmtpSink
 
 ALICE = "alice@example.com"
@@ -230,3 +230,61 @@ def test_a_field_folded_once_is_the_field_the_email_package_folds(tmp_path: Path
         composed.append(data.split(b"\r\nTo:", 1)[0])
     assert composed[0] == composed[2] != composed[1]  # the folds kept apart by value
     assert composed[0].count(b"\r\n ") >= 1 and b"=?utf-8?" in composed[0]
+
+
+# Display names that quoting, escaping or folding could change: each must come out as the email
+# package itself writes it.
+_NAMES = [
+    "Bob",
+    "Bob Smith",
+    "Smith, Bob",
+    'Bob "the" Builder',
+    "O'Brien",
+    "Dr. Bob",
+    "two  spaces",
+    "back\\slash",
+    "(not a comment)",
+    "<angle>",
+    "a@b",
+    "Ünïcode Name",
+    "=?utf-8?q?looks_encoded?=",
+    "x" * 90,
+]
+_SUBJECTS = ["", "hello", "two  spaces", " leading", "trailing ", "tab\there", "s" * 70, "x " * 50, "Grüße"]
+
+
+def _replies(names: list[str], subjects: list[str]) -> Iterator[bytes]:
+    for path in sorted(MESSAGES.rglob("*.eml")):
+        data = path.read_bytes()
+        for number, (name, subject) in enumerate(zip(names, subjects * len(names), strict=False)):
+            sender = "bob@example.org" if number % 3 else "bob.smith-jr+tag@sub.example.org"
+            header = f"From: {name} <{sender}>\nSubject: {subject}\n".encode("utf-8", "surrogateescape")
+            inbound = Inbound(Envelope(sender=sender, recipient="alice@example.com"), header + data)
+            yield compose_reply(
+                inbound,
+                from_header="Alice <alice@example.com>",
+                responder_address="alice@example.com",
+                subject=None,
+                body="Away.\n",
+                envelope_sender="",
+                now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+                hostname="mx.example.com",
+            ).as_bytes()
+
+
+def test_fields_kept_as_given_are_what_the_email_package_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Composed with and without the per-reply fields kept as their source text: the same bytes."""
+    import itertools
+
+    from responder.mail import reply
+
+    names = [*_NAMES, *(f"Sender {n}" for n in range(3))]
+    ids = itertools.count()
+    monkeypatch.setattr(reply, "make_msgid", lambda domain: f"<{next(ids)}@{domain}>")
+    kept = list(_replies(names, _SUBJECTS))
+    ids = itertools.count()
+    monkeypatch.setattr(reply._FoldOnce, "header_store_parse", policy.EmailPolicy.header_store_parse)
+    parsed = list(_replies(names, _SUBJECTS))
+    assert len(kept) > 1000
+    for one, other in zip(kept, parsed, strict=True):
+        assert one == other

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses, make_msgid
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 # LOOP_HEADER lives in message (the hook reads it before composing anything); re-exported here.
 from responder.mail.message import LOOP_HEADER as LOOP_HEADER  # noqa: PLC0414
@@ -75,10 +76,30 @@ class _RepeatingHeaders(HeaderRegistry):
         return _kept(self.kept, (name, value), lambda: super(_RepeatingHeaders, self).__call__(name, value))
 
 
+# Fields set to a new value for each reply. A value of printable ASCII words that fits on its line
+# is one the email package folds to itself: it is kept as its source text (what the package does
+# with a source value that needs no refolding), not parsed into a header object that would only
+# be folded back. Reading such a field parses it then.
+_PER_REPLY = frozenset({"to", "subject", "date", "message-id", "in-reply-to", "references"})
+_plain = re.compile(r"[!-~]+(?: [!-~]+)*").fullmatch
+
+
 class _FoldOnce(EmailPolicy):
     """policy.SMTP, folding each repeating field once: a fold is a function of the name and value."""
 
     _folded: ClassVar[dict[tuple[str, str], bytes]] = {}
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        text = str(value) if type(value) is Address else value
+        if (
+            type(text) is str
+            and len(name) + 2 + len(text) <= (self.max_line_length or 0)
+            and name.lower() in _PER_REPLY
+            and _plain(text)
+            and "=?" not in text
+        ):
+            return (name, text)
+        return super().header_store_parse(name, value)
 
     def fold_binary(self, name: str, value: str) -> bytes:
         if name.lower() not in _REPEATING:
