@@ -7,13 +7,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, true, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, true, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from responder.errors import StoreUnavailable
+from responder.store.driver import Prepared
 from responder.store.engine import ATTEMPTS, Database
 from responder.store.schema import rate_counters
+
+# The statements of every response counted, on the driver's own cursor (responder.store.driver).
+_c = rate_counters.c
+_ONE = (
+    _c.scope == bindparam("p_scope"),
+    _c.counter_key == bindparam("p_key"),
+    _c.window_start == bindparam("p_start"),
+)
+_READ = Prepared(select(_c.count).where(*_ONE))
+_COUNT = Prepared(
+    update(rate_counters).where(*_ONE, _c.count < bindparam("p_limit")).values(count=_c.count + 1)
+)
+_CREATE = Prepared(
+    insert(rate_counters), ["scope", "counter_key", "window_start", "window_end", "count", "tripped"]
+)
 
 
 @dataclass(frozen=True)
@@ -98,18 +114,9 @@ class Counters(Database):
         """The current count of each counter; 0 for one without a row yet."""
         if not counters:
             return []
-        c = rate_counters.c
-        query = select(c.scope, c.counter_key, c.window_start, c.count).where(
-            or_(
-                *(
-                    and_(c.scope == w.scope, c.counter_key == w.key, c.window_start == w.start)
-                    for w in counters
-                )
-            )
-        )
         with self._guard("reading the rate counters"), self.engine.connect() as conn:
-            found = {(scope, key, start): n for scope, key, start, n in conn.execute(query)}
-        return [found.get((w.scope, w.key, w.start), 0) for w in counters]
+            # One look-up by key per counter: the statement is the same whatever the limits are.
+            return [found[0][0] if (found := _READ.rows(conn, _bound(w))) else 0 for w in counters]
 
     def mark_tripped(self, counter: CounterWindow) -> bool:
         """Flag a full counter as tripped; True only for the one caller that set the flag."""
@@ -152,26 +159,29 @@ class Counters(Database):
 _COUNTED, _FULL, _AGAIN = "counted", "full", "again"
 
 
+def _bound(counter: CounterWindow) -> dict[str, Any]:
+    return {"p_scope": counter.scope, "p_key": counter.key, "p_start": counter.start}
+
+
 def _count_one(conn: Connection, counter: CounterWindow, limit: int) -> str:
     """One step of ``take_counts``: counted, full (at its limit), or again (changed under us)."""
-    c = rate_counters.c
-    where = (c.scope == counter.scope, c.counter_key == counter.key, c.window_start == counter.start)
-    counted = conn.execute(update(rate_counters).where(*where, c.count < limit).values(count=c.count + 1))
-    if counted.rowcount == 1:
+    where = _bound(counter)
+    if _COUNT.execute(conn, {**where, "p_limit": limit}) == 1:
         return _COUNTED
-    current = conn.execute(select(c.count).where(*where)).scalar_one_or_none()
-    if current is not None:
-        return _FULL if current >= limit else _AGAIN
+    found = _READ.rows(conn, where)
+    if found:
+        return _FULL if found[0][0] >= limit else _AGAIN
     try:
-        conn.execute(
-            insert(rate_counters).values(
-                scope=counter.scope,
-                counter_key=counter.key,
-                window_start=counter.start,
-                window_end=counter.end,
-                count=1,
-                tripped=False,
-            )
+        _CREATE.execute(
+            conn,
+            {
+                "scope": counter.scope,
+                "counter_key": counter.key,
+                "window_start": counter.start,
+                "window_end": counter.end,
+                "count": 1,
+                "tripped": False,
+            },
         )
     except sa_exc.IntegrityError:
         # Another process created the row first (and PostgreSQL has aborted our transaction):
