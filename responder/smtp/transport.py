@@ -8,7 +8,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import aiosmtplib
 
@@ -25,7 +25,6 @@ RESERVE = 0.5
 QUIT_WAIT = 1.0
 # Where the final answer is awaited: from here on the relay may have the response.
 END_OF_DATA = "end of data"
-FINAL_DOT = b".\r\n"
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _RECIPIENT_STATUS = re.compile(r"5\.1\.\d{1,3}\b")
@@ -184,26 +183,22 @@ class SmtpTransport:
             marked = handover.before()
             if inspect.isawaitable(marked):
                 await marked
+        # aiosmtplib drops what arrives while no answer is awaited, and an event loop may run the
+        # relay's answer before a task created after the write has started (uvloop does): the read
+        # is under way before the data goes out.
+        reading = asyncio.ensure_future(protocol.read_response(timeout=None))
         try:
-            protocol.write(_dot_stuffed(message)[: -len(FINAL_DOT)])
-        except aiosmtplib.SMTPException as exc:
-            raise RelayUnavailable(f"{self._name()}: the data could not be written: {exc}") from exc
-
-        async def final_dot() -> aiosmtplib.SMTPResponse:
-            # Sent as a command, so that aiosmtplib expects the answer before the dot goes out (an
-            # answer that arrives first is dropped). The command writes without yielding: the dot is
-            # out exactly when ``done`` is set, even should the step time out before it runs.
-            transport = protocol.transport
-            if transport is None or transport.is_closing():
-                raise aiosmtplib.SMTPServerDisconnected("connection lost before the final dot")
-            handover.done = True
-            return await protocol.execute_command(b".")
-
+            await asyncio.sleep(0)
+            protocol.write(_dot_stuffed(message))
+        except BaseException as exc:
+            _discard(reading)
+            if isinstance(exc, aiosmtplib.SMTPException):
+                raise RelayUnavailable(f"{self._name()}: the data could not be written: {exc}") from exc
+            raise
+        handover.done = True
         try:
-            answer = await self._bounded(END_OF_DATA, final_dot())
+            answer = await self._bounded(END_OF_DATA, reading)
         except RelayUnavailable as exc:
-            if not handover.done:
-                raise
             # The relay may have queued it and lost only its answer: a retry could mail twice.
             raise RelayUnconfirmed(str(exc)) from exc
         if answer.code != 250:
@@ -224,13 +219,19 @@ def _ehlo_name(outgoing: Outgoing) -> str:
     return domain if domain and domain.isascii() else socket.gethostname()
 
 
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task``, or take its outcome should it have ended: nothing waits for it any more."""
+    if not task.cancel() and not task.cancelled():
+        task.exception()
+
+
 def _dot_stuffed(message: bytes) -> bytes:
     """The message as DATA sends it: CRLF line ends, leading dots doubled, the final dot line."""
     lines = _LINE_ENDS.split(message)
     if lines and lines[-1] == b"":
         lines.pop()
     body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
-    return body + FINAL_DOT
+    return body + b".\r\n"
 
 
 def _raise_for(code: int, message: str, stage: str, cause: BaseException | None) -> NoReturn:
