@@ -107,6 +107,45 @@ def test_relay_down_for_a_while_then_up_defers_nothing_and_sends_each_once(
     assert "action=defer" not in service.log()
 
 
+@pytest.mark.race
+def test_relay_down_for_a_minute_while_mail_arrives_then_up_sends_each_owed_once(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
+) -> None:
+    """The outage of the issue, in real time: a minute of mail accepted with the relay down."""
+    port = sink.port
+    sink.stop()
+    # Backoff of seconds rather than minutes: the retries that fail during the minute are many, and
+    # the one after the relay is back comes within the test's patience. A hundred replies from one
+    # recipient and one sender domain are more than the default limits let through.
+    limits = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
+    service = start_service(outbox={"backoff_min": "1s", "backoff_max": "4s"}, limits=limits)
+    vacation_set(service.config, ALICE, "--message", "Away.")
+    senders: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        batch = [f"m{len(senders) + n}@example.org" for n in range(5)]
+        assert _deliver(socket_path, batch) == [250] * 5
+        senders += batch
+        time.sleep(3)  # the arrivals spread over the minute
+    shown = _outbox(service.config)
+    assert shown["owed"] == len(senders) >= 50
+    rows = Store.open(db_url)
+    try:
+        tried = max(row.attempts for row in rows.outbox_rows(limit=1000))
+    finally:
+        rows.close()
+    assert tried >= 10  # the first responses were tried again and again throughout the minute
+    back = SmtpSink(port=port).start()
+    try:
+        _wait(lambda: _outbox(service.config)["owed"] == 0, timeout=60)
+        time.sleep(0.5)  # nothing more arrives
+        assert sorted(m.rcpt_tos[0] for m in back.received()) == sorted(senders)
+    finally:
+        back.stop()
+    assert _reasons(db_url) == Counter({("reply", None): len(senders)})
+    assert "action=defer" not in service.log()
+
+
 def test_a_relay_answering_4xx_is_tried_again_and_a_5xx_is_final_and_audited(
     start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
 ) -> None:
