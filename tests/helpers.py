@@ -14,6 +14,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MESSAGES = Path(__file__).resolve().parent / "messages"
+# [limits] with every rate limit switched off: for tests that send more than the defaults let through.
+LIMITS_OFF = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
 
 
 class FakeClock:

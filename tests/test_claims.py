@@ -19,9 +19,9 @@ from responder.decide.context import CLAIM_STALE_MARGIN
 from responder.store.database import REPLIES, ClaimRequest, Store
 from tests.conftest import ConfigFactory
 from tests.dnsserver import DNSServer
-from tests.helpers import deliver_args, hook_env
+from tests.helpers import LIMITS_OFF, deliver_args, hook_env
 from tests.sink import SmtpSink
-from tests.test_limits_race import OFF, RCPTS, _outcomes, _race, _vacations
+from tests.test_limits_race import RCPTS, _outcomes, _race, _vacations
 
 BOB = "bob@example.org"
 ALICE = RCPTS[0]
@@ -126,7 +126,7 @@ def test_twelve_concurrent_messages_of_one_sender(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink, interval: int
 ) -> None:
     """Every one answered with a zero interval; exactly one within a week's."""
-    config = make_config(limits=OFF, reply={"min_interval": "0s"})
+    config = make_config(limits=LIMITS_OFF, reply={"min_interval": "0s"})
     _vacations(db_url, ALICE, interval=interval)
     runs = _race(config, [(BOB, ALICE, f"m{i}@example.org") for i in range(12)])
     assert [r.returncode for r in runs] == [0] * 12, [r.stderr for r in runs if r.returncode]
@@ -144,7 +144,7 @@ def test_twelve_concurrent_messages_of_one_sender(
 def test_a_pending_claim_of_another_message_is_waited_for(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink, start: HookFactory, outcome: str
 ) -> None:
-    config = make_config(limits=OFF)
+    config = make_config(limits=LIMITS_OFF)
     _vacations(db_url, ALICE)
     holder = _hold_claim(db_url)
     vacation_id = holder.list_vacations()[0].id
@@ -169,7 +169,7 @@ def test_a_pending_claim_of_another_message_is_waited_for(
 def test_a_claim_still_pending_at_the_deadline_defers_and_the_retry_answers(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink, start: HookFactory
 ) -> None:
-    config = make_config(limits=OFF, deliver={"deadline": "2s"})
+    config = make_config(limits=LIMITS_OFF, deliver={"deadline": "2s"})
     _vacations(db_url, ALICE)
     holder = _hold_claim(db_url)
     code, log = start(config, _message(1)).finish()
@@ -190,7 +190,7 @@ def test_only_a_claim_older_than_the_stale_age_is_taken_over(
 ) -> None:
     """A live delivery's claim is never taken over, however slow; one whose owner has certainly ended is."""
     deadline = 2.0
-    config = make_config(limits=OFF, deliver={"deadline": f"{deadline:g}s"})
+    config = make_config(limits=LIMITS_OFF, deliver={"deadline": f"{deadline:g}s"})
     _vacations(db_url, ALICE)
     stale_age = deadline + CLAIM_STALE_MARGIN
     # Past the deadline (the owner may still be sending), but younger than the stale age.
@@ -223,7 +223,7 @@ def test_a_forgery_being_verified_does_not_cost_the_real_sender_the_interval(
     start: HookFactory,
 ) -> None:
     config = make_config(
-        limits=OFF,
+        limits=LIMITS_OFF,
         verify={
             "require": "aligned",
             "dns_servers": [dns_server.address],

@@ -20,10 +20,8 @@ from responder.mail.message import Envelope, Inbound
 from responder.smtp.transport import SmtpTransport
 from responder.store.database import CounterWindow, Store
 from responder.store.schema import rate_counters, reply_claims
-from tests.helpers import FakeClock
+from tests.helpers import LIMITS_OFF, FakeClock
 from tests.sink import SmtpSink
-
-OFF = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def _services(store: Store, db_url: str, sink: SmtpSink, clock: FakeClock, **lim
             "smtp": {"port": sink.port},
             "verify": {"require": "off"},
             "reply": {"min_interval": "0s"},
-            "limits": {**OFF, **limits},
+            "limits": {**LIMITS_OFF, **limits},
         }
     )
     return Services(settings, clock=clock, store=store, transport=SmtpTransport(settings.smtp))

@@ -19,14 +19,13 @@ from sqlalchemy.pool import NullPool
 
 from responder.store.database import Store
 from tests.conftest import ConfigFactory
-from tests.helpers import deliver_args, hook_env
+from tests.helpers import LIMITS_OFF, deliver_args, hook_env
 from tests.sink import SmtpSink
 
 # Many hook processes at once: slow, deselected in the quick loop with -m "not race".
 pytestmark = pytest.mark.race
 
 PROCESSES = 16
-OFF = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
 RCPTS = [f"rcpt{i}@example.com" for i in range(PROCESSES)]
 
 
@@ -118,7 +117,7 @@ SPELLINGS = [
 def test_sixteen_processes_send_exactly_the_limit(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink, limited: str
 ) -> None:
-    config = make_config(limits={**OFF, limited: "5/1h"})
+    config = make_config(limits={**LIMITS_OFF, limited: "5/1h"})
     _vacations(db_url, *RCPTS)
     senders = [SPELLINGS[i % len(SPELLINGS)].format(i=i) for i in range(PROCESSES)]
     if limited == "global":
@@ -147,7 +146,7 @@ def test_processes_delivering_one_message_send_one_reply(
 
 def test_counts_expire_with_a_short_window(make_config: ConfigFactory, db_url: str, sink: SmtpSink) -> None:
     window = 5
-    config = make_config(limits={**OFF, "per_sender": f"2/{window}s"})
+    config = make_config(limits={**LIMITS_OFF, "per_sender": f"2/{window}s"})
     _vacations(db_url, *RCPTS)
     # Start right after a window boundary, so that the first three most likely share one window.
     time.sleep(window - time.time() % window + 0.05)
@@ -176,7 +175,7 @@ def test_counts_expire_with_a_short_window(make_config: ConfigFactory, db_url: s
 def test_a_locked_counter_defers_with_75_and_the_retry_answers(
     make_config: ConfigFactory, db_url: str, sink: SmtpSink
 ) -> None:
-    config = make_config(database={"busy_timeout": 1}, limits={**OFF, "per_sender": "5/1h"})
+    config = make_config(database={"busy_timeout": 1}, limits={**LIMITS_OFF, "per_sender": "5/1h"})
     _vacations(db_url, *RCPTS[:2])
     [first] = _race(config, [("bob@example.org", RCPTS[0], "m0@example.org")])
     assert first.returncode == 0

@@ -13,7 +13,7 @@ import pytest
 
 from responder.store.database import Store
 from tests.conftest import ConfigFactory
-from tests.helpers import run_admin, vacation_set
+from tests.helpers import LIMITS_OFF, run_admin, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
 from tests.sink import SmtpSink
 
@@ -117,8 +117,7 @@ def test_relay_down_for_a_minute_while_mail_arrives_then_up_sends_each_owed_once
     # Backoff of seconds rather than minutes: the retries that fail during the minute are many, and
     # the one after the relay is back comes within the test's patience. A hundred replies from one
     # recipient and one sender domain are more than the default limits let through.
-    limits = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
-    service = start_service(outbox={"backoff_min": "1s", "backoff_max": "4s"}, limits=limits)
+    service = start_service(outbox={"backoff_min": "1s", "backoff_max": "4s"}, limits=LIMITS_OFF)
     vacation_set(service.config, ALICE, "--message", "Away.")
     senders: list[str] = []
     started = time.monotonic()
@@ -129,11 +128,11 @@ def test_relay_down_for_a_minute_while_mail_arrives_then_up_sends_each_owed_once
         time.sleep(3)  # the arrivals spread over the minute
     shown = _outbox(service.config)
     assert shown["owed"] == len(senders) >= 50
-    rows = Store.open(db_url)
+    store = Store.open(db_url)
     try:
-        tried = max(row.attempts for row in rows.outbox_rows(limit=1000))
+        tried = max(row.attempts for row in store.outbox_rows(limit=1000))
     finally:
-        rows.close()
+        store.close()
     assert tried >= 10  # the first responses were tried again and again throughout the minute
     back = SmtpSink(port=port).start()
     try:

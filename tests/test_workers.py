@@ -16,13 +16,12 @@ import pytest
 from responder.decide.context import utcnow
 from responder.store.database import Store
 from tests.conftest import ConfigFactory
-from tests.helpers import vacation_set
+from tests.helpers import LIMITS_OFF, vacation_set
 from tests.lmtp_support import LmtpClient, ServiceProcess
 from tests.sink import SmtpSink
 
 ALICE = "alice@example.com"
 ServiceFactory = Callable[..., ServiceProcess]
-NO_LIMITS = {"per_sender": "off", "per_sender_domain": "off", "per_recipient": "off", "global": "off"}
 
 
 def _message(sender: str, number: int = 1) -> bytes:
@@ -44,7 +43,7 @@ def start_service(make_config: ConfigFactory, socket_path: Path, tmp_path: Path)
     def start(config: Path | None = None, **sections: dict[str, object]) -> ServiceProcess:
         if config is None:
             server = {"socket": f"unix:{socket_path}", "processes": 2, **sections.pop("server", {})}
-            config = make_config(server=server, limits=NO_LIMITS, **sections)
+            config = make_config(server=server, limits=LIMITS_OFF, **sections)
         service = ServiceProcess(config, socket_path, tmp_path / f"service-{len(started)}.log")
         started.append(service)  # before it starts: one that never gets ready is stopped all the same
         return service.start()
@@ -275,7 +274,7 @@ def test_kill_9_of_a_worker_the_supervisor_or_everything_loses_and_doubles_nothi
 ) -> None:
     config = make_config(
         server={"socket": f"unix:{socket_path}", "processes": 2, "stop_timeout": "5s"},
-        limits=NO_LIMITS,
+        limits=LIMITS_OFF,
         deliver={"deadline": "10s"},
         outbox={"lease": "3s", "backoff_min": "0.2s", "backoff_max": "1s"},
     )
