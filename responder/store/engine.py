@@ -214,7 +214,9 @@ class Database:
 
     @contextmanager
     def _begin(self, what: str) -> Iterator[Connection]:
-        with self._guard(what), self._one_writer(what), self.engine.begin() as conn:
+        # The write turn covers the transaction alone: the pool's check-out and return happen
+        # outside it, so that the other writers wait for statements, not for the pool's bookkeeping.
+        with self._guard(what), self.engine.connect() as conn, self._one_writer(what), conn.begin():
             yield conn
 
     @contextmanager
