@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from responder.decide.records import DecisionRecord
 from responder.store.database import REPLIES, ClaimRequest, CounterWindow, Store
-from responder.store.outbox import UNCONFIRMED, ClaimLost, HeldClaim, Owed
+from responder.store.outbox import UNCONFIRMED, ClaimLost, HeldClaim, Mark, Owed
 from responder.store.schema import rate_counters, reply_claims
 
 ALICE = "alice@example.com"
@@ -113,22 +113,30 @@ def test_sending_needs_the_lease_and_sent_is_final(store: Store) -> None:
     assert store.take_due(KEY, NOW + dt.timedelta(days=1), 10, 60) == []
 
 
-def test_a_senders_marks_of_one_moment_share_a_transaction_and_each_checks_its_lease(store: Store) -> None:
+def test_the_marks_of_one_moment_share_a_transaction_and_each_sending_checks_its_lease(store: Store) -> None:
     for number in range(3):
         _queue(store, f"s{number}@example.org")
     rows = store.take_due(KEY, NOW, 10, 60)
     tokens = [row.lease_token or "" for row in rows]
     # The second row's lease is another sender's by now: it alone is refused.
-    marks = store.mark_sending_many(
-        [(rows[0].id, tokens[0]), (rows[1].id, "9" * 32), (rows[2].id, tokens[2])]
-    )
-    assert marks == [True, False, True]
-    store.mark_sent_many([(rows[0].id, tokens[0], NOW, ""), (rows[2].id, tokens[2], NOW, "answer lost")])
+    sending = [Mark(rows[0].id, tokens[0]), Mark(rows[1].id, "9" * 32), Mark(rows[2].id, tokens[2])]
+    assert store.mark_many(sending) == [True, False, True]
+    # A later send's "sending" goes with the "sent" of those before it, in the same transaction.
+    _queue(store, "s3@example.org")
+    [later] = store.take_due(KEY, NOW, 10, 60)
+    assert later.lease_token is not None
+    marks = [
+        Mark(rows[0].id, tokens[0], NOW),
+        Mark(later.id, later.lease_token),
+        Mark(rows[2].id, tokens[2], NOW, "answer lost"),
+    ]
+    assert store.mark_many(marks) == [True, True, True]
     states = {row.id: (row.state, row.last_error) for row in store.outbox_rows()}
     assert states == {
         rows[0].id: ("sent", ""),
         rows[1].id: ("pending", ""),
         rows[2].id: ("sent", "answer lost"),
+        later.id: ("sending", ""),
     }
 
 

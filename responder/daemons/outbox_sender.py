@@ -28,6 +28,7 @@ from responder.logsetup import printable
 from responder.observe import events
 from responder.smtp.faults import relay_fault_kind
 from responder.smtp.transport import Handover
+from responder.store.outbox import Mark
 
 if TYPE_CHECKING:
     from responder.daemons.lmtp_service import Generation
@@ -92,9 +93,9 @@ class OutboxSender:
         # Its own threads: one stuck on a locked database must not hold up the loop's shutdown, and
         # their names mark them as the service's workers (see lmtp_service.run_worker).
         self.executor = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="responder-worker-outbox")
-        # The sends of the moment share their writes: one thread call and one transaction each.
-        self.mark_sending = Batched(_mark_sending, self._db)
-        self.mark_sent = Batched(_mark_sent, self._db)
+        # The sends of the moment share their writes, "sending" and "sent" alike: one thread call
+        # and one transaction for all of them.
+        self.mark = Batched(_mark, self._db)
 
     def _db(self, call: Callable[..., T], *args: object) -> asyncio.Future[T]:
         return self.loop.run_in_executor(self.executor, call, *args)
@@ -212,7 +213,7 @@ class OutboxSender:
         assert token is not None
 
         async def before_final_dot() -> None:
-            if not await self.mark_sending((store, row.id, token)):
+            if not await self.mark((store, Mark(row.id, token))):
                 raise LeaseLost(f"response {row.id} was taken over by another sender")
 
         handover = Handover(before_final_dot)
@@ -246,7 +247,7 @@ class OutboxSender:
 
     async def _sent(self, store: Store, row: OutboxRow, token: str, note: str) -> None:
         try:
-            await self.mark_sent((store, row.id, token, utcnow(), note))
+            await self.mark((store, Mark(row.id, token, utcnow(), note)))
         except StoreUnavailable as exc:
             # It stays "sending": whoever finds it so after its lease counts it as sent, never resends.
             log.warning("outbox: response %d sent but not marked (counted as sent later): %s", row.id, exc)
@@ -332,12 +333,8 @@ def _per_store(
     return results  # type: ignore[return-value]  # every place was filled
 
 
-def _mark_sending(items: Sequence[tuple[Store, int, str]]) -> list[bool]:
-    return _per_store(items, lambda store, rows: store.mark_sending_many(rows))
-
-
-def _mark_sent(items: Sequence[tuple[Store, int, str, dt.datetime, str]]) -> list[None]:
-    return _per_store(items, lambda store, rows: store.mark_sent_many(rows))
+def _mark(items: Sequence[tuple[Store, Mark]]) -> list[bool]:
+    return _per_store(items, lambda store, rows: store.mark_many([mark for (mark,) in rows]))
 
 
 def _relay_fault(exc: BaseException, usable: bool) -> None:

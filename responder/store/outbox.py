@@ -76,6 +76,16 @@ class Owed:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """A sender's mark on a leased row: ``sending`` without ``sent_at``, else ``sent`` then."""
+
+    row_id: int
+    token: str
+    sent_at: dt.datetime | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class OutboxRow:
     id: int
     created_at: dt.datetime
@@ -257,29 +267,30 @@ class Outbox(Database):
 
     def mark_sending(self, row_id: int, token: str) -> bool:
         """Right before the final dot: False when the lease is no longer ours (do not send)."""
-        return self.mark_sending_many([(row_id, token)])[0]
-
-    def mark_sending_many(self, rows: Sequence[tuple[int, str]]) -> list[bool]:
-        """``mark_sending`` of each (id, lease token) in one transaction: a sender's sends of the moment."""
-        with self._begin("marking a response as being sent") as conn:
-            return [
-                _MARK_SENDING.execute(conn, {"p_id": row_id, "p_token": token}) == 1 for row_id, token in rows
-            ]
+        return self.mark_many([Mark(row_id, token)])[0]
 
     def mark_sent(self, row_id: int, token: str, now: dt.datetime, note: str = "") -> None:
-        self.mark_sent_many([(row_id, token, now, note)])
+        self.mark_many([Mark(row_id, token, now, note)])
 
-    def mark_sent_many(self, rows: Sequence[tuple[int, str, dt.datetime, str]]) -> list[None]:
-        """``mark_sent`` of each (id, lease token, when, note) in one transaction."""
-        with self._begin("marking a response sent") as conn:
-            _MARK_SENT.execute_many(
-                conn,
-                [
-                    {"p_id": row_id, "p_token": token, "p_now": now, "p_note": note}
-                    for row_id, token, now, note in rows
-                ],
-            )
-        return [None] * len(rows)
+    def mark_many(self, marks: Sequence[Mark]) -> list[bool]:
+        """Each mark in one transaction: a sender's ``sending`` and ``sent`` marks of the moment.
+
+        True for a ``sent`` mark, and for a ``sending`` mark whose lease is still ours.
+        """
+        with self._begin("marking responses as being sent or sent") as conn:
+            results = [
+                mark.sent_at is not None
+                or _MARK_SENDING.execute(conn, {"p_id": mark.row_id, "p_token": mark.token}) == 1
+                for mark in marks
+            ]
+            sent = [
+                {"p_id": mark.row_id, "p_token": mark.token, "p_now": mark.sent_at, "p_note": mark.note}
+                for mark in marks
+                if mark.sent_at is not None
+            ]
+            if sent:
+                _MARK_SENT.execute_many(conn, sent)
+        return results
 
     def retry_later(self, row_id: int, token: str, error: str, at: dt.datetime) -> None:
         """A transient fault: back to pending (also from ``sending``: the relay answered, so it has no
