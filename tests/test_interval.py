@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 
@@ -199,3 +200,41 @@ def test_explain_reports_a_pending_claim_without_waiting(
     store.confirm_claim(REPLIES, vacation_id, "bob@example.org", token)
     decision = respond(Inbound(Envelope("bob@example.org", ALICE), _message(2)), services, dry_run=True)
     assert (decision.action, decision.reason) == ("suppress", "interval")
+
+
+class _Queueing(Services):
+    """Responses committed to the outbox, as the service commits them; ``race`` runs once, right
+    before the first commit."""
+
+    queues_responses = True
+    race: Callable[[], None] | None = None
+
+    def before_queue(self) -> None:
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+
+
+def test_with_an_outbox_the_first_commit_takes_the_interval_and_a_later_one_is_suppressed(
+    store: Store, db_url: str, sink: SmtpSink, clock: FakeClock
+) -> None:
+    settings = _services(store, db_url, sink, clock).settings
+    services = _Queueing(settings, clock=clock, store=store)
+    assert services.claims_at_commit
+    _vacation(store, clock)
+    raced: list[tuple[str, str | None]] = []
+    # Message 2 is decided and committed while message 1 is being composed: both found the interval
+    # free; the first commit takes it, and the other is suppressed at its own, nothing written.
+    services.race = lambda: raced.append(_decide(services, 2))
+    assert _decide(services, 1) == ("suppress", "interval")
+    assert raced == [("reply", None)]
+    [owed] = store.outbox_rows()
+    assert b"In-Reply-To: <m2@example.org>" in owed.message
+    decided = sorted((d.action, d.reason or "") for d in store.decisions())
+    assert decided == [("reply", ""), ("suppress", "interval")]
+    # The interval holds for the next message, and ends as it does for a claim taken before composing.
+    assert _decide(services, 3) == ("suppress", "interval")
+    clock.advance(days=7)
+    assert _decide(services, 4) == ("reply", None)
+    assert len(store.outbox_rows()) == 2
+    assert sink.received() == []  # the outbox's sender sends them, not the decision

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,27 @@ def test_database_unusable_is_451_and_the_outbox_drains_after(
     finally:
         back.stop()
     assert _reasons(db_url)[("reply", None)] == 3
+
+
+def test_messages_of_one_sender_at_once_get_one_reply_and_the_others_are_suppressed(
+    start_service: ServiceFactory, socket_path: Path, sink: SmtpSink, db_url: str
+) -> None:
+    service = start_service(limits=LIMITS_OFF)
+    vacation_set(service.config, ALICE, "--message", "Away.", "--interval", "7d")
+    bob = "bob@example.org"
+
+    def deliver(number: int) -> int:
+        client = LmtpClient(socket_path)
+        client.greet()
+        code = client.send_message(bob, [ALICE], _message(bob, number))[0][0]
+        client.close()
+        return code
+
+    # Sixteen at a time over both processes: many decide while another's response is not yet committed.
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(deliver, range(48)))
+    assert codes == [250] * 48
+    _wait(lambda: _outbox(service.config)["owed"] == 0)
+    assert _reasons(db_url) == Counter({("reply", None): 1, ("suppress", "interval"): 47})
+    assert len(sink.received()) == 1
+    assert "action=defer" not in service.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,8 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from responder.decide.records import DecisionRecord
+from responder.store.claims import takes_in_one_statement
 from responder.store.database import REPLIES, ClaimRequest, CounterWindow, Store
-from responder.store.outbox import UNCONFIRMED, ClaimLost, HeldClaim, Mark, Owed
+from responder.store.outbox import UNCONFIRMED, ClaimLost, ClaimTaken, HeldClaim, Mark, Owed
 from responder.store.schema import rate_counters, reply_claims
 
 ALICE = "alice@example.com"
@@ -199,3 +201,43 @@ def test_a_sending_row_past_its_lease_is_counted_as_sent_never_resent(store: Sto
     assert store.take_due(KEY, NOW + dt.timedelta(days=1), 10, 60) == []
     with store.engine.connect() as conn:
         assert conn.execute(select(rate_counters)).first() is None
+
+
+def _request(store: Store, message_key: str, token: str, now: dt.datetime = NOW) -> ClaimRequest:
+    vacation_id = store.list_vacations()[0].id
+    week, stale = dt.timedelta(days=7), dt.timedelta(days=1)
+    return ClaimRequest(REPLIES, vacation_id, BOB, message_key, now, week, stale, token)
+
+
+def _needs_one_statement_takes(store: Store) -> None:
+    if not takes_in_one_statement(store.engine.dialect.name):
+        pytest.skip("this backend's claims are taken before composing, in transactions of their own")
+
+
+def test_a_claim_taken_by_the_commit_goes_to_the_first_and_nothing_is_written_for_later(store: Store) -> None:
+    _needs_one_statement_takes(store)
+    owed = Owed("", BOB, b"x\r\n", "reply", NOW + dt.timedelta(hours=1))
+    first = _request(store, "<m1@x>", KEY + "1" * 24)
+    row = store.queue_response(owed, [], [], _audit(), taking=[first])
+    assert _claim_state(store) == "sent"
+    # Giving the response up must free the interval: the row lists the claim it took.
+    assert json.loads(row.claims)["claims"] == [["reply", first.owner_id, BOB, first.token]]
+    # Another message of the sender, decided at the same time, and the retry of the first one.
+    for other in (_request(store, "<m2@x>", KEY + "2" * 24), _request(store, "<m1@x>", KEY + "3" * 24)):
+        with pytest.raises(ClaimTaken) as taken:
+            store.queue_response(owed, [], [], _audit(), taking=[other])
+        assert taken.value.index == 0
+    assert len(store.outbox_rows()) == 1 and len(store.decisions()) == 1
+    later = _request(store, "<m4@x>", KEY + "4" * 24, NOW + dt.timedelta(days=7))
+    store.queue_response(owed, [], [], _audit(), taking=[later])
+    assert len(store.outbox_rows()) == 2
+
+
+def test_a_pending_claim_of_another_delivery_at_the_commit_writes_nothing(store: Store) -> None:
+    _needs_one_statement_takes(store)
+    _claim(store)  # a pipe hook's claim, neither confirmed nor released yet
+    owed = Owed("", BOB, b"x\r\n", "reply", NOW + dt.timedelta(hours=1))
+    with pytest.raises(ClaimLost):
+        store.queue_response(owed, [], [], _audit(), taking=[_request(store, "<m2@x>", KEY + "2" * 24)])
+    assert store.outbox_rows() == [] and store.decisions() == []
+    assert _claim_state(store) == "pending"

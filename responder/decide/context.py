@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from responder.decide.templates import Renderer
     from responder.mail.signing import Signer
     from responder.smtp.transport import Transport
-    from responder.store.database import ClaimKind, Store
+    from responder.store.database import ClaimKind, ClaimRequest, Store
     from responder.store.outbox import Lease, OutboxRow
 
 
@@ -74,6 +74,24 @@ class IntervalClaim(NamedTuple):
 
     def release(self) -> None:
         self.store.release_claim(self.kind, self.owner_id, self.sender_key, self.token, self.audience)
+
+
+class CommitClaim(NamedTuple):
+    """An interval found free while deciding and taken by the service's outbox commit, as sent.
+
+    Nothing is written before the commit, so there is nothing to confirm or give back: of two
+    deliveries that both found the interval free, the first commit takes it and the second is
+    suppressed then (engine._queue), with ``detail``.
+    """
+
+    request: ClaimRequest
+    detail: str
+
+    def confirm(self) -> None:
+        """Taken by the commit that queues the response."""
+
+    def release(self) -> None:
+        """Nothing was written."""
 
 
 class NeedsFullPath(Exception):
@@ -191,6 +209,16 @@ class Services:
 
     # The LMTP service queues responses in the outbox instead of sending them (see engine.respond).
     queues_responses = False
+
+    @property
+    def claims_at_commit(self) -> bool:
+        """Whether interval claims are taken by the outbox commit rather than written before
+        composing: where responses are queued and the backend can take one inside that transaction."""
+        if not self.queues_responses:
+            return False
+        from responder.store.claims import takes_in_one_statement
+
+        return takes_in_one_statement(self.store.engine.dialect.name)
 
     def before_queue(self) -> None:
         """Right before the outbox commit; raise TransientError when it is too late to promise."""
@@ -343,16 +371,25 @@ class Context(HeaderFacts):
             if last is None or verdict != TAKEN:
                 return None
             return f"last {kind.what} {last.replied_at.isoformat(timespec='seconds')}"
+        from responder.config.values import format_duration
+
+        taken = f"already {kind.done} within {format_duration(interval.total_seconds())}"
         token = self.services.claim_token()
-        claim = IntervalClaim(store, kind, owner_id, key, token, audience)
+        request = ClaimRequest(kind, owner_id, key, message, self.now, interval, stale, token, audience)
+        claim: Claim
+        attempt: Callable[[ClaimRequest], str]
+        if self.services.claims_at_commit:
+            # Read only: the commit that queues the response takes it (engine._queue).
+            claim, attempt = CommitClaim(request, taken), self._free_now
+        else:
+            claim, attempt = IntervalClaim(store, kind, owner_id, key, token, audience), store.claim
         # Listed before it is taken: a deadline striking once the claim is written still releases it.
         self.claims.append(claim)
         give_up = self.started + CLAIM_WAIT_SHARE * self.settings.deliver.deadline
         pause = CLAIM_POLL_FIRST
-        request = ClaimRequest(kind, owner_id, key, message, self.now, interval, stale, token, audience)
         while True:
             # The clock is read on every attempt: the claim records when it was taken, after any wait.
-            verdict = store.claim(replace(request, now=self.services.clock()))
+            verdict = attempt(replace(request, now=self.services.clock()))
             if verdict != PENDING:
                 break
             if pause == CLAIM_POLL_FIRST:
@@ -362,31 +399,37 @@ class Context(HeaderFacts):
                 logging.getLogger("responder").info(
                     "waiting for another delivery's pending %s claim for <%s>", kind.what, key
                 )
-            pause = self._await_decided(claim, message, interval, give_up, pause)
+            pause = self._await_decided(claim, request, give_up, pause)
         if verdict == WON:
             return None
         self.claims.remove(claim)
-        from responder.config.values import format_duration
+        return taken
 
-        return f"already {kind.done} within {format_duration(interval.total_seconds())}"
+    def _free_now(self, request: ClaimRequest) -> str:
+        """What ``Store.claim`` would find for ``request``, read without writing."""
+        from responder.store.database import WON
 
-    def _await_decided(
-        self, claim: IntervalClaim, message: str, interval: dt.timedelta, give_up: float, pause: float
-    ) -> float:
+        store = self.services.store
+        last = store.last_claim(request.kind, request.owner_id, request.sender_key, request.audience)
+        if last is None:
+            return WON
+        return last.verdict(request.message_key, request.now, request.interval, request.stale_after)
+
+    def _await_decided(self, claim: Claim, request: ClaimRequest, give_up: float, pause: float) -> float:
         """Wait, reading only, until the pending claim is confirmed, released or stale; the next pause.
 
         Raises TransientError when it is still pending at ``give_up``: the MTA keeps the message.
         """
+        from dataclasses import replace
+
         from responder.store.database import PENDING
 
-        store, stale = claim.store, self.claim_stale_after
         while time.monotonic() + pause <= give_up:
             time.sleep(pause)
             pause = min(2 * pause, CLAIM_POLL_MAX)
-            last = store.last_claim(claim.kind, claim.owner_id, claim.sender_key, claim.audience)
-            if last is None or last.verdict(message, self.services.clock(), interval, stale) != PENDING:
+            if self._free_now(replace(request, now=self.services.clock())) != PENDING:
                 return pause
         self.claims.remove(claim)
         raise TransientError(
-            f"another delivery's {claim.kind.what} claim for <{claim.sender_key}> is still pending"
+            f"another delivery's {request.kind.what} claim for <{request.sender_key}> is still pending"
         )

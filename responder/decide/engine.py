@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from responder.decide.audit import decision_message, decision_row
-from responder.decide.context import BOUNCE, Claim, Context, IntervalClaim, Services
+from responder.decide.context import BOUNCE, Claim, CommitClaim, Context, IntervalClaim, Services
 from responder.decide.rules import ALL_PHASES, DROP, first_firing
 from responder.errors import RelayRefused, RelayUnavailable, RelayUnconfirmed, TransientError
 from responder.mail.message import Inbound
@@ -144,11 +144,14 @@ def respond(
         decision = decide(ctx, phases)
         if decision.outgoing is not None and not dry_run and services.queues_responses:
             # The decision, its claims, the response and its audit row in one commit: owed from now.
-            _queue(ctx, decision)
-            services.settle(decision.action, decision.reason)
-            log_decision(inbound, decision)
-            return decision
-        if decision.outgoing is not None and not dry_run:
+            suppressed = _queue(ctx, decision)
+            if suppressed is None:
+                services.settle(decision.action, decision.reason)
+                log_decision(inbound, decision)
+                return decision
+            # Another delivery's response took the interval first: decided like any suppression.
+            decision = suppressed
+        elif decision.outgoing is not None and not dry_run:
             decision = _send(ctx, decision)
         # Decided, and a response is out: what is left (claims, the audit row) can be lost, not redone.
         services.settle(decision.action, decision.reason)
@@ -218,31 +221,46 @@ def _relay_fault(exc: BaseException, usable: bool) -> None:
         events.observer.dependency_failed(events.RELAY)
 
 
-def _queue(ctx: Context, decision: Decision) -> None:
+def _queue(ctx: Context, decision: Decision) -> Decision | None:
     """Commit the response to the outbox with the claims it holds and its audit row; TransientError
-    (nothing promised, the claims given back by respond) when the database cannot take it."""
+    (nothing promised, the claims given back by respond) when the database cannot take it.
+
+    The suppression to decide instead (nothing written) when an interval claim the commit takes is
+    held by a response another delivery committed first.
+    """
     import datetime as dt
+    from dataclasses import replace
 
     from responder.decide.records import DecisionRecord
-    from responder.store.outbox import HeldClaim, Owed
+    from responder.decide.rules import INTERVAL
+    from responder.store.outbox import ClaimTaken, HeldClaim, Owed
 
     outgoing = decision.outgoing
     assert outgoing is not None
     held: list[HeldClaim] = []
+    at_commit: list[CommitClaim] = []
     counters: list[Any] = []
     for claim in ctx.claims:
         if isinstance(claim, IntervalClaim):
             held.append(HeldClaim(claim.kind, claim.owner_id, claim.sender_key, claim.token))
+        elif isinstance(claim, CommitClaim):
+            at_commit.append(claim)
         counters.extend(getattr(claim, "counters", ()))
     row = decision_row(ctx, ctx.now, decision.action, decision.reason, decision.detail)
     max_age = dt.timedelta(seconds=ctx.settings.outbox.max_age)
     owed = Owed(outgoing.mail_from, outgoing.rcpt_to, outgoing.as_bytes(), decision.action, ctx.now + max_age)
     ctx.services.before_queue()
     store = ctx.services.store
+    # The interval is judged at the moment of the commit, as a claim written earlier is when taken.
+    now = ctx.services.clock()
+    taking = [replace(claim.request, now=now) for claim in at_commit]
     try:
         queued = store.queue_response(
-            owed, held, counters, DecisionRecord(**row), ctx.services.outbox_lease(ctx.now)
+            owed, held, counters, DecisionRecord(**row), ctx.services.outbox_lease(ctx.now), taking
         )
+    except ClaimTaken as taken:
+        detail = _join(at_commit[taken.index].detail, *ctx.notes)
+        return Decision(INTERVAL.action, INTERVAL.reason, detail)
     except TransientError:
         # The commit may have happened with only its answer lost: a confirmed claim then stands for
         # the response the outbox owes, and must not be given back (the retry would answer again).
@@ -255,6 +273,7 @@ def _queue(ctx: Context, decision: Decision) -> None:
         raise
     ctx.claims.clear()
     ctx.services.queued(queued)
+    return None
 
 
 def refused_detail(exc: RelayRefused, action: str) -> tuple[str, int]:

@@ -604,6 +604,10 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
+# The rule whose claim the service takes in its outbox commit: a response committed first by another
+# delivery suppresses this one there, with this rule's action and reason (engine._queue).
+INTERVAL = next(rule for rule in RULES if rule.check is interval)
+
 # Outcomes decided outside the table, also part of the interface.
 EXTRA_REASONS = {
     "template-error": "the reply template failed to render; nothing was sent",

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from sqlalchemy import Insert, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from responder.decide.records import INTERNAL
@@ -131,7 +132,7 @@ class ClaimKind:
                 .values(
                     replied_at=bindparam("p_now"),
                     message_key=bindparam("p_message_key"),
-                    state="pending",
+                    state=bindparam("p_state"),
                     token=bindparam("p_token"),
                 )
             )
@@ -201,25 +202,10 @@ class Claims(Database):
         # everywhere, SQLite's write lock already held) to tell TAKEN from PENDING. The INSERT of a
         # row not there lets exactly one of several racers create it (unique constraint); a row gone
         # (released), created or changed in between means trying again.
-        kind, now = request.kind, request.now
+        kind = request.kind
         mine = kind.params(request.owner_id, request.sender_key, request.audience)
         take_over = kind.take_over(bool(request.interval))
-        takes = {
-            **mine,
-            "p_now": now,
-            "p_message_key": request.message_key,
-            "p_token": request.token,
-            "p_stale_by": now - request.stale_after,
-        }
-        if request.interval:
-            takes["p_answered_by"] = now - request.interval
-        row_values = {
-            **kind.key(request.owner_id, request.sender_key, request.audience),
-            "replied_at": now,
-            "message_key": request.message_key,
-            "state": "pending",
-            "token": request.token,
-        }
+        takes, row_values = _claim_values(request, "pending")
         # The row exists for every sender answered before, so the UPDATE goes first: one statement
         # for a sender seen before; for one never answered, the INSERT in the same transaction
         # where it can do nothing on a conflict, else (MySQL/MariaDB) in one of its own.
@@ -241,7 +227,7 @@ class Claims(Database):
             if row is None:
                 continue  # released between the INSERT and the read: look again
             found = LastClaim(*row)
-            verdict = found.verdict(request.message_key, now, request.interval, request.stale_after)
+            verdict = found.verdict(request.message_key, request.now, request.interval, request.stale_after)
             if verdict != WON:
                 return verdict
         # The row kept changing under us: another delivery is deciding right now.
@@ -275,3 +261,55 @@ class Claims(Database):
         with self._guard(f"reading the {kind.what} interval"), self.engine.connect() as conn:
             row = next(iter(kind.read_claim.rows(conn, kind.params(owner_id, sender_key, audience))), None)
         return None if row is None else LastClaim(*row)
+
+
+def _claim_values(request: ClaimRequest, state: str) -> tuple[dict[str, object], dict[str, object]]:
+    """The parameters of the take-over UPDATE and the values of a new row, for ``request``."""
+    kind, now = request.kind, request.now
+    takes = {
+        **kind.params(request.owner_id, request.sender_key, request.audience),
+        "p_now": now,
+        "p_message_key": request.message_key,
+        "p_token": request.token,
+        "p_state": state,
+        "p_stale_by": now - request.stale_after,
+    }
+    if request.interval:
+        takes["p_answered_by"] = now - request.interval
+    row_values = {
+        **kind.key(request.owner_id, request.sender_key, request.audience),
+        "replied_at": now,
+        "message_key": request.message_key,
+        "state": state,
+        "token": request.token,
+    }
+    return takes, row_values
+
+
+def takes_in_one_statement(dialect: str) -> bool:
+    """Whether a claim can be taken inside another transaction: an INSERT that does nothing on a
+    conflict (SQLite, PostgreSQL); MySQL's failed INSERT needs a transaction of its own."""
+    return dialect in ("sqlite", "postgresql")
+
+
+def take_sent(conn: Connection, request: ClaimRequest) -> str:
+    """In the caller's transaction, which holds the write: take the claim as ``sent`` at once.
+
+    WON, TAKEN (the last response holds it) or PENDING (another delivery's claim is neither
+    confirmed nor released, or the row changed under this one): the caller commits only on WON.
+    The backend must take claims in one statement (``takes_in_one_statement``).
+    """
+    kind = request.kind
+    takes, row_values = _claim_values(request, "sent")
+    if kind.take_over(bool(request.interval)).execute(conn, takes) == 1:
+        return WON
+    absent = kind.insert_if_absent(conn.dialect.name)
+    assert absent is not None, "takes_in_one_statement is false for this backend"
+    if absent.rows(conn, row_values):
+        return WON
+    mine = kind.params(request.owner_id, request.sender_key, request.audience)
+    row = next(iter(kind.read_claim.rows(conn, mine)), None)
+    if row is None:
+        return PENDING  # released between the INSERT and the read: decided again on the retry
+    verdict = LastClaim(*row).verdict(request.message_key, request.now, request.interval, request.stale_after)
+    return TAKEN if verdict == TAKEN else PENDING

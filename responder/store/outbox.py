@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from responder.decide.records import DecisionRecord
 from responder.errors import StoreUnavailable
 from responder.store.audit import insert_audit
-from responder.store.claims import BOUNCES, REPLIES, ClaimKind
+from responder.store.claims import BOUNCES, REPLIES, TAKEN, WON, ClaimKind, ClaimRequest, take_sent
 from responder.store.counters import CounterWindow
 from responder.store.driver import Prepared, PreparedInsert
 from responder.store.engine import Database
@@ -44,6 +44,15 @@ TAKE_ROUNDS = 3
 
 class ClaimLost(StoreUnavailable):
     """An interval claim of the decision was taken over before the commit: nothing is promised."""
+
+
+class ClaimTaken(Exception):
+    """A claim taken at the commit is held by the last response: nothing was written, the response
+    is not due (``index``: which of the claims asked for)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -188,11 +197,15 @@ class Outbox(Database):
         counters: Sequence[CounterWindow],
         audit: DecisionRecord,
         lease: Lease | None = None,
+        taking: Sequence[ClaimRequest] = (),
     ) -> OutboxRow:
         """In ONE transaction: confirm the decision's interval claims, queue the response, audit it.
 
         ClaimLost (nothing written) when a claim is no longer this decision's: another delivery took
-        it over as stale, and whichever commits first owes the response. ``lease``: the row is born
+        it over as stale, and whichever commits first owes the response. ``taking``: claims taken
+        here, as sent, rather than before (``claims.take_sent``): ClaimTaken (nothing written) when
+        the last response holds one of them, ClaimLost when another delivery's claim on it is
+        pending. Either way whichever commits first owes the response. ``lease``: the row is born
         leased to the sender that will send it at once, so that no sender has to look it up; if that
         sender dies, the lease expires and the row is free for any other, as after ``take_due``.
         The row as written is returned, for that sender.
@@ -206,6 +219,15 @@ class Outbox(Database):
                 )
                 if done != 1:
                     raise ClaimLost(f"the {kind.what} claim for <{claim.sender_key}> was taken over")
+            for index, request in enumerate(taking):
+                verdict = take_sent(conn, request)
+                if verdict == TAKEN:
+                    raise ClaimTaken(index)
+                if verdict != WON:
+                    raise ClaimLost(
+                        f"another delivery's {request.kind.what} claim for <{request.sender_key}> is pending"
+                    )
+            held = [*held, *(HeldClaim(r.kind, r.owner_id, r.sender_key, r.token) for r in taking)]
             values: dict[str, Any] = {
                 "created_at": audit.at,
                 "expires_at": owed.expires_at,
