@@ -241,3 +241,29 @@ def test_a_pending_claim_of_another_delivery_at_the_commit_writes_nothing(store:
         store.queue_response(owed, [], [], _audit(), taking=[_request(store, "<m2@x>", KEY + "2" * 24)])
     assert store.outbox_rows() == [] and store.decisions() == []
     assert _claim_state(store) == "pending"
+
+
+def test_of_many_commits_taking_one_claim_at_once_exactly_one_queues(store: Store, backend_url: str) -> None:
+    _needs_one_statement_takes(store)
+    owed = Owed("", BOB, b"x\r\n", "reply", NOW + dt.timedelta(hours=1))
+    others = [Store.open(backend_url, busy_timeout=5) for _ in range(6)]
+
+    def commit(number: int) -> str:
+        request = _request(store, f"<m{number}@x>", KEY + f"{number:024d}")
+        try:
+            others[number].queue_response(owed, [], [], _audit(), taking=[request])
+        except ClaimTaken:
+            return "taken"
+        except ClaimLost:
+            return "lost"  # the retry decides again (451 to the MTA)
+        return "queued"
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(commit, range(6)))
+    finally:
+        for other in others:
+            other.close()
+    assert outcomes.count("queued") == 1, outcomes
+    assert len(store.outbox_rows()) == 1 and len(store.decisions()) == 1
+    assert _claim_state(store) == "sent"

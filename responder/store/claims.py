@@ -296,20 +296,26 @@ def take_sent(conn: Connection, request: ClaimRequest) -> str:
     """In the caller's transaction, which holds the write: take the claim as ``sent`` at once.
 
     WON, TAKEN (the last response holds it) or PENDING (another delivery's claim is neither
-    confirmed nor released, or the row changed under this one): the caller commits only on WON.
-    The backend must take claims in one statement (``takes_in_one_statement``).
+    confirmed nor released, or the row kept changing): the caller commits only on WON. The backend
+    must take claims in one statement (``takes_in_one_statement``). As in ``Claims.claim``, a row
+    created, changed or released by a concurrent transaction in between (PostgreSQL; SQLite's
+    writer is alone) means looking again: each statement sees what was committed before it.
     """
     kind = request.kind
     takes, row_values = _claim_values(request, "sent")
-    if kind.take_over(bool(request.interval)).execute(conn, takes) == 1:
-        return WON
+    take_over = kind.take_over(bool(request.interval))
     absent = kind.insert_if_absent(conn.dialect.name)
     assert absent is not None, "takes_in_one_statement is false for this backend"
-    if absent.rows(conn, row_values):
-        return WON
     mine = kind.params(request.owner_id, request.sender_key, request.audience)
-    row = next(iter(kind.read_claim.rows(conn, mine)), None)
-    if row is None:
-        return PENDING  # released between the INSERT and the read: decided again on the retry
-    verdict = LastClaim(*row).verdict(request.message_key, request.now, request.interval, request.stale_after)
-    return TAKEN if verdict == TAKEN else PENDING
+    for _attempt in range(3):
+        if take_over.execute(conn, takes) == 1 or absent.rows(conn, row_values):
+            return WON
+        row = next(iter(kind.read_claim.rows(conn, mine)), None)
+        if row is None:
+            continue
+        verdict = LastClaim(*row).verdict(
+            request.message_key, request.now, request.interval, request.stale_after
+        )
+        if verdict != WON:
+            return verdict
+    return PENDING
