@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -130,25 +131,23 @@ def test_a_burst_of_connections_is_shared_among_the_workers(
     service = start_service()
     workers = _wait_workers(service, 2)
     before = {pid: _sockets(pid) for pid in workers}
-    clients = [LmtpClient(socket_path) for _ in range(8)]  # all queued before any is answered
-    for client in clients:
-        client.greet()
-    taken = {pid: _sockets(pid) - before[pid] for pid in workers}
+    with contextlib.ExitStack() as opened:
+        clients = [opened.enter_context(contextlib.closing(LmtpClient(socket_path))) for _ in range(8)]
+        for client in clients:  # all queued before any is answered
+            client.greet()
+        taken = {pid: _sockets(pid) - before[pid] for pid in workers}
     assert sum(taken.values()) == 8, taken
     assert min(taken.values()) >= 3, taken
-    for client in clients:
-        client.close()
     # Closed connections are counted off: the next burst is shared again.
     deadline = time.monotonic() + 20
     while any(_sockets(pid) > before[pid] for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    clients = [LmtpClient(socket_path) for _ in range(4)]
-    for client in clients:
-        client.greet()
-    taken = {pid: _sockets(pid) - before[pid] for pid in workers}
+    with contextlib.ExitStack() as opened:
+        clients = [opened.enter_context(contextlib.closing(LmtpClient(socket_path))) for _ in range(4)]
+        for client in clients:
+            client.greet()
+        taken = {pid: _sockets(pid) - before[pid] for pid in workers}
     assert sorted(taken.values()) == [2, 2], taken
-    for client in clients:
-        client.close()
 
 
 def test_a_killed_worker_is_replaced(

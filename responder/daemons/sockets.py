@@ -117,7 +117,9 @@ class SharedListener:
     for a moment, and takes it after all when nobody else has. Built in the worker's running loop.
     """
 
-    _YIELD = 0.02  # seconds a crowded worker leaves a connection to the others
+    # Seconds a crowded worker leaves a connection to the others: long enough for a worker the
+    # scheduler has not run for a while on a loaded machine, short beside an MTA's connect timeout.
+    _YIELD = 0.1
     _PAUSE = 1.0  # seconds without accepting after running out of descriptors, as asyncio does
 
     def __init__(self, sock: socket.socket, handler: Handler, seat: Seat | None) -> None:
