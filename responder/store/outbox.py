@@ -210,7 +210,7 @@ class Outbox(Database):
         sender dies, the lease expires and the row is free for any other, as after ``take_due``.
         The row as written is returned, for that sender.
         """
-        with self._begin("queueing the response") as conn:
+        with self._begin("queueing the response", durable=True) as conn:
             for claim in held:
                 kind = claim.kind
                 done = kind.confirm.execute(
