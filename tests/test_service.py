@@ -269,6 +269,47 @@ def test_a_client_that_stops_talking_is_told_and_cut_off(wire: bytes, expected: 
     assert said.splitlines()[-1].startswith(expected), said
 
 
+def test_the_replies_to_a_pipelined_group_go_out_in_one_write_and_a_lone_command_at_once() -> None:
+    async def run() -> tuple[list[bytes], bytes]:
+        session, right = await _session_on_a_pair(idle_timeout=0.5)
+        writes: list[bytes] = []
+        write = session.writer.write
+
+        def recorded(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        session.writer.write = recorded  # type: ignore[method-assign]
+        running = asyncio.ensure_future(session.run())
+        right.sendall(b"LHLO c\r\n")
+        await asyncio.wait_for(_said_until(right, b"250 ENHANCEDSTATUSCODES\r\n"), 5)
+        # One group (RFC 2920): the client waits for the 354 before its data.
+        right.sendall(b"RSET\r\nMAIL FROM:<b@example.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        said = await asyncio.wait_for(_said_until(right, b"354 "), 5)
+        await asyncio.wait_for(running, 10)  # no data comes: cut off at the idle timeout
+        _all_said(right)
+        return writes, said
+
+    writes, said = asyncio.run(run())
+    assert [line[:3] for line in said.splitlines()] == [b"250", b"250", b"250", b"354"], said
+    # The greeting and the LHLO reply were said at once, each alone; the group's four in one write.
+    assert [w[:3] for w in writes] == [b"220", b"250", b"250", b"421"], writes
+    assert writes[2].count(b"\r\n") == 4 and writes[2].startswith(b"250 2.0.0 Ok\r\n250 2.1.0"), writes
+
+
+async def _said_until(client: socket.socket, end: bytes) -> bytes:
+    """What the session said to ``client`` up to a line starting with ``end``, read in a thread."""
+
+    def read() -> bytes:
+        client.settimeout(5)
+        said = b""
+        while not said.startswith(end) and f"\n{end.decode()}".encode() not in said:
+            said += client.recv(4096)
+        return said
+
+    return await asyncio.to_thread(read)
+
+
 @pytest.mark.parametrize("why", ["stop", "evict", "evict-before-the-wait"])
 def test_an_idle_session_is_closed_at_once_by_a_stop_or_an_eviction(why: str) -> None:
     async def run() -> tuple[str, float]:

@@ -158,6 +158,8 @@ class Session:
         self.xforward = xforward
         # A command line may be COMMAND_LIMIT bytes before its line end.
         self.lines = Lines(COMMAND_LIMIT + 1)
+        # Replies to pipelined commands, said together once the client's group is answered.
+        self._said = bytearray()
         self.greeted = False
         self.transaction: Transaction | None = None
         self.facts = Transaction()
@@ -201,6 +203,7 @@ class Session:
 
     async def _fill(self, idle: bool) -> None:
         """Read more input; while ``idle`` (between transactions) a stop request ends the wait."""
+        await self._flush()
         if not idle:
             # In the middle of a command or transaction, nothing but the timeout ends the wait: no
             # task and no asyncio.wait for any of the several reads of every message.
@@ -303,7 +306,22 @@ class Session:
     # -- output ---------------------------------------------------------------------------------
 
     async def reply(self, *lines: str) -> None:
-        self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape"))
+        """Say ``lines`` now, or with the replies to the rest of the client's group of commands.
+
+        A pipelining client (RFC 2920) sends MAIL, RCPT and DATA in one write and reads the replies
+        afterwards: while a whole command line is waiting, its reply goes out in the same write as
+        this one, which saves a system call and a wake-up of the client per command. Whatever is held
+        is said before the session waits for the client again.
+        """
+        self._said += "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
+        if b"\n" not in self.buffer or len(self._said) > CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._said:
+            return
+        self.writer.write(bytes(self._said))
+        self._said.clear()
         try:
             await self.writer.drain()
         except (ConnectionError, OSError) as exc:
@@ -312,6 +330,7 @@ class Session:
     async def _close_with(self, line: str) -> None:
         with contextlib.suppress(SessionClosed):
             await self.reply(line)
+            await self._flush()
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -329,6 +348,8 @@ class Session:
         finally:
             if self._stop_watch is not None:
                 self._stop_watch.cancel()
+            if self._said:  # held when a command's handler failed; the transport sends it on close
+                self.writer.write(bytes(self._said))
             self.writer.close()
 
     async def command(self, line: str) -> bool:
