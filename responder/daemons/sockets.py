@@ -117,9 +117,12 @@ class SharedListener:
     for a moment, and takes it after all when nobody else has. Built in the worker's running loop.
     """
 
-    # Seconds a crowded worker leaves a connection to the others: long enough for a worker the
-    # scheduler has not run for a while on a loaded machine, short beside an MTA's connect timeout.
+    # Seconds a crowded worker leaves a connection to the others at most: long enough for a worker
+    # the scheduler has not run for a while on a loaded machine, short beside an MTA's connect
+    # timeout. It looks at the board again every _RECHECK: once the others have taken connections
+    # of the same burst, it may be the least busy itself, and it takes the next one at once.
     _YIELD = 0.1
+    _RECHECK = 0.005
     _PAUSE = 1.0  # seconds without accepting after running out of descriptors, as asyncio does
 
     def __init__(self, sock: socket.socket, handler: Handler, seat: Seat | None) -> None:
@@ -131,6 +134,7 @@ class SharedListener:
         self._starting: set[asyncio.Task[object]] = set()
         self._closed = False
         self._yielding: asyncio.TimerHandle | None = None
+        self._yield_until = 0.0
         if seat is not None:
             seat.on_closed.append(self._fewer)
         self._loop.add_reader(self._fd, self._ready)
@@ -138,13 +142,24 @@ class SharedListener:
     def _ready(self) -> None:
         if self._seat is not None and self._seat.crowded():
             self._loop.remove_reader(self._fd)
-            self._yielding = self._loop.call_later(self._YIELD, self._after_yielding)
+            self._yield_until = self._loop.time() + self._YIELD
+            self._yielding = self._loop.call_later(self._RECHECK, self._still_crowded)
             return
         self._take()
 
+    def _still_crowded(self) -> None:
+        self._yielding = None
+        if self._closed:
+            return
+        assert self._seat is not None
+        if self._seat.crowded() and self._loop.time() < self._yield_until:
+            self._yielding = self._loop.call_later(self._RECHECK, self._still_crowded)
+            return
+        self._after_yielding()
+
     def _fewer(self) -> None:
         # Both workers may be leaving connections to each other, their counts having changed in
-        # between: the one whose connection closed listens again now, not when its wait is over.
+        # between: the one whose connection closed listens again now, not at its next look.
         if self._yielding is not None and self._seat is not None and not self._seat.crowded():
             self._yielding.cancel()
             self._after_yielding()
