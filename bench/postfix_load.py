@@ -4,8 +4,8 @@
 Postfix's ``smtp-source -L`` (an LMTP client in C) sends the same messages, 16 sessions at a time (one
 smtp-source per session, each with a sender of its own) and many transactions per connection as
 Postfix's LMTP client does, to each server in turn; Postfix's
-``smtp-sink`` (an SMTP server in C) is the relay both send their replies to and dumps each reply to
-a file, so that every reply is counted at the sink and checked for duplicates (by In-Reply-To). Both
+``smtp-sink`` (an SMTP server in C) is the relay both send their replies to and appends each reply
+to one file, so that every reply is counted at the sink and checked for duplicates (by In-Reply-To). Both
 tools cost little CPU, so what is measured is the servers.
 
 Three workloads, interleaved round by round so that background load falls on both servers alike:
@@ -130,14 +130,18 @@ def tree_rss(root: int) -> float:
 
 
 class Sink:
+    """smtp-sink appending every message to one file (a file per message costs the sink several
+    times the CPU: the directory entry, the inode and the journal of each)."""
+
     def __init__(self, work: Path) -> None:
         # smtp-sink writes as nobody: the way to the dump directory must be open to it.
         work.chmod(work.stat().st_mode | 0o711)
-        self.dump = work / "sink"
-        self.dump.mkdir(exist_ok=True)
-        self.dump.chmod(0o777)
+        directory = work / "sink"
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o777)
+        self.dump = directory / "replies"
         self.port = free_port()
-        command = [SMTP_SINK, "-d", f"{self.dump}/%H%M%S-"]
+        command = [SMTP_SINK, "-D", str(self.dump)]
         if os.geteuid() == 0:
             command += ["-u", "nobody"]
         self.process = subprocess.Popen([*command, f"127.0.0.1:{self.port}", "256"])
@@ -151,24 +155,38 @@ class Sink:
                     raise
                 time.sleep(0.05)
 
-    def files(self) -> list[Path]:
-        return list(self.dump.iterdir())
+    def messages(self) -> list[bytes]:
+        """The messages received since the last clear, each from smtp-sink's first header on."""
+        try:
+            text = self.dump.read_bytes()
+        except FileNotFoundError:
+            return []
+        # Each message is written whole when its transaction ends; its dump starts with this line.
+        return [b"X-Client-Addr: " + part for part in (b"\n" + text).split(b"\nX-Client-Addr: ") if part]
+
+    def count(self) -> int:
+        return len(self.messages())
 
     def clear(self) -> None:
-        for path in self.files():
-            path.unlink()
+        # Between runs, with no transaction open: the next one creates the file again.
+        self.dump.unlink(missing_ok=True)
 
     def replies(self) -> tuple[int, int]:
-        """(replies received, of which duplicates of an earlier one by In-Reply-To)."""
+        """(replies received, of which duplicates of an earlier one by In-Reply-To).
+
+        A message without In-Reply-To (both servers set it) would be a dump cut or interleaved:
+        the run fails rather than count it.
+        """
         parser = email.parser.BytesHeaderParser()
         seen: set[str] = set()
         count = duplicates = 0
-        for path in self.files():
-            header = parser.parsebytes(path.read_bytes())
+        for message in self.messages():
+            key = parser.parsebytes(message).get("In-Reply-To")
+            if key is None:
+                raise SystemExit(f"a reply at the sink has no In-Reply-To: {message[:200]!r}")
             count += 1
-            key = str(header.get("In-Reply-To", path.name))
-            duplicates += key in seen
-            seen.add(key)
+            duplicates += str(key) in seen
+            seen.add(str(key))
         return count, duplicates
 
     def stop(self) -> None:
@@ -392,7 +410,7 @@ def run_once(workload: str, server: Server, sink: Sink, args: argparse.Namespace
         # Dovecot hands the reply to the relay before it answers 250, responder right after (from
         # its outbox): give the sink a moment to receive and write them all.
         deadline = time.monotonic() + 30
-        while len(sink.files()) < args.messages and time.monotonic() < deadline:
+        while sink.count() < args.messages and time.monotonic() < deadline:
             time.sleep(0.05)
     cpu = server.cpu() - cpu
     result.rate.append(args.messages / wall)
