@@ -203,33 +203,21 @@ class Claims(Database):
         # row not there lets exactly one of several racers create it (unique constraint); a row gone
         # (released), created or changed in between means trying again.
         kind = request.kind
-        mine = kind.params(request.owner_id, request.sender_key, request.audience)
-        take_over = kind.take_over(bool(request.interval))
-        takes, row_values = _claim_values(request, "pending")
         # The row exists for every sender answered before, so the UPDATE goes first: one statement
         # for a sender seen before; for one never answered, the INSERT in the same transaction
         # where it can do nothing on a conflict, else (MySQL/MariaDB) in one of its own.
         for _attempt in range(3):
             with self._begin(f"claiming the {kind.what} interval") as conn:
-                if take_over.execute(conn, takes) == 1:
-                    return WON
-                absent = kind.insert_if_absent(conn.dialect.name)
-                if absent is not None and absent.rows(conn, row_values):
-                    return WON
-                row = next(iter(kind.read_claim.rows(conn, mine)), None)
-            if row is None and absent is None:
+                found = _take_or_look(conn, request, "pending")
+            if found == _ABSENT:
                 try:
                     with self._begin(f"claiming the {kind.what} interval") as conn:
-                        conn.execute(kind.insert_claim, row_values)
+                        conn.execute(kind.insert_claim, _claim_values(request, "pending")[1])
                     return WON
                 except sa_exc.IntegrityError:
                     continue  # another delivery created it in between: look again
-            if row is None:
-                continue  # released between the INSERT and the read: look again
-            found = LastClaim(*row)
-            verdict = found.verdict(request.message_key, request.now, request.interval, request.stale_after)
-            if verdict != WON:
-                return verdict
+            if found is not None:
+                return found
         # The row kept changing under us: another delivery is deciding right now.
         return PENDING
 
@@ -301,21 +289,33 @@ def take_sent(conn: Connection, request: ClaimRequest) -> str:
     created, changed or released by a concurrent transaction in between (PostgreSQL; SQLite's
     writer is alone) means looking again: each statement sees what was committed before it.
     """
-    kind = request.kind
-    takes, row_values = _claim_values(request, "sent")
-    take_over = kind.take_over(bool(request.interval))
-    absent = kind.insert_if_absent(conn.dialect.name)
-    assert absent is not None, "takes_in_one_statement is false for this backend"
-    mine = kind.params(request.owner_id, request.sender_key, request.audience)
+    assert takes_in_one_statement(conn.dialect.name), "this backend's INSERT needs a transaction of its own"
     for _attempt in range(3):
-        if take_over.execute(conn, takes) == 1 or absent.rows(conn, row_values):
-            return WON
-        row = next(iter(kind.read_claim.rows(conn, mine)), None)
-        if row is None:
-            continue
-        verdict = LastClaim(*row).verdict(
-            request.message_key, request.now, request.interval, request.stale_after
-        )
-        if verdict != WON:
-            return verdict
+        found = _take_or_look(conn, request, "sent")
+        if found is not None:
+            return found
     return PENDING
+
+
+# _take_or_look: no row, and the backend's INSERT needs a transaction of its own (MySQL/MariaDB).
+_ABSENT = "absent"
+
+
+def _take_or_look(conn: Connection, request: ClaimRequest, state: str) -> str | None:
+    """One try in the caller's write transaction: WON (taken, as ``state``); TAKEN or PENDING (what
+    the row says); None when the row was released or changed in between (look again); _ABSENT."""
+    kind = request.kind
+    takes, row_values = _claim_values(request, state)
+    if kind.take_over(bool(request.interval)).execute(conn, takes) == 1:
+        return WON
+    absent = kind.insert_if_absent(conn.dialect.name)
+    if absent is not None and absent.rows(conn, row_values):
+        return WON
+    row = next(
+        iter(kind.read_claim.rows(conn, kind.params(request.owner_id, request.sender_key, request.audience))),
+        None,
+    )
+    if row is None:
+        return _ABSENT if absent is None else None
+    verdict = LastClaim(*row).verdict(request.message_key, request.now, request.interval, request.stale_after)
+    return None if verdict == WON else verdict
