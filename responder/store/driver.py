@@ -124,6 +124,11 @@ class PreparedInsert:
         return self._plain.last_row_id(conn, params)
 
 
+def run_sql(conn: Connection, sql: str) -> None:
+    """A statement without parameters (a PRAGMA) on the driver's cursor, faults raised as above."""
+    _run(conn, sql, (), many=False, fetch=False)
+
+
 def _run(conn: Connection, sql: str, arguments: Any, many: bool, fetch: bool) -> tuple[list[Any], int, int]:
     dialect = conn.dialect
     raw = conn.connection.dbapi_connection

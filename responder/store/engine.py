@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from responder.errors import StoreUnavailable
 from responder.observe import events
+from responder.store.driver import run_sql
 from responder.store.writer_lock import LOCK_SUFFIX, WriterTurn
 
 # Faults of the database server or file, not of our statements: the MTA should retry.
@@ -64,15 +64,14 @@ def _synchronous_full(conn: Connection) -> Iterator[None]:
     Every connection runs synchronous=NORMAL: in WAL mode a commit then survives the process, not
     a power loss, and costs no fsync. A commit that a promise rests on is made FULL: one fsync.
     """
-    # On the sqlite3 connection itself: a PRAGMA through SQLAlchemy would begin its transaction.
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    raw.execute("PRAGMA synchronous = FULL")  # before the first statement: outside SQLite's transaction
+    # On the driver's cursor: a PRAGMA through SQLAlchemy would begin its transaction. Before the
+    # first statement, so outside SQLite's transaction, where the setting can change.
+    run_sql(conn, "PRAGMA synchronous = FULL")
     try:
         yield
     finally:
-        with suppress(sqlite3.Error):  # a broken connection is the pool's to discard
-            raw.execute("PRAGMA synchronous = NORMAL")
+        with suppress(sa_exc.DBAPIError):  # a broken connection: the pool discards it
+            run_sql(conn, "PRAGMA synchronous = NORMAL")
 
 
 def make_engine(url: str, busy_timeout: float = 10.0, pooled: bool = False) -> Engine:
