@@ -348,7 +348,8 @@ class Session:
         finally:
             if self._stop_watch is not None:
                 self._stop_watch.cancel()
-            if self._said:  # held when a command's handler failed; the transport sends it on close
+            if self._said and not self.writer.is_closing():
+                # Held when a command's handler failed; the transport sends it as it closes.
                 self.writer.write(bytes(self._said))
             self.writer.close()
 
