@@ -148,14 +148,12 @@ class SharedListener:
         self._take()
 
     def _still_crowded(self) -> None:
-        self._yielding = None
-        if self._closed:
-            return
+        # close() cancels this timer, so the listener is still open here.
         assert self._seat is not None
         if self._seat.crowded() and self._loop.time() < self._yield_until:
             self._yielding = self._loop.call_later(self._RECHECK, self._still_crowded)
-            return
-        self._after_yielding()
+        else:
+            self._after_yielding()
 
     def _fewer(self) -> None:
         # Both workers may be leaving connections to each other, their counts having changed in
