@@ -203,12 +203,12 @@ class Session:
 
     async def _fill(self, idle: bool) -> None:
         """Read more input; while ``idle`` (between transactions) a stop request ends the wait."""
-        await self._flush()
         if not idle:
             # In the middle of a command or transaction, nothing but the timeout ends the wait: no
             # task and no asyncio.wait for any of the several reads of every message.
             self.buffer += await self._read_some(IDLE_TOO_LONG)
             return
+        await self._flush()  # as _read_some does before its wait
         # Between transactions a stop or an eviction also ends the wait. They move the timeout to
         # now (see _wake) rather than race the read in tasks of their own (three tasks and an
         # asyncio.wait for every message of a session).
